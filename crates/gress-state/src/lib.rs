@@ -1,0 +1,35 @@
+//! Keyed state for stream processors: the [`StateBackend`] contract, TTL,
+//! the portable snapshot format, metrics, and the in-memory backend.
+//!
+//! ```
+//! use gress_state::{MemoryStateBackend, StateBackend};
+//!
+//! let state = MemoryStateBackend::default();
+//! state.put(b"user:123", br#"{"balance": 1000}"#)?;
+//! assert_eq!(state.get(b"user:123")?.as_deref(), Some(&br#"{"balance": 1000}"#[..]));
+//!
+//! let snapshot = state.snapshot()?;
+//! state.delete(b"user:123")?;
+//! state.restore(&snapshot)?;
+//! assert!(state.get(b"user:123")?.is_some());
+//! # Ok::<(), gress_state::Error>(())
+//! ```
+//!
+//! This crate never depends on RocksDB; the RocksDB backend lives in
+//! `gress-rocksdb` and implements the same trait.
+
+pub mod backend;
+pub mod clock;
+pub mod error;
+pub mod memory;
+pub mod metrics;
+pub mod snapshot;
+pub mod ttl;
+mod util;
+
+pub use backend::{BatchOp, KeyRange, KeyValue, ScanIter, StateBackend, WriteBatch};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{EngineErrorKind, Error, Result};
+pub use memory::{MemoryConfig, MemoryStateBackend};
+pub use metrics::{LatencySummary, Metrics, MetricsRecorder, Op};
+pub use snapshot::{RestoreSummary, SnapshotKind, SnapshotSummary};

@@ -1,0 +1,794 @@
+//! `MemoryStateBackend`: sharded hash maps with copy-on-write snapshots.
+//!
+//! Layout: keys are hashed once; bits 32.. of the hash pick one of
+//! `n_shards` shards, each an `RwLock` over an `Arc<IndexMap>`. Point
+//! operations lock one shard. Snapshots and scans lock every shard for read
+//! just long enough to clone the `Arc`s (a consistent cut), then read
+//! without locks; a writer that finds its shard shared copies that shard
+//! first (`Arc::make_mut`), so writers never wait for snapshot I/O.
+//! Expired entries are removed lazily on read and by a background thread
+//! that walks each shard in bounded steps.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use indexmap::IndexMap;
+use indexmap::map::RawEntryApiV1;
+use indexmap::map::raw_entry_v1::RawEntryMut;
+use parking_lot::{Condvar, Mutex, RwLock, RwLockWriteGuard};
+
+use crate::backend::{BatchOp, KeyRange, ScanIter, StateBackend, WriteBatch};
+use crate::clock::{Clock, system_clock};
+use crate::error::{Error, Result};
+use crate::metrics::{Counter, DEFAULT_SAMPLE_EVERY, Metrics, MetricsRecorder, Op};
+use crate::snapshot::{
+    RestoreSummary, SnapshotEntry, SnapshotKind, SnapshotReader, SnapshotSummary, SnapshotWriter,
+};
+use crate::ttl::{TtlPolicy, check_key, check_value, is_expired};
+
+/// Configuration of a [`MemoryStateBackend`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MemoryConfig {
+    /// Whether a plain `put` gets `default_ttl`. `put_with_ttl` always
+    /// applies its own TTL.
+    pub ttl_enabled: bool,
+    /// The TTL of a plain `put` when `ttl_enabled`; must then be positive.
+    pub default_ttl: Duration,
+    /// How often the background thread removes expired entries; zero turns
+    /// background cleanup off (expired entries are then removed on read).
+    pub cleanup_interval: Duration,
+    /// Entries examined per shard under one lock hold during cleanup.
+    pub cleanup_batch: usize,
+    /// Number of shards, a power of two: more shards, less contention and
+    /// smaller copy-on-write copies.
+    pub n_shards: usize,
+    /// One call in this many (per thread) is timed for latency percentiles;
+    /// 1 times every call, 0 none.
+    pub latency_sample_every: u32,
+    /// The time source for TTL.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            ttl_enabled: false,
+            default_ttl: Duration::from_secs(3600),
+            cleanup_interval: Duration::from_secs(1),
+            cleanup_batch: 1024,
+            n_shards: 1024,
+            latency_sample_every: DEFAULT_SAMPLE_EVERY,
+            clock: system_clock(),
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Enables TTL with `default_ttl` for plain puts.
+    pub fn with_ttl(mut self, default_ttl: Duration) -> Self {
+        self.ttl_enabled = true;
+        self.default_ttl = default_ttl;
+        self
+    }
+
+    /// Uses `clock` for TTL decisions.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the background cleanup interval (zero disables it).
+    pub fn with_cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = interval;
+        self
+    }
+
+    /// Sets the number of shards.
+    pub fn with_shards(mut self, n_shards: usize) -> Self {
+        self.n_shards = n_shards;
+        self
+    }
+
+    /// Sets latency sampling (see [`MemoryConfig::latency_sample_every`]).
+    pub fn with_latency_sampling(mut self, every: u32) -> Self {
+        self.latency_sample_every = every;
+        self
+    }
+
+    fn validate(&self) -> Result<TtlPolicy> {
+        if !self.n_shards.is_power_of_two() || self.n_shards > 1 << 16 {
+            return Err(Error::invalid_config(
+                "n_shards",
+                format!(
+                    "must be a power of two between 1 and 65536, got {}",
+                    self.n_shards
+                ),
+            ));
+        }
+        if self.cleanup_batch == 0 {
+            return Err(Error::invalid_config("cleanup_batch", "must be at least 1"));
+        }
+        TtlPolicy::new(self.ttl_enabled, self.default_ttl)
+    }
+}
+
+/// Expiry value of an entry that never expires.
+const NEVER: u64 = u64::MAX;
+
+#[derive(Clone)]
+struct Slot {
+    value: Arc<[u8]>,
+    expires_at_ms: u64,
+}
+
+impl Slot {
+    fn expiry(&self) -> Option<u64> {
+        (self.expires_at_ms != NEVER).then_some(self.expires_at_ms)
+    }
+
+    #[inline]
+    fn is_dead(&self, clock: &dyn Clock) -> bool {
+        self.expires_at_ms != NEVER && is_expired(self.expires_at_ms, clock.now_ms())
+    }
+}
+
+type Hasher = foldhash::fast::RandomState;
+type ShardMap = IndexMap<Arc<[u8]>, Slot, Hasher>;
+
+struct ShardState {
+    map: Arc<ShardMap>,
+    /// Entries in `map` that carry an expiry.
+    n_expiring: usize,
+    /// Where the background cleanup resumes.
+    cursor: usize,
+}
+
+impl ShardState {
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Slot> {
+        self.map
+            .raw_entry_v1()
+            .from_hash(hash, |k| **k == *key)
+            .map(|(_, slot)| slot)
+    }
+
+    /// Inserts or replaces; returns the replaced slot so it is freed outside
+    /// the lock.
+    fn insert(&mut self, hash: u64, key: &[u8], slot: Slot) -> Option<Slot> {
+        let expiring = slot.expires_at_ms != NEVER;
+        let map = Arc::make_mut(&mut self.map);
+        let old = match map.raw_entry_mut_v1().from_hash(hash, |k| **k == *key) {
+            RawEntryMut::Occupied(mut o) => Some(std::mem::replace(o.get_mut(), slot)),
+            RawEntryMut::Vacant(v) => {
+                v.insert_hashed_nocheck(hash, Arc::from(key), slot);
+                None
+            }
+        };
+        if old.as_ref().is_some_and(|s| s.expires_at_ms != NEVER) {
+            self.n_expiring -= 1;
+        }
+        if expiring {
+            self.n_expiring += 1;
+        }
+        old
+    }
+
+    /// Removes `key` if present (and, when `only_if_dead` is given, only if
+    /// it is expired at that clock's current time).
+    fn remove(&mut self, hash: u64, key: &[u8], only_if_dead: Option<&dyn Clock>) -> Option<Slot> {
+        let slot = self.find(hash, key)?;
+        if let Some(clock) = only_if_dead {
+            if !slot.is_dead(clock) {
+                return None;
+            }
+        }
+        let map = Arc::make_mut(&mut self.map);
+        let RawEntryMut::Occupied(o) = map.raw_entry_mut_v1().from_hash(hash, |k| **k == *key)
+        else {
+            return None;
+        };
+        let old = o.swap_remove();
+        if old.expires_at_ms != NEVER {
+            self.n_expiring -= 1;
+        }
+        Some(old)
+    }
+}
+
+type Shard = CachePadded<RwLock<Option<ShardState>>>;
+
+struct Inner {
+    shards: Box<[Shard]>,
+    shard_mask: u64,
+    hasher: Hasher,
+    ttl: TtlPolicy,
+    clock: Arc<dyn Clock>,
+    metrics: MetricsRecorder,
+    closed: AtomicBool,
+    cleanup_interval: Duration,
+    cleanup_batch: usize,
+}
+
+/// Fast in-memory state with TTL, snapshots and metrics.
+///
+/// See [`StateBackend`] for the contract. Memory use is about the size of
+/// the keys and values plus ~100 bytes per entry. A snapshot or scan that
+/// is in progress keeps the entries it sees alive; shards written during it
+/// are copied once (the entry table, not the values).
+///
+/// Scans visit every entry (the shards are hash maps), so they cost time in
+/// proportion to the whole state, not to the range; keep wide scans for
+/// small states or use the RocksDB backend.
+pub struct MemoryStateBackend {
+    inner: Arc<Inner>,
+    cleaner: Mutex<Option<Cleaner>>,
+}
+
+struct Cleaner {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+impl fmt::Debug for MemoryStateBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStateBackend")
+            .field("n_shards", &self.inner.shards.len())
+            .field("ttl", &self.inner.ttl)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStateBackend {
+    fn default() -> Self {
+        Self::new(MemoryConfig::default()).expect("the default configuration is valid")
+    }
+}
+
+impl MemoryStateBackend {
+    /// Creates an empty backend.
+    pub fn new(config: MemoryConfig) -> Result<Self> {
+        let ttl = config.validate()?;
+        let hasher = Hasher::default();
+        let shards = (0..config.n_shards)
+            .map(|_| {
+                CachePadded::new(RwLock::new(Some(ShardState {
+                    map: Arc::new(ShardMap::with_hasher(hasher.clone())),
+                    n_expiring: 0,
+                    cursor: 0,
+                })))
+            })
+            .collect();
+        Ok(MemoryStateBackend {
+            inner: Arc::new(Inner {
+                shards,
+                shard_mask: config.n_shards as u64 - 1,
+                hasher,
+                ttl,
+                clock: config.clock,
+                metrics: MetricsRecorder::new(config.latency_sample_every),
+                closed: AtomicBool::new(false),
+                cleanup_interval: config.cleanup_interval,
+                cleanup_batch: config.cleanup_batch,
+            }),
+            cleaner: Mutex::new(None),
+        })
+    }
+
+    /// Entries stored, including expired ones not yet removed. Not a
+    /// consistent count while other threads write.
+    pub fn len(&self) -> Result<usize> {
+        let mut n = 0;
+        for shard in self.inner.shards.iter() {
+            n += shard.read().as_ref().ok_or(Error::Closed)?.map.len();
+        }
+        Ok(n)
+    }
+
+    /// True if nothing is stored.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) -> Result<()> {
+        let mut old = Vec::with_capacity(self.inner.shards.len());
+        let mut guards = self.inner.lock_all_for_write()?;
+        for state in guards.iter_mut().filter_map(|g| g.as_mut()) {
+            let empty = Arc::new(ShardMap::with_hasher(self.inner.hasher.clone()));
+            old.push(std::mem::replace(&mut state.map, empty));
+            state.n_expiring = 0;
+            state.cursor = 0;
+        }
+        drop(guards);
+        drop(old);
+        Ok(())
+    }
+
+    /// Removes expired entries now, as the background thread does; returns
+    /// how many were removed.
+    pub fn purge_expired(&self) -> Result<u64> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(self.inner.cleanup_pass())
+    }
+
+    fn ensure_cleaner(&self) {
+        if self.inner.cleanup_interval.is_zero() {
+            return;
+        }
+        let mut cleaner = self.cleaner.lock();
+        if cleaner.is_some() || self.is_closed() {
+            return;
+        }
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let weak = Arc::downgrade(&self.inner);
+        let interval = self.inner.cleanup_interval;
+        let thread_stop = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("gress-ttl-cleanup".into())
+            .spawn(move || cleanup_loop(&weak, interval, &thread_stop));
+        match spawned {
+            Ok(thread) => *cleaner = Some(Cleaner { stop, thread }),
+            // Without the thread, expired entries are still never returned
+            // and are removed on read; say so and carry on.
+            Err(e) => tracing::warn!(error = %e, "could not start the TTL cleanup thread"),
+        }
+    }
+
+    #[inline]
+    fn note_expiring_write(&self) {
+        // Cheap check first: the lock is taken once per backend.
+        if !self.inner.cleanup_interval.is_zero() && self.cleaner.lock().is_none() {
+            self.ensure_cleaner();
+        }
+    }
+
+    fn put_inner(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        check_key(key)?;
+        check_value(value)?;
+        let inner = &*self.inner;
+        let expiry = inner.ttl.expiry(ttl, || inner.clock.now_ms())?;
+        let slot = Slot {
+            value: Arc::from(value),
+            expires_at_ms: expiry.unwrap_or(NEVER),
+        };
+        let hash = inner.hash(key);
+        let old = {
+            let mut guard = inner.shard(hash).write();
+            let state = guard.as_mut().ok_or(Error::Closed)?;
+            state.insert(hash, key, slot)
+        };
+        drop(old);
+        inner.metrics.add(Counter::Put, 1);
+        if expiry.is_some() {
+            self.note_expiring_write();
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    #[inline]
+    fn hash(&self, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
+    /// Bits 32.. pick the shard: the maps use the low bits for buckets and
+    /// the top 7 for tags, so a shard's keys still spread within it.
+    #[inline]
+    fn shard(&self, hash: u64) -> &RwLock<Option<ShardState>> {
+        &self.shards[((hash >> 32) & self.shard_mask) as usize]
+    }
+
+    fn get_one(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let hash = self.hash(key);
+        let shard = self.shard(hash);
+        let guard = shard.read();
+        let state = guard.as_ref().ok_or(Error::Closed)?;
+        let found = match state.find(hash, key) {
+            None => None,
+            Some(slot) if slot.is_dead(&*self.clock) => {
+                drop(guard);
+                self.remove_if_dead(shard, hash, key);
+                None
+            }
+            Some(slot) => Some(slot.value.to_vec()),
+        };
+        let counter = if found.is_some() {
+            Counter::Hit
+        } else {
+            Counter::Miss
+        };
+        self.metrics.add(counter, 1);
+        Ok(found)
+    }
+
+    /// Removes an entry seen expired by a reader. The check is repeated
+    /// under the write lock, so a value written since the reader looked is
+    /// kept.
+    fn remove_if_dead(&self, shard: &RwLock<Option<ShardState>>, hash: u64, key: &[u8]) {
+        let removed = {
+            let mut guard = shard.write();
+            guard
+                .as_mut()
+                .and_then(|state| state.remove(hash, key, Some(&*self.clock)))
+        };
+        if removed.is_some() {
+            self.metrics.add(Counter::Expired, 1);
+        }
+    }
+
+    fn lock_all_for_write(&self) -> Result<Vec<RwLockWriteGuard<'_, Option<ShardState>>>> {
+        // Ascending order, as every multi-shard lock holder, so none deadlock.
+        let guards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
+        if guards.iter().any(|g| g.is_none()) {
+            return Err(Error::Closed);
+        }
+        Ok(guards)
+    }
+
+    /// A consistent cut of every shard, taken by holding all read locks at
+    /// once for the time it takes to clone the `Arc`s.
+    fn freeze(&self) -> Result<Vec<Arc<ShardMap>>> {
+        let guards: Vec<_> = self.shards.iter().map(|s| s.read()).collect();
+        guards
+            .iter()
+            .map(|g| g.as_ref().map(|s| Arc::clone(&s.map)).ok_or(Error::Closed))
+            .collect()
+    }
+
+    /// One pass of background cleanup over every shard, in bounded steps.
+    fn cleanup_pass(&self) -> u64 {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            removed += self.cleanup_shard(shard);
+        }
+        if removed > 0 {
+            self.metrics.add(Counter::Expired, removed);
+        }
+        removed
+    }
+
+    fn cleanup_shard(&self, shard: &RwLock<Option<ShardState>>) -> u64 {
+        if shard.read().as_ref().is_none_or(|s| s.n_expiring == 0) {
+            return 0;
+        }
+        let mut removed = 0;
+        let mut examined = 0;
+        loop {
+            let now = self.clock.now_ms();
+            let mut guard = shard.write();
+            let Some(state) = guard.as_mut() else {
+                return removed;
+            };
+            let len_at_start = state.map.len();
+            if state.n_expiring == 0 || state.cursor >= len_at_start {
+                state.cursor = 0;
+                if state.n_expiring == 0 {
+                    return removed;
+                }
+            }
+            let mut i = state.cursor;
+            let mut budget = self.cleanup_batch;
+            while budget > 0 && i < state.map.len() {
+                budget -= 1;
+                let dead = state
+                    .map
+                    .get_index(i)
+                    .is_some_and(|(_, s)| s.expires_at_ms != NEVER && is_expired(s.expires_at_ms, now));
+                if dead {
+                    // The last entry moves into `i`; look at it next.
+                    Arc::make_mut(&mut state.map).swap_remove_index(i);
+                    state.n_expiring -= 1;
+                    removed += 1;
+                } else {
+                    i += 1;
+                }
+            }
+            examined += self.cleanup_batch - budget;
+            state.cursor = i;
+            if i >= state.map.len() || examined >= len_at_start {
+                // One full lap of this shard is done; resume here next pass.
+                return removed;
+            }
+            drop(guard);
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn cleanup_loop(inner: &Weak<Inner>, interval: Duration, stop: &(Mutex<bool>, Condvar)) {
+    loop {
+        {
+            let mut stopped = stop.0.lock();
+            if !*stopped {
+                stop.1.wait_for(&mut stopped, interval);
+            }
+            if *stopped {
+                return;
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let removed = inner.cleanup_pass();
+        if removed > 0 {
+            tracing::trace!(removed, "removed expired entries");
+        }
+    }
+}
+
+impl StateBackend for MemoryStateBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let timer = self.inner.metrics.start(Op::Get);
+        let result = self.inner.get_one(key);
+        self.inner.metrics.finish(timer);
+        result
+    }
+
+    fn multi_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let timer = self.inner.metrics.start(Op::MultiGet);
+        let result = keys.iter().map(|k| self.inner.get_one(k)).collect();
+        self.inner.metrics.finish(timer);
+        result
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let timer = self.inner.metrics.start(Op::Put);
+        let result = self.put_inner(key, value, None);
+        self.inner.metrics.finish(timer);
+        result
+    }
+
+    fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        let timer = self.inner.metrics.start(Op::Put);
+        let result = self.put_inner(key, value, Some(ttl));
+        self.inner.metrics.finish(timer);
+        result
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<()> {
+        let timer = self.inner.metrics.start(Op::Delete);
+        let inner = &*self.inner;
+        let hash = inner.hash(key);
+        let removed = {
+            let mut guard = inner.shard(hash).write();
+            let state = guard.as_mut().ok_or(Error::Closed)?;
+            state.remove(hash, key, None)
+        };
+        drop(removed);
+        inner.metrics.add(Counter::Delete, 1);
+        inner.metrics.finish(timer);
+        Ok(())
+    }
+
+    fn write_batch(&self, batch: &WriteBatch) -> Result<()> {
+        let timer = self.inner.metrics.start(Op::Batch);
+        let inner = &*self.inner;
+        batch.validate()?;
+        let now = inner.clock.now_ms();
+        let mut any_expiring = false;
+        // Everything that can fail or allocate happens before locking.
+        let mut prepared = Vec::with_capacity(batch.len());
+        for op in batch.ops() {
+            let hash = inner.hash(op.key());
+            let shard_idx = ((hash >> 32) & inner.shard_mask) as usize;
+            let slot = match op {
+                BatchOp::Put { value, ttl, .. } => {
+                    let expiry = inner.ttl.expiry(*ttl, || now)?;
+                    any_expiring |= expiry.is_some();
+                    Some(Slot {
+                        value: Arc::from(value.as_slice()),
+                        expires_at_ms: expiry.unwrap_or(NEVER),
+                    })
+                }
+                BatchOp::Delete { .. } => None,
+            };
+            prepared.push((shard_idx, hash, op.key(), slot));
+        }
+        let mut shard_ids: Vec<usize> = prepared.iter().map(|p| p.0).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
+        let mut guards = Vec::with_capacity(shard_ids.len());
+        for &idx in &shard_ids {
+            let guard = inner.shards[idx].write();
+            if guard.is_none() {
+                return Err(Error::Closed);
+            }
+            guards.push(guard);
+        }
+        let mut garbage = Vec::with_capacity(prepared.len());
+        let (mut n_puts, mut n_deletes) = (0, 0);
+        for (shard_idx, hash, key, slot) in prepared {
+            let g = shard_ids
+                .binary_search(&shard_idx)
+                .expect("every shard of the batch is locked");
+            let state = guards[g].as_mut().expect("checked open above");
+            let old = match slot {
+                Some(slot) => {
+                    n_puts += 1;
+                    state.insert(hash, key, slot)
+                }
+                None => {
+                    n_deletes += 1;
+                    state.remove(hash, key, None)
+                }
+            };
+            garbage.push(old);
+        }
+        drop(guards);
+        drop(garbage);
+        inner.metrics.add(Counter::Put, n_puts);
+        inner.metrics.add(Counter::Delete, n_deletes);
+        inner.metrics.add(Counter::Batch, 1);
+        if any_expiring {
+            self.note_expiring_write();
+        }
+        inner.metrics.finish(timer);
+        Ok(())
+    }
+
+    fn scan(&self, range: KeyRange) -> Result<ScanIter<'_>> {
+        let timer = self.inner.metrics.start(Op::Scan);
+        let maps = self.inner.freeze()?;
+        let now = self.inner.clock.now_ms();
+        let mut hits: Vec<(Arc<[u8]>, Arc<[u8]>)> = Vec::new();
+        for map in &maps {
+            for (key, slot) in map.iter() {
+                let live = slot.expires_at_ms == NEVER || !is_expired(slot.expires_at_ms, now);
+                if live && range.contains(key) {
+                    hits.push((Arc::clone(key), Arc::clone(&slot.value)));
+                }
+            }
+        }
+        drop(maps);
+        hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.inner.metrics.add(Counter::Scan, 1);
+        self.inner.metrics.finish(timer);
+        Ok(Box::new(
+            hits.into_iter().map(|(k, v)| Ok((k.to_vec(), v.to_vec()))),
+        ))
+    }
+
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<SnapshotSummary> {
+        let maps = self.inner.freeze()?;
+        let now = self.inner.clock.now_ms();
+        let mut writer = SnapshotWriter::new(out, SnapshotKind::Full, now)?;
+        for map in &maps {
+            for (key, slot) in map.iter() {
+                if slot.expires_at_ms != NEVER && is_expired(slot.expires_at_ms, now) {
+                    continue;
+                }
+                writer.put(key, &slot.value, slot.expiry())?;
+            }
+        }
+        let summary = writer.finish()?;
+        self.inner.metrics.add(Counter::Snapshot, 1);
+        Ok(summary)
+    }
+
+    fn restore_from(&self, input: &mut dyn Read) -> Result<RestoreSummary> {
+        let inner = &*self.inner;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let mut reader = SnapshotReader::new(input)?;
+        if reader.header().kind != SnapshotKind::Full {
+            return Err(Error::invalid_argument(
+                "snapshot",
+                "a delta snapshot cannot replace the state; restore its full base first",
+            ));
+        }
+        let now = inner.clock.now_ms();
+        // Build the new state beside the old one; swap only once the whole
+        // stream has been read and verified.
+        let mut staged: Vec<ShardState> = (0..inner.shards.len())
+            .map(|_| ShardState {
+                map: Arc::new(ShardMap::with_hasher(inner.hasher.clone())),
+                n_expiring: 0,
+                cursor: 0,
+            })
+            .collect();
+        let mut summary = RestoreSummary::default();
+        while let Some(entry) = reader.next_entry()? {
+            let SnapshotEntry::Put {
+                key,
+                value,
+                expires_at_ms,
+            } = entry
+            else {
+                return Err(Error::corrupted(
+                    "snapshot stream",
+                    reader.bytes_read(),
+                    "tombstone in a full snapshot",
+                ));
+            };
+            if expires_at_ms.is_some_and(|at| is_expired(at, now)) {
+                summary.n_entries_expired += 1;
+                continue;
+            }
+            let hash = inner.hash(key);
+            let slot = Slot {
+                value: Arc::from(value),
+                expires_at_ms: expires_at_ms.unwrap_or(NEVER),
+            };
+            let idx = ((hash >> 32) & inner.shard_mask) as usize;
+            staged[idx].insert(hash, key, slot);
+        }
+        summary.n_entries_read = reader.entries_read();
+        summary.n_bytes = reader.bytes_read();
+        let any_expiring = staged.iter().any(|s| s.n_expiring > 0);
+        summary.n_entries_restored = staged.iter().map(|s| s.map.len() as u64).sum();
+
+        let mut guards = inner.lock_all_for_write()?;
+        let mut old = Vec::with_capacity(staged.len());
+        for (guard, new) in guards.iter_mut().zip(staged) {
+            old.push(guard.replace(new));
+        }
+        drop(guards);
+        drop(old);
+        inner.metrics.add(Counter::Restore, 1);
+        if any_expiring {
+            self.note_expiring_write();
+        }
+        Ok(summary)
+    }
+
+    fn flush(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> Metrics {
+        let mut m = self.inner.metrics.snapshot();
+        m.n_keys = self.len().unwrap_or(0) as u64;
+        m
+    }
+
+    fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some(cleaner) = self.cleaner.lock().take() {
+            *cleaner.stop.0.lock() = true;
+            cleaner.stop.1.notify_all();
+            if cleaner.thread.join().is_err() {
+                tracing::error!("the TTL cleanup thread panicked");
+            }
+        }
+        let mut old = Vec::with_capacity(self.inner.shards.len());
+        for shard in self.inner.shards.iter() {
+            old.push(shard.write().take());
+        }
+        drop(old);
+        Ok(())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for MemoryStateBackend {
+    fn drop(&mut self) {
+        // close never fails for this backend.
+        let _ = self.close();
+    }
+}
