@@ -184,7 +184,9 @@ impl Error {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Error::Corrupted { .. } | Error::ChecksumMismatch { .. } | Error::UnsupportedFormat { .. }
+            Error::Corrupted { .. }
+                | Error::ChecksumMismatch { .. }
+                | Error::UnsupportedFormat { .. }
         )
     }
 }

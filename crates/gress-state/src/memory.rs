@@ -145,8 +145,6 @@ struct ShardState {
     map: Arc<ShardMap>,
     /// Entries in `map` that carry an expiry.
     n_expiring: usize,
-    /// Where the background cleanup resumes.
-    cursor: usize,
 }
 
 impl ShardState {
@@ -260,7 +258,6 @@ impl MemoryStateBackend {
                 CachePadded::new(RwLock::new(Some(ShardState {
                     map: Arc::new(ShardMap::with_hasher(hasher.clone())),
                     n_expiring: 0,
-                    cursor: 0,
                 })))
             })
             .collect();
@@ -303,7 +300,6 @@ impl MemoryStateBackend {
             let empty = Arc::new(ShardMap::with_hasher(self.inner.hasher.clone()));
             old.push(std::mem::replace(&mut state.map, empty));
             state.n_expiring = 0;
-            state.cursor = 0;
         }
         drop(guards);
         drop(old);
@@ -457,33 +453,27 @@ impl Inner {
         removed
     }
 
+    /// Walks one shard from start to end, `cleanup_batch` entries per lock
+    /// hold. Entries moved by concurrent removals may be missed until the
+    /// next pass; none is removed unless expired.
     fn cleanup_shard(&self, shard: &RwLock<Option<ShardState>>) -> u64 {
         if shard.read().as_ref().is_none_or(|s| s.n_expiring == 0) {
             return 0;
         }
         let mut removed = 0;
-        let mut examined = 0;
+        let mut i = 0;
         loop {
             let now = self.clock.now_ms();
             let mut guard = shard.write();
             let Some(state) = guard.as_mut() else {
                 return removed;
             };
-            let len_at_start = state.map.len();
-            if state.n_expiring == 0 || state.cursor >= len_at_start {
-                state.cursor = 0;
-                if state.n_expiring == 0 {
-                    return removed;
-                }
-            }
-            let mut i = state.cursor;
             let mut budget = self.cleanup_batch;
-            while budget > 0 && i < state.map.len() {
+            while budget > 0 && i < state.map.len() && state.n_expiring > 0 {
                 budget -= 1;
-                let dead = state
-                    .map
-                    .get_index(i)
-                    .is_some_and(|(_, s)| s.expires_at_ms != NEVER && is_expired(s.expires_at_ms, now));
+                let dead = state.map.get_index(i).is_some_and(|(_, s)| {
+                    s.expires_at_ms != NEVER && is_expired(s.expires_at_ms, now)
+                });
                 if dead {
                     // The last entry moves into `i`; look at it next.
                     Arc::make_mut(&mut state.map).swap_remove_index(i);
@@ -493,10 +483,7 @@ impl Inner {
                     i += 1;
                 }
             }
-            examined += self.cleanup_batch - budget;
-            state.cursor = i;
-            if i >= state.map.len() || examined >= len_at_start {
-                // One full lap of this shard is done; resume here next pass.
+            if i >= state.map.len() || state.n_expiring == 0 {
                 return removed;
             }
             drop(guard);
@@ -701,7 +688,6 @@ impl StateBackend for MemoryStateBackend {
             .map(|_| ShardState {
                 map: Arc::new(ShardMap::with_hasher(inner.hasher.clone())),
                 n_expiring: 0,
-                cursor: 0,
             })
             .collect();
         let mut summary = RestoreSummary::default();

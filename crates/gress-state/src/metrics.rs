@@ -91,7 +91,14 @@ const N_OPS: usize = 6;
 
 impl Op {
     /// Every kind, in order.
-    pub const ALL: [Op; N_OPS] = [Op::Get, Op::Put, Op::Delete, Op::MultiGet, Op::Batch, Op::Scan];
+    pub const ALL: [Op; N_OPS] = [
+        Op::Get,
+        Op::Put,
+        Op::Delete,
+        Op::MultiGet,
+        Op::Batch,
+        Op::Scan,
+    ];
 
     fn idx(self) -> usize {
         self as usize
@@ -179,7 +186,9 @@ impl MetricsRecorder {
             .clamp(2, 64)
             .next_power_of_two();
         MetricsRecorder {
-            stripes: (0..n).map(|_| CachePadded::new(Stripe::default())).collect(),
+            stripes: (0..n)
+                .map(|_| CachePadded::new(Stripe::default()))
+                .collect(),
             sample_every,
         }
     }

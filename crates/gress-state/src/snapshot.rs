@@ -272,10 +272,7 @@ impl<R: Read> SnapshotReader<R> {
         let got = read_full(&mut input, &mut header)?;
         if got < MAGIC.len() || header[..8] != MAGIC {
             return Err(Error::UnsupportedFormat {
-                found: Cow::Owned(format!(
-                    "magic {:02x?}",
-                    &header[..got.min(MAGIC.len())]
-                )),
+                found: Cow::Owned(format!("magic {:02x?}", &header[..got.min(MAGIC.len())])),
                 supported: Cow::Borrowed("gress-state snapshot (magic 89 47 52 53 4e 41 50 0a)"),
             });
         }
@@ -626,7 +623,10 @@ mod tests {
                 expires_at_ms: Some(7)
             })
         );
-        assert_eq!(r.next_entry()?, Some(SnapshotEntry::Tombstone { key: b"gone" }));
+        assert_eq!(
+            r.next_entry()?,
+            Some(SnapshotEntry::Tombstone { key: b"gone" })
+        );
         assert_eq!(r.next_entry()?, None);
         Ok(())
     }

@@ -96,7 +96,11 @@ impl TtlPolicy {
 
     /// The expiry of a write made at `now_ms`: `explicit` (from
     /// `put_with_ttl`) wins over the default; `None` means never.
-    pub fn expiry(&self, explicit: Option<Duration>, now_ms: impl FnOnce() -> u64) -> Result<Option<u64>> {
+    pub fn expiry(
+        &self,
+        explicit: Option<Duration>,
+        now_ms: impl FnOnce() -> u64,
+    ) -> Result<Option<u64>> {
         let ttl = match explicit {
             Some(ttl) => Some(ttl_ms(ttl)?),
             None => self.default_ms,
