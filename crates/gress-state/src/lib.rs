@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod clock;
+mod concat;
 pub mod error;
 pub mod memory;
 pub mod metrics;

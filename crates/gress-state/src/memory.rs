@@ -1,8 +1,9 @@
 //! `MemoryStateBackend`: sharded hash maps with copy-on-write snapshots.
 //!
 //! Layout: keys are hashed once; bits 32.. of the hash pick one of
-//! `n_shards` shards, each an `RwLock` over an `Arc<IndexMap>`. Point
-//! operations lock one shard. Snapshots and scans lock every shard for read
+//! `n_shards` shards, each an `RwLock` over an `Arc` of a hash table. An
+//! entry keeps key and value in one allocation, so a lookup touches the
+//! table and that one block. Point operations lock one shard. Snapshots and scans lock every shard for read
 //! just long enough to clone the `Arc`s (a consistent cut), then read
 //! without locks; a writer that finds its shard shared copies that shard
 //! first (`Arc::make_mut`), so writers never wait for snapshot I/O.
@@ -17,9 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
-use indexmap::IndexMap;
-use indexmap::map::RawEntryApiV1;
-use indexmap::map::raw_entry_v1::RawEntryMut;
+use hashbrown::{HashTable, hash_table};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockWriteGuard};
 
 use crate::backend::{BatchOp, KeyRange, ScanIter, StateBackend, WriteBatch};
@@ -30,6 +29,7 @@ use crate::snapshot::{
     RestoreSummary, SnapshotEntry, SnapshotKind, SnapshotReader, SnapshotSummary, SnapshotWriter,
 };
 use crate::ttl::{TtlPolicy, check_key, check_value, is_expired};
+use std::hash::BuildHasher;
 
 /// Configuration of a [`MemoryStateBackend`].
 #[derive(Debug, Clone)]
@@ -121,15 +121,47 @@ impl MemoryConfig {
 /// Expiry value of an entry that never expires.
 const NEVER: u64 = u64::MAX;
 
+/// One stored entry: key and value bytes in one shared block.
 #[derive(Clone)]
-struct Slot {
-    value: Arc<[u8]>,
+struct Entry {
+    /// The key followed by the value.
+    data: Arc<[u8]>,
+    key_len: u32,
     expires_at_ms: u64,
 }
 
-impl Slot {
+impl Entry {
+    fn new(key: &[u8], value: &[u8], expiry: Option<u64>) -> Self {
+        Entry {
+            data: crate::concat::concat_arc(key, value),
+            // check_key bounds keys to MAX_KEY_LEN, well inside u32.
+            key_len: key.len() as u32,
+            expires_at_ms: expiry.unwrap_or(NEVER),
+        }
+    }
+
+    #[inline]
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+
+    #[inline]
+    fn value(&self) -> &[u8] {
+        &self.data[self.key_len as usize..]
+    }
+
     fn expiry(&self) -> Option<u64> {
         (self.expires_at_ms != NEVER).then_some(self.expires_at_ms)
+    }
+
+    #[inline]
+    fn is_expiring(&self) -> bool {
+        self.expires_at_ms != NEVER
+    }
+
+    #[inline]
+    fn is_dead_at(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != NEVER && is_expired(self.expires_at_ms, now_ms)
     }
 
     #[inline]
@@ -139,35 +171,97 @@ impl Slot {
 }
 
 type Hasher = foldhash::fast::RandomState;
-type ShardMap = IndexMap<Arc<[u8]>, Slot, Hasher>;
+type Table = HashTable<Entry>;
+
+/// A shard's table: owned while no snapshot or scan holds it, shared
+/// (copy-on-write) while one does. The owned state costs writers no atomic
+/// operation.
+enum TableCell {
+    Owned(Table),
+    Frozen(Arc<Table>),
+}
+
+impl TableCell {
+    #[inline]
+    fn get(&self) -> &Table {
+        match self {
+            TableCell::Owned(t) => t,
+            TableCell::Frozen(t) => t,
+        }
+    }
+
+    /// The table for writing; copies it first if a reader still holds it.
+    #[inline]
+    fn get_mut(&mut self) -> &mut Table {
+        if let TableCell::Frozen(_) = self {
+            self.thaw();
+        }
+        match self {
+            TableCell::Owned(t) => t,
+            TableCell::Frozen(_) => unreachable!("thaw leaves the table owned"),
+        }
+    }
+
+    #[cold]
+    fn thaw(&mut self) {
+        if let TableCell::Frozen(shared) = std::mem::replace(self, TableCell::Owned(Table::new())) {
+            *self = TableCell::Owned(Arc::unwrap_or_clone(shared));
+        }
+    }
+
+    /// A shared handle to the table as it is now.
+    fn freeze(&mut self) -> Arc<Table> {
+        if let TableCell::Owned(t) = self {
+            let t = std::mem::replace(t, Table::new());
+            *self = TableCell::Frozen(Arc::new(t));
+        }
+        match self {
+            TableCell::Frozen(t) => Arc::clone(t),
+            TableCell::Owned(_) => unreachable!("frozen just above"),
+        }
+    }
+}
 
 struct ShardState {
-    map: Arc<ShardMap>,
-    /// Entries in `map` that carry an expiry.
+    table: TableCell,
+    /// Entries in `table` that carry an expiry.
     n_expiring: usize,
 }
 
 impl ShardState {
-    fn find(&self, hash: u64, key: &[u8]) -> Option<&Slot> {
-        self.map
-            .raw_entry_v1()
-            .from_hash(hash, |k| **k == *key)
-            .map(|(_, slot)| slot)
+    fn empty() -> Self {
+        ShardState {
+            table: TableCell::Owned(Table::new()),
+            n_expiring: 0,
+        }
     }
 
-    /// Inserts or replaces; returns the replaced slot so it is freed outside
-    /// the lock.
-    fn insert(&mut self, hash: u64, key: &[u8], slot: Slot) -> Option<Slot> {
-        let expiring = slot.expires_at_ms != NEVER;
-        let map = Arc::make_mut(&mut self.map);
-        let old = match map.raw_entry_mut_v1().from_hash(hash, |k| **k == *key) {
-            RawEntryMut::Occupied(mut o) => Some(std::mem::replace(o.get_mut(), slot)),
-            RawEntryMut::Vacant(v) => {
-                v.insert_hashed_nocheck(hash, Arc::from(key), slot);
+    fn len(&self) -> usize {
+        self.table.get().len()
+    }
+
+    #[inline]
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+        self.table.get().find(hash, |e| e.key() == key)
+    }
+
+    /// Inserts or replaces; returns the replaced entry so it is freed
+    /// outside the lock.
+    fn insert(&mut self, hasher: &Hasher, hash: u64, entry: Entry) -> Option<Entry> {
+        let expiring = entry.is_expiring();
+        let table = self.table.get_mut();
+        let old = match table.entry(
+            hash,
+            |e| e.key() == entry.key(),
+            |e| hasher.hash_one(e.key()),
+        ) {
+            hash_table::Entry::Occupied(mut o) => Some(std::mem::replace(o.get_mut(), entry)),
+            hash_table::Entry::Vacant(v) => {
+                v.insert(entry);
                 None
             }
         };
-        if old.as_ref().is_some_and(|s| s.expires_at_ms != NEVER) {
+        if old.as_ref().is_some_and(Entry::is_expiring) {
             self.n_expiring -= 1;
         }
         if expiring {
@@ -178,20 +272,15 @@ impl ShardState {
 
     /// Removes `key` if present (and, when `only_if_dead` is given, only if
     /// it is expired at that clock's current time).
-    fn remove(&mut self, hash: u64, key: &[u8], only_if_dead: Option<&dyn Clock>) -> Option<Slot> {
-        let slot = self.find(hash, key)?;
-        if let Some(clock) = only_if_dead {
-            if !slot.is_dead(clock) {
-                return None;
-            }
-        }
-        let map = Arc::make_mut(&mut self.map);
-        let RawEntryMut::Occupied(o) = map.raw_entry_mut_v1().from_hash(hash, |k| **k == *key)
-        else {
+    fn remove(&mut self, hash: u64, key: &[u8], only_if_dead: Option<&dyn Clock>) -> Option<Entry> {
+        let entry = self.find(hash, key)?;
+        if only_if_dead.is_some_and(|clock| !entry.is_dead(clock)) {
             return None;
-        };
-        let old = o.swap_remove();
-        if old.expires_at_ms != NEVER {
+        }
+        // Copy on write only once we know there is something to remove.
+        let table = self.table.get_mut();
+        let (old, _) = table.find_entry(hash, |e| e.key() == key).ok()?.remove();
+        if old.is_expiring() {
             self.n_expiring -= 1;
         }
         Some(old)
@@ -215,16 +304,17 @@ struct Inner {
 /// Fast in-memory state with TTL, snapshots and metrics.
 ///
 /// See [`StateBackend`] for the contract. Memory use is about the size of
-/// the keys and values plus ~100 bytes per entry. A snapshot or scan that
-/// is in progress keeps the entries it sees alive; shards written during it
-/// are copied once (the entry table, not the values).
+/// the keys and values plus ~80 bytes per entry. A snapshot or scan that is
+/// in progress keeps the entries it sees alive; shards written during it are
+/// copied once (the entry table, not the keys and values).
 ///
-/// Scans visit every entry (the shards are hash maps), so they cost time in
-/// proportion to the whole state, not to the range; keep wide scans for
+/// Scans visit every entry (the shards are hash tables), so they cost time
+/// in proportion to the whole state, not to the range; keep wide scans for
 /// small states or use the RocksDB backend.
 pub struct MemoryStateBackend {
     inner: Arc<Inner>,
     cleaner: Mutex<Option<Cleaner>>,
+    cleaner_started: AtomicBool,
 }
 
 struct Cleaner {
@@ -252,20 +342,14 @@ impl MemoryStateBackend {
     /// Creates an empty backend.
     pub fn new(config: MemoryConfig) -> Result<Self> {
         let ttl = config.validate()?;
-        let hasher = Hasher::default();
         let shards = (0..config.n_shards)
-            .map(|_| {
-                CachePadded::new(RwLock::new(Some(ShardState {
-                    map: Arc::new(ShardMap::with_hasher(hasher.clone())),
-                    n_expiring: 0,
-                })))
-            })
+            .map(|_| CachePadded::new(RwLock::new(Some(ShardState::empty()))))
             .collect();
         Ok(MemoryStateBackend {
             inner: Arc::new(Inner {
                 shards,
                 shard_mask: config.n_shards as u64 - 1,
-                hasher,
+                hasher: Hasher::default(),
                 ttl,
                 clock: config.clock,
                 metrics: MetricsRecorder::new(config.latency_sample_every),
@@ -274,6 +358,7 @@ impl MemoryStateBackend {
                 cleanup_batch: config.cleanup_batch,
             }),
             cleaner: Mutex::new(None),
+            cleaner_started: AtomicBool::new(false),
         })
     }
 
@@ -282,7 +367,7 @@ impl MemoryStateBackend {
     pub fn len(&self) -> Result<usize> {
         let mut n = 0;
         for shard in self.inner.shards.iter() {
-            n += shard.read().as_ref().ok_or(Error::Closed)?.map.len();
+            n += shard.read().as_ref().ok_or(Error::Closed)?.len();
         }
         Ok(n)
     }
@@ -294,13 +379,11 @@ impl MemoryStateBackend {
 
     /// Removes every entry.
     pub fn clear(&self) -> Result<()> {
-        let mut old = Vec::with_capacity(self.inner.shards.len());
         let mut guards = self.inner.lock_all_for_write()?;
-        for state in guards.iter_mut().filter_map(|g| g.as_mut()) {
-            let empty = Arc::new(ShardMap::with_hasher(self.inner.hasher.clone()));
-            old.push(std::mem::replace(&mut state.map, empty));
-            state.n_expiring = 0;
-        }
+        let old: Vec<_> = guards
+            .iter_mut()
+            .filter_map(|g| g.replace(ShardState::empty()))
+            .collect();
         drop(guards);
         drop(old);
         Ok(())
@@ -315,12 +398,21 @@ impl MemoryStateBackend {
         Ok(self.inner.cleanup_pass())
     }
 
-    fn ensure_cleaner(&self) {
-        if self.inner.cleanup_interval.is_zero() {
+    /// Starts the cleanup thread on the first write that carries an expiry.
+    #[inline]
+    fn note_expiring_write(&self) {
+        if !self.cleaner_started.load(Ordering::Relaxed) {
+            self.start_cleaner();
+        }
+    }
+
+    fn start_cleaner(&self) {
+        let mut cleaner = self.cleaner.lock();
+        if self.cleaner_started.load(Ordering::Relaxed) || self.is_closed() {
             return;
         }
-        let mut cleaner = self.cleaner.lock();
-        if cleaner.is_some() || self.is_closed() {
+        self.cleaner_started.store(true, Ordering::Relaxed);
+        if self.inner.cleanup_interval.is_zero() {
             return;
         }
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
@@ -338,31 +430,19 @@ impl MemoryStateBackend {
         }
     }
 
-    #[inline]
-    fn note_expiring_write(&self) {
-        // Cheap check first: the lock is taken once per backend.
-        if !self.inner.cleanup_interval.is_zero() && self.cleaner.lock().is_none() {
-            self.ensure_cleaner();
-        }
-    }
-
     fn put_inner(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
         check_key(key)?;
         check_value(value)?;
         let inner = &*self.inner;
         let expiry = inner.ttl.expiry(ttl, || inner.clock.now_ms())?;
-        let slot = Slot {
-            value: Arc::from(value),
-            expires_at_ms: expiry.unwrap_or(NEVER),
-        };
+        let entry = Entry::new(key, value, expiry);
         let hash = inner.hash(key);
         let old = {
             let mut guard = inner.shard(hash).write();
             let state = guard.as_mut().ok_or(Error::Closed)?;
-            state.insert(hash, key, slot)
+            state.insert(&inner.hasher, hash, entry)
         };
         drop(old);
-        inner.metrics.add(Counter::Put, 1);
         if expiry.is_some() {
             self.note_expiring_write();
         }
@@ -373,38 +453,38 @@ impl MemoryStateBackend {
 impl Inner {
     #[inline]
     fn hash(&self, key: &[u8]) -> u64 {
-        use std::hash::BuildHasher;
         self.hasher.hash_one(key)
     }
 
-    /// Bits 32.. pick the shard: the maps use the low bits for buckets and
+    /// Bits 32.. pick the shard: the tables use the low bits for buckets and
     /// the top 7 for tags, so a shard's keys still spread within it.
     #[inline]
-    fn shard(&self, hash: u64) -> &RwLock<Option<ShardState>> {
-        &self.shards[((hash >> 32) & self.shard_mask) as usize]
+    fn shard_idx(&self, hash: u64) -> usize {
+        ((hash >> 32) & self.shard_mask) as usize
     }
 
+    #[inline]
+    fn shard(&self, hash: u64) -> &RwLock<Option<ShardState>> {
+        &self.shards[self.shard_idx(hash)]
+    }
+
+    /// One point read; `Ok(Some(true))`-style hit accounting is left to the
+    /// caller, which knows its thread slot.
+    #[inline]
     fn get_one(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let hash = self.hash(key);
         let shard = self.shard(hash);
         let guard = shard.read();
         let state = guard.as_ref().ok_or(Error::Closed)?;
-        let found = match state.find(hash, key) {
-            None => None,
-            Some(slot) if slot.is_dead(&*self.clock) => {
+        match state.find(hash, key) {
+            None => Ok(None),
+            Some(entry) if entry.is_dead(&*self.clock) => {
                 drop(guard);
                 self.remove_if_dead(shard, hash, key);
-                None
+                Ok(None)
             }
-            Some(slot) => Some(slot.value.to_vec()),
-        };
-        let counter = if found.is_some() {
-            Counter::Hit
-        } else {
-            Counter::Miss
-        };
-        self.metrics.add(counter, 1);
-        Ok(found)
+            Some(entry) => Ok(Some(entry.value().to_vec())),
+        }
     }
 
     /// Removes an entry seen expired by a reader. The check is repeated
@@ -431,14 +511,14 @@ impl Inner {
         Ok(guards)
     }
 
-    /// A consistent cut of every shard, taken by holding all read locks at
-    /// once for the time it takes to clone the `Arc`s.
-    fn freeze(&self) -> Result<Vec<Arc<ShardMap>>> {
-        let guards: Vec<_> = self.shards.iter().map(|s| s.read()).collect();
-        guards
-            .iter()
-            .map(|g| g.as_ref().map(|s| Arc::clone(&s.map)).ok_or(Error::Closed))
-            .collect()
+    /// A consistent cut of every shard, taken by holding all shard locks at
+    /// once for the time it takes to share each table.
+    fn freeze(&self) -> Result<Vec<Arc<Table>>> {
+        let mut guards = self.lock_all_for_write()?;
+        Ok(guards
+            .iter_mut()
+            .filter_map(|g| g.as_mut().map(|s| s.table.freeze()))
+            .collect())
     }
 
     /// One pass of background cleanup over every shard, in bounded steps.
@@ -453,37 +533,44 @@ impl Inner {
         removed
     }
 
-    /// Walks one shard from start to end, `cleanup_batch` entries per lock
-    /// hold. Entries moved by concurrent removals may be missed until the
-    /// next pass; none is removed unless expired.
+    /// Walks one shard's buckets from first to last, `cleanup_batch` buckets
+    /// per lock hold. Removing does not move other entries; if the table
+    /// grows between steps, entries missed are caught by the next pass. Only
+    /// expired entries are removed.
     fn cleanup_shard(&self, shard: &RwLock<Option<ShardState>>) -> u64 {
         if shard.read().as_ref().is_none_or(|s| s.n_expiring == 0) {
             return 0;
         }
         let mut removed = 0;
-        let mut i = 0;
+        let mut bucket = 0;
         loop {
             let now = self.clock.now_ms();
             let mut guard = shard.write();
             let Some(state) = guard.as_mut() else {
                 return removed;
             };
-            let mut budget = self.cleanup_batch;
-            while budget > 0 && i < state.map.len() && state.n_expiring > 0 {
-                budget -= 1;
-                let dead = state.map.get_index(i).is_some_and(|(_, s)| {
-                    s.expires_at_ms != NEVER && is_expired(s.expires_at_ms, now)
-                });
-                if dead {
-                    // The last entry moves into `i`; look at it next.
-                    Arc::make_mut(&mut state.map).swap_remove_index(i);
-                    state.n_expiring -= 1;
-                    removed += 1;
-                } else {
-                    i += 1;
+            let end = state
+                .table
+                .get()
+                .num_buckets()
+                .min(bucket + self.cleanup_batch);
+            while bucket < end && state.n_expiring > 0 {
+                if state
+                    .table
+                    .get()
+                    .get_bucket(bucket)
+                    .is_some_and(|e| e.is_dead_at(now))
+                {
+                    let table = state.table.get_mut();
+                    if let Ok(entry) = table.get_bucket_entry(bucket) {
+                        entry.remove();
+                        state.n_expiring -= 1;
+                        removed += 1;
+                    }
                 }
+                bucket += 1;
             }
-            if i >= state.map.len() || state.n_expiring == 0 {
+            if bucket >= state.table.get().num_buckets() || state.n_expiring == 0 {
                 return removed;
             }
             drop(guard);
@@ -522,36 +609,61 @@ impl StateBackend for MemoryStateBackend {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let timer = self.inner.metrics.start(Op::Get);
+        let local = self.inner.metrics.local();
+        let timer = local.start(Op::Get);
         let result = self.inner.get_one(key);
-        self.inner.metrics.finish(timer);
+        if let Ok(found) = &result {
+            local.add(
+                if found.is_some() {
+                    Counter::Hit
+                } else {
+                    Counter::Miss
+                },
+                1,
+            );
+        }
+        local.finish(timer);
         result
     }
 
     fn multi_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        let timer = self.inner.metrics.start(Op::MultiGet);
-        let result = keys.iter().map(|k| self.inner.get_one(k)).collect();
-        self.inner.metrics.finish(timer);
-        result
+        let local = self.inner.metrics.local();
+        let timer = local.start(Op::MultiGet);
+        let mut out = Vec::with_capacity(keys.len());
+        let mut hits = 0;
+        for key in keys {
+            let found = self.inner.get_one(key)?;
+            hits += u64::from(found.is_some());
+            out.push(found);
+        }
+        local.add(Counter::Hit, hits);
+        local.add(Counter::Miss, keys.len() as u64 - hits);
+        local.finish(timer);
+        Ok(out)
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let timer = self.inner.metrics.start(Op::Put);
-        let result = self.put_inner(key, value, None);
-        self.inner.metrics.finish(timer);
-        result
+        let local = self.inner.metrics.local();
+        let timer = local.start(Op::Put);
+        self.put_inner(key, value, None)?;
+        local.add(Counter::Put, 1);
+        local.finish(timer);
+        Ok(())
     }
 
     fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
-        let timer = self.inner.metrics.start(Op::Put);
-        let result = self.put_inner(key, value, Some(ttl));
-        self.inner.metrics.finish(timer);
-        result
+        let local = self.inner.metrics.local();
+        let timer = local.start(Op::Put);
+        self.put_inner(key, value, Some(ttl))?;
+        local.add(Counter::Put, 1);
+        local.finish(timer);
+        Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<()> {
-        let timer = self.inner.metrics.start(Op::Delete);
         let inner = &*self.inner;
+        let local = inner.metrics.local();
+        let timer = local.start(Op::Delete);
         let hash = inner.hash(key);
         let removed = {
             let mut guard = inner.shard(hash).write();
@@ -559,14 +671,15 @@ impl StateBackend for MemoryStateBackend {
             state.remove(hash, key, None)
         };
         drop(removed);
-        inner.metrics.add(Counter::Delete, 1);
-        inner.metrics.finish(timer);
+        local.add(Counter::Delete, 1);
+        local.finish(timer);
         Ok(())
     }
 
     fn write_batch(&self, batch: &WriteBatch) -> Result<()> {
-        let timer = self.inner.metrics.start(Op::Batch);
         let inner = &*self.inner;
+        let local = inner.metrics.local();
+        let timer = local.start(Op::Batch);
         batch.validate()?;
         let now = inner.clock.now_ms();
         let mut any_expiring = false;
@@ -574,19 +687,15 @@ impl StateBackend for MemoryStateBackend {
         let mut prepared = Vec::with_capacity(batch.len());
         for op in batch.ops() {
             let hash = inner.hash(op.key());
-            let shard_idx = ((hash >> 32) & inner.shard_mask) as usize;
-            let slot = match op {
-                BatchOp::Put { value, ttl, .. } => {
+            let entry = match op {
+                BatchOp::Put { key, value, ttl } => {
                     let expiry = inner.ttl.expiry(*ttl, || now)?;
                     any_expiring |= expiry.is_some();
-                    Some(Slot {
-                        value: Arc::from(value.as_slice()),
-                        expires_at_ms: expiry.unwrap_or(NEVER),
-                    })
+                    Some(Entry::new(key, value, expiry))
                 }
                 BatchOp::Delete { .. } => None,
             };
-            prepared.push((shard_idx, hash, op.key(), slot));
+            prepared.push((inner.shard_idx(hash), hash, op.key(), entry));
         }
         let mut shard_ids: Vec<usize> = prepared.iter().map(|p| p.0).collect();
         shard_ids.sort_unstable();
@@ -601,15 +710,15 @@ impl StateBackend for MemoryStateBackend {
         }
         let mut garbage = Vec::with_capacity(prepared.len());
         let (mut n_puts, mut n_deletes) = (0, 0);
-        for (shard_idx, hash, key, slot) in prepared {
+        for (shard_idx, hash, key, entry) in prepared {
             let g = shard_ids
                 .binary_search(&shard_idx)
                 .expect("every shard of the batch is locked");
             let state = guards[g].as_mut().expect("checked open above");
-            let old = match slot {
-                Some(slot) => {
+            let old = match entry {
+                Some(entry) => {
                     n_puts += 1;
-                    state.insert(hash, key, slot)
+                    state.insert(&inner.hasher, hash, entry)
                 }
                 None => {
                     n_deletes += 1;
@@ -620,48 +729,47 @@ impl StateBackend for MemoryStateBackend {
         }
         drop(guards);
         drop(garbage);
-        inner.metrics.add(Counter::Put, n_puts);
-        inner.metrics.add(Counter::Delete, n_deletes);
-        inner.metrics.add(Counter::Batch, 1);
+        local.add(Counter::Put, n_puts);
+        local.add(Counter::Delete, n_deletes);
+        local.add(Counter::Batch, 1);
         if any_expiring {
             self.note_expiring_write();
         }
-        inner.metrics.finish(timer);
+        local.finish(timer);
         Ok(())
     }
 
     fn scan(&self, range: KeyRange) -> Result<ScanIter<'_>> {
-        let timer = self.inner.metrics.start(Op::Scan);
-        let maps = self.inner.freeze()?;
+        let local = self.inner.metrics.local();
+        let timer = local.start(Op::Scan);
+        let tables = self.inner.freeze()?;
         let now = self.inner.clock.now_ms();
-        let mut hits: Vec<(Arc<[u8]>, Arc<[u8]>)> = Vec::new();
-        for map in &maps {
-            for (key, slot) in map.iter() {
-                let live = slot.expires_at_ms == NEVER || !is_expired(slot.expires_at_ms, now);
-                if live && range.contains(key) {
-                    hits.push((Arc::clone(key), Arc::clone(&slot.value)));
-                }
-            }
+        let mut hits: Vec<Entry> = Vec::new();
+        for table in &tables {
+            hits.extend(
+                table
+                    .iter()
+                    .filter(|e| !e.is_dead_at(now) && range.contains(e.key()))
+                    .cloned(),
+            );
         }
-        drop(maps);
-        hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        self.inner.metrics.add(Counter::Scan, 1);
-        self.inner.metrics.finish(timer);
+        drop(tables);
+        hits.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        local.add(Counter::Scan, 1);
+        local.finish(timer);
         Ok(Box::new(
-            hits.into_iter().map(|(k, v)| Ok((k.to_vec(), v.to_vec()))),
+            hits.into_iter()
+                .map(|e| Ok((e.key().to_vec(), e.value().to_vec()))),
         ))
     }
 
     fn snapshot_to(&self, out: &mut dyn Write) -> Result<SnapshotSummary> {
-        let maps = self.inner.freeze()?;
+        let tables = self.inner.freeze()?;
         let now = self.inner.clock.now_ms();
         let mut writer = SnapshotWriter::new(out, SnapshotKind::Full, now)?;
-        for map in &maps {
-            for (key, slot) in map.iter() {
-                if slot.expires_at_ms != NEVER && is_expired(slot.expires_at_ms, now) {
-                    continue;
-                }
-                writer.put(key, &slot.value, slot.expiry())?;
+        for table in &tables {
+            for entry in table.iter().filter(|e| !e.is_dead_at(now)) {
+                writer.put(entry.key(), entry.value(), entry.expiry())?;
             }
         }
         let summary = writer.finish()?;
@@ -685,10 +793,7 @@ impl StateBackend for MemoryStateBackend {
         // Build the new state beside the old one; swap only once the whole
         // stream has been read and verified.
         let mut staged: Vec<ShardState> = (0..inner.shards.len())
-            .map(|_| ShardState {
-                map: Arc::new(ShardMap::with_hasher(inner.hasher.clone())),
-                n_expiring: 0,
-            })
+            .map(|_| ShardState::empty())
             .collect();
         let mut summary = RestoreSummary::default();
         while let Some(entry) = reader.next_entry()? {
@@ -709,23 +814,20 @@ impl StateBackend for MemoryStateBackend {
                 continue;
             }
             let hash = inner.hash(key);
-            let slot = Slot {
-                value: Arc::from(value),
-                expires_at_ms: expires_at_ms.unwrap_or(NEVER),
-            };
-            let idx = ((hash >> 32) & inner.shard_mask) as usize;
-            staged[idx].insert(hash, key, slot);
+            let idx = inner.shard_idx(hash);
+            staged[idx].insert(&inner.hasher, hash, Entry::new(key, value, expires_at_ms));
         }
         summary.n_entries_read = reader.entries_read();
         summary.n_bytes = reader.bytes_read();
         let any_expiring = staged.iter().any(|s| s.n_expiring > 0);
-        summary.n_entries_restored = staged.iter().map(|s| s.map.len() as u64).sum();
+        summary.n_entries_restored = staged.iter().map(|s| s.len() as u64).sum();
 
         let mut guards = inner.lock_all_for_write()?;
-        let mut old = Vec::with_capacity(staged.len());
-        for (guard, new) in guards.iter_mut().zip(staged) {
-            old.push(guard.replace(new));
-        }
+        let old: Vec<_> = guards
+            .iter_mut()
+            .zip(staged)
+            .map(|(guard, new)| guard.replace(new))
+            .collect();
         drop(guards);
         drop(old);
         inner.metrics.add(Counter::Restore, 1);
@@ -759,10 +861,12 @@ impl StateBackend for MemoryStateBackend {
                 tracing::error!("the TTL cleanup thread panicked");
             }
         }
-        let mut old = Vec::with_capacity(self.inner.shards.len());
-        for shard in self.inner.shards.iter() {
-            old.push(shard.write().take());
-        }
+        let old: Vec<_> = self
+            .inner
+            .shards
+            .iter()
+            .map(|shard| shard.write().take())
+            .collect();
         drop(old);
         Ok(())
     }

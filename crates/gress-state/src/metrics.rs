@@ -1,18 +1,17 @@
 //! Operation counters and latency histograms, cheap enough to leave on.
 //!
-//! Counters live in cache-padded stripes, one per group of threads, so
-//! threads do not bounce a shared cache line. Latency is measured on a
-//! sample of operations (every `sample_every`-th per thread) and recorded in
-//! per-stripe HDR histograms, which [`MetricsRecorder::snapshot`] merges.
+//! Every thread records into its own slot, so the hot path writes no cache
+//! line another thread writes. Latency is measured on a sample of
+//! operations (every `sample_every`-th per thread) and recorded in per-thread
+//! HDR histograms, which [`MetricsRecorder::snapshot`] merges.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
+use thread_local::ThreadLocal;
 
 /// A point-in-time copy of a backend's metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -147,31 +146,37 @@ const N_COUNTERS: usize = 9;
 const HIST_MAX_NS: u64 = 60_000_000_000;
 const HIST_SIGFIG: u8 = 2;
 
+/// One thread's share of a recorder. Only the owning thread writes the
+/// counters, so they are plain load-and-store, not read-modify-write.
 #[derive(Debug, Default)]
-struct Stripe {
+struct ThreadSlot {
     counters: [AtomicU64; N_COUNTERS],
+    since_sample: AtomicU32,
     histograms: Mutex<[Option<Histogram<u64>>; N_OPS]>,
 }
 
 /// Records counters and sampled latencies for one backend.
+///
+/// Each thread writes its own slot (no shared cache line on the hot path);
+/// [`MetricsRecorder::snapshot`] sums the slots of every thread that ever
+/// recorded.
 #[derive(Debug)]
 pub struct MetricsRecorder {
-    stripes: Box<[CachePadded<Stripe>]>,
+    slots: ThreadLocal<ThreadSlot>,
     sample_every: u32,
 }
 
-static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // (stripe slot of this thread, operations since the last timed one)
-    static THREAD_SLOT: usize = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed);
-    static SINCE_SAMPLE: Cell<u32> = const { Cell::new(0) };
+/// The calling thread's view of a recorder, for recording one operation.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalRecorder<'a> {
+    slot: &'a ThreadSlot,
+    sample_every: u32,
 }
 
 /// A started latency measurement; `None` inside when this call is not
 /// sampled.
 #[derive(Debug)]
-#[must_use = "pass the timer to MetricsRecorder::finish"]
+#[must_use = "pass the timer to LocalRecorder::finish"]
 pub struct OpTimer {
     op: Op,
     start: Option<Instant>,
@@ -181,76 +186,42 @@ impl MetricsRecorder {
     /// A recorder that times one call in `sample_every` per thread (1 times
     /// every call, 0 disables latency recording).
     pub fn new(sample_every: u32) -> Self {
-        let n = std::thread::available_parallelism()
-            .map_or(4, |n| n.get() * 2)
-            .clamp(2, 64)
-            .next_power_of_two();
         MetricsRecorder {
-            stripes: (0..n)
-                .map(|_| CachePadded::new(Stripe::default()))
-                .collect(),
+            slots: ThreadLocal::new(),
             sample_every,
         }
     }
 
+    /// The calling thread's slot.
     #[inline]
-    fn stripe(&self) -> &Stripe {
-        let slot = THREAD_SLOT.with(|s| *s);
-        &self.stripes[slot & (self.stripes.len() - 1)]
+    pub fn local(&self) -> LocalRecorder<'_> {
+        LocalRecorder {
+            slot: self.slots.get_or_default(),
+            sample_every: self.sample_every,
+        }
     }
 
     /// Adds `n` to a counter.
     #[inline]
     pub fn add(&self, counter: Counter, n: u64) {
-        self.stripe().counters[counter as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Starts timing a call if it is sampled.
-    #[inline]
-    pub fn start(&self, op: Op) -> OpTimer {
-        let start = match self.sample_every {
-            0 => None,
-            1 => Some(Instant::now()),
-            every => SINCE_SAMPLE.with(|c| {
-                let n = c.get() + 1;
-                if n >= every {
-                    c.set(0);
-                    Some(Instant::now())
-                } else {
-                    c.set(n);
-                    None
-                }
-            }),
-        };
-        OpTimer { op, start }
-    }
-
-    /// Records the latency of a timed call.
-    #[inline]
-    pub fn finish(&self, timer: OpTimer) {
-        if let Some(start) = timer.start {
-            self.record(timer.op, start.elapsed());
-        }
+        self.local().add(counter, n);
     }
 
     /// Records one latency observation.
     pub fn record(&self, op: Op, latency: Duration) {
-        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
-        let mut hists = self.stripe().histograms.lock();
-        let h = hists[op.idx()].get_or_insert_with(new_histogram);
-        h.saturating_record(ns);
+        self.local().record(op, latency);
     }
 
-    /// Sums the stripes into a [`Metrics`]; `n_keys` and `engine` are left
-    /// for the backend to fill.
+    /// Sums every thread's slot into a [`Metrics`]; `n_keys` and `engine`
+    /// are left for the backend to fill.
     pub fn snapshot(&self) -> Metrics {
         let mut counts = [0u64; N_COUNTERS];
         let mut merged: [Option<Histogram<u64>>; N_OPS] = Default::default();
-        for stripe in self.stripes.iter() {
-            for (sum, c) in counts.iter_mut().zip(stripe.counters.iter()) {
+        for slot in self.slots.iter() {
+            for (sum, c) in counts.iter_mut().zip(slot.counters.iter()) {
                 *sum += c.load(Ordering::Relaxed);
             }
-            let hists = stripe.histograms.lock();
+            let hists = slot.histograms.lock();
             for (m, h) in merged.iter_mut().zip(hists.iter()) {
                 if let Some(h) = h {
                     // Same bounds on both sides: add cannot fail.
@@ -280,6 +251,53 @@ impl MetricsRecorder {
             latency,
             engine: BTreeMap::new(),
         }
+    }
+}
+
+impl LocalRecorder<'_> {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(self, counter: Counter, n: u64) {
+        let c = &self.slot.counters[counter as usize];
+        // Single writer: this thread.
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Starts timing a call if it is sampled.
+    #[inline]
+    pub fn start(self, op: Op) -> OpTimer {
+        let start = match self.sample_every {
+            0 => None,
+            1 => Some(Instant::now()),
+            every => {
+                let n = self.slot.since_sample.load(Ordering::Relaxed) + 1;
+                if n >= every {
+                    self.slot.since_sample.store(0, Ordering::Relaxed);
+                    Some(Instant::now())
+                } else {
+                    self.slot.since_sample.store(n, Ordering::Relaxed);
+                    None
+                }
+            }
+        };
+        OpTimer { op, start }
+    }
+
+    /// Records the latency of a timed call.
+    #[inline]
+    pub fn finish(self, timer: OpTimer) {
+        if let Some(start) = timer.start {
+            self.record(timer.op, start.elapsed());
+        }
+    }
+
+    /// Records one latency observation.
+    pub fn record(self, op: Op, latency: Duration) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let mut hists = self.slot.histograms.lock();
+        hists[op.idx()]
+            .get_or_insert_with(new_histogram)
+            .saturating_record(ns);
     }
 }
 
@@ -320,8 +338,9 @@ mod tests {
                 s.spawn(|| {
                     for _ in 0..100 {
                         rec.add(Counter::Hit, 1);
-                        let t = rec.start(Op::Get);
-                        rec.finish(t);
+                        let local = rec.local();
+                        let t = local.start(Op::Get);
+                        local.finish(t);
                     }
                 });
             }
@@ -337,8 +356,8 @@ mod tests {
     fn sampling_times_one_call_in_n() {
         let rec = MetricsRecorder::new(8);
         for _ in 0..80 {
-            let t = rec.start(Op::Put);
-            rec.finish(t);
+            let t = rec.local().start(Op::Put);
+            rec.local().finish(t);
         }
         assert_eq!(rec.snapshot().latency_of(Op::Put).samples, 10);
     }
