@@ -151,7 +151,9 @@ const HIST_SIGFIG: u8 = 2;
 #[derive(Debug, Default)]
 struct ThreadSlot {
     counters: [AtomicU64; N_COUNTERS],
-    since_sample: AtomicU32,
+    /// Calls since the last timed one, per operation kind, so that
+    /// interleaved kinds (get, put, get, put) are each sampled.
+    since_sample: [AtomicU32; N_OPS],
     histograms: Mutex<[Option<Histogram<u64>>; N_OPS]>,
 }
 
@@ -270,12 +272,13 @@ impl LocalRecorder<'_> {
             0 => None,
             1 => Some(Instant::now()),
             every => {
-                let n = self.slot.since_sample.load(Ordering::Relaxed) + 1;
+                let since = &self.slot.since_sample[op.idx()];
+                let n = since.load(Ordering::Relaxed) + 1;
                 if n >= every {
-                    self.slot.since_sample.store(0, Ordering::Relaxed);
+                    since.store(0, Ordering::Relaxed);
                     Some(Instant::now())
                 } else {
-                    self.slot.since_sample.store(n, Ordering::Relaxed);
+                    since.store(n, Ordering::Relaxed);
                     None
                 }
             }
@@ -350,6 +353,21 @@ mod tests {
         assert_eq!(m.gets, 400);
         assert_eq!(m.latency_of(Op::Get).samples, 400);
         assert_eq!(m.latency_of(Op::Put).samples, 0);
+    }
+
+    #[test]
+    fn interleaved_kinds_are_each_sampled() {
+        let rec = MetricsRecorder::new(4);
+        for _ in 0..40 {
+            for op in [Op::Get, Op::Put] {
+                let local = rec.local();
+                let t = local.start(op);
+                local.finish(t);
+            }
+        }
+        let m = rec.snapshot();
+        assert_eq!(m.latency_of(Op::Get).samples, 10);
+        assert_eq!(m.latency_of(Op::Put).samples, 10);
     }
 
     #[test]

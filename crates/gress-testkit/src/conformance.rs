@@ -475,7 +475,7 @@ pub fn bad_snapshots_leave_state_unchanged(factory: &dyn BackendFactory) -> Resu
         (
             "random bytes".into(),
             (0..4096u32)
-                .map(|i| (i * 2_654_435_761u32 >> 13) as u8)
+                .map(|i| ((i * 2_654_435_761u32) >> 13) as u8)
                 .collect(),
         ),
         ("trailing bytes".into(), [&good[..], b"x"].concat()),

@@ -1,0 +1,50 @@
+# Sourced by the other scripts. Every command builds in one profile
+# (release) and one target directory, so RocksDB's C++ is compiled once and
+# reused by the demo, the tests, the benchmarks and clippy.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gress-target}"
+export CARGO_TERM_PROGRESS_WHEN=never
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "error: need root to run: $*" >&2
+        return 1
+    fi
+}
+
+# RocksDB's bindings are generated with libclang and its C++ is compiled
+# with the system compiler; install them where missing (Debian/Ubuntu).
+ensure_system_deps() {
+    local missing=()
+    command -v g++ >/dev/null 2>&1 || missing+=(g++)
+    command -v clang >/dev/null 2>&1 || missing+=(clang)
+    if ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 \
+        && ! ldconfig -p 2>/dev/null | grep -q 'libclang\.so '; then
+        missing+=(libclang-dev)
+    fi
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} (needed to build RocksDB)" >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_nextest() {
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        echo "installing cargo-nextest" >&2
+        cargo install cargo-nextest --locked
+    fi
+}
+
+# Builds every binary of the workspace. Selecting the whole workspace keeps
+# the resolved feature set, and so the RocksDB build, identical to the one
+# the tests and clippy use.
+build_bins() {
+    cargo build --release --workspace --bins
+}
