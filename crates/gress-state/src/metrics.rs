@@ -38,8 +38,11 @@ pub struct Metrics {
     /// Restores completed.
     pub restores: u64,
     /// Keys currently stored. May include expired entries that have not
-    /// been removed yet; for RocksDB this is the engine's estimate.
+    /// been removed yet.
     pub n_keys: u64,
+    /// True when `n_keys` is an estimate (RocksDB's `estimate-num-keys`,
+    /// which may count a deleted key until compaction) rather than a count.
+    pub n_keys_is_estimate: bool,
     /// Latency percentiles per operation kind.
     pub latency: BTreeMap<Op, LatencySummary>,
     /// Engine-specific figures (e.g. RocksDB statistics), by name.
@@ -250,6 +253,7 @@ impl MetricsRecorder {
             snapshots: c(Counter::Snapshot),
             restores: c(Counter::Restore),
             n_keys: 0,
+            n_keys_is_estimate: false,
             latency,
             engine: BTreeMap::new(),
         }

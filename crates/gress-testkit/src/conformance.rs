@@ -585,7 +585,12 @@ pub fn metrics_count_operations(factory: &dyn BackendFactory) -> Result<()> {
     assert_eq!((m.gets, m.hits, m.misses), (5, 5, 0));
     assert_eq!(m.puts, 10);
     assert_eq!(m.deletes, 1);
-    assert_eq!(m.n_keys, 9);
+    if m.n_keys_is_estimate {
+        // An estimate may still count the deleted key.
+        assert!((9..=10).contains(&m.n_keys), "estimated {} keys", m.n_keys);
+    } else {
+        assert_eq!(m.n_keys, 9);
+    }
     Ok(())
 }
 
