@@ -338,6 +338,23 @@ impl RocksDbStateBackend {
         for (name, t) in tickers {
             m.insert(name.to_string(), db.opts.get_ticker_count(t));
         }
+        // Seeks that a (prefix) filter answered: SST files skipped, and
+        // files the filter could not rule out.
+        let sum = |a, b| db.opts.get_ticker_count(a) + db.opts.get_ticker_count(b);
+        m.insert(
+            "seek_filtered".to_string(),
+            sum(
+                Ticker::LastLevelSeekFiltered,
+                Ticker::NonLastLevelSeekFiltered,
+            ),
+        );
+        m.insert(
+            "seek_filter_match".to_string(),
+            sum(
+                Ticker::LastLevelSeekFilterMatch,
+                Ticker::NonLastLevelSeekFilterMatch,
+            ),
+        );
         for prop in [
             "rocksdb.estimate-num-keys",
             "rocksdb.cur-size-all-mem-tables",
