@@ -3,20 +3,23 @@
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
 use gress_state::{MemoryConfig, MemoryStateBackend, Op, StateBackend};
 
 #[derive(Parser, Debug)]
 #[command(about = "Runs gress-state end to end and prints what happened")]
 struct Args {
-    /// Directory for the snapshot file.
+    /// Directory for the database, snapshot and checkpoint; emptied first.
     #[arg(long, default_value = "demo-data")]
     data_dir: PathBuf,
+    /// Which backend to run on.
+    #[arg(long, value_enum, default_value_t = Backend::Rocksdb)]
+    backend: Backend,
     /// Number of user records to write.
     #[arg(long, default_value_t = 10_000)]
     users: u64,
@@ -25,15 +28,63 @@ struct Args {
     events: u64,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// RocksDB on local disk (the default).
+    Rocksdb,
+    /// In memory.
+    Memory,
+}
+
+const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+fn rocksdb_config(args: &Args) -> RocksDbConfig {
+    RocksDbConfig::new(args.data_dir.join("state")).with_ttl(DEFAULT_TTL)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.data_dir.exists() {
+        fs::remove_dir_all(&args.data_dir)
+            .with_context(|| format!("emptying {}", args.data_dir.display()))?;
+    }
     fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
 
-    let config = MemoryConfig::default().with_ttl(Duration::from_secs(3600));
-    let backend: Arc<dyn StateBackend> = Arc::new(MemoryStateBackend::new(config)?);
-    println!("opened the {} backend (default TTL 1 h)", backend.name());
+    match args.backend {
+        Backend::Memory => {
+            let backend = MemoryStateBackend::new(MemoryConfig::default().with_ttl(DEFAULT_TTL))?;
+            println!("opened the memory backend (default TTL 1 h)");
+            exercise(&backend, &args)?;
+            report_metrics(&backend);
+            backend.close()?;
+        }
+        Backend::Rocksdb => {
+            let config = rocksdb_config(&args);
+            let backend = RocksDbStateBackend::open(config.clone())?;
+            println!(
+                "opened the RocksDB backend in {} (default TTL 1 h)",
+                config.path.display()
+            );
+            exercise(&backend, &args)?;
+            rocksdb_extras(&backend, &args)?;
+            report_metrics(&backend);
+            backend.close()?;
+            drop(backend);
+            let reopened = RocksDbStateBackend::open(config)?;
+            println!(
+                "closed and reopened: user:123 present = {}, about {} keys",
+                reopened.get(b"user:123")?.is_some(),
+                reopened.estimate_num_keys()?
+            );
+        }
+    }
+    println!("demo finished");
+    Ok(())
+}
 
+/// What every backend does: writes, an aggregation, TTL, snapshot, restore.
+fn exercise(backend: &dyn StateBackend, args: &Args) -> Result<()> {
     // 1. Writes and reads.
     let t = Instant::now();
     for i in 0..args.users {
@@ -72,7 +123,7 @@ fn main() -> Result<()> {
 
     // 4. Snapshot to a file, written to a temp name, synced, then renamed.
     let snapshot_path = args.data_dir.join("state-snapshot.bin");
-    let summary = write_snapshot(&*backend, &snapshot_path)?;
+    let summary = write_snapshot(backend, &snapshot_path)?;
     println!(
         "snapshot: {} entries, {} blocks, {} bytes -> {}",
         summary.n_entries,
@@ -89,14 +140,15 @@ fn main() -> Result<()> {
     let mut input = BufReader::new(File::open(&snapshot_path)?);
     let restored = backend.restore_from(&mut input)?;
     let stray_gone = backend.get(b"stray")?.is_none();
-    let users_back = (0..args.users)
-        .filter(|i| matches!(backend.get(format!("user:{i}").as_bytes()), Ok(Some(_))))
-        .count();
+    let mut users_back = 0;
+    for i in 0..args.users {
+        users_back += u64::from(backend.get(format!("user:{i}").as_bytes())?.is_some());
+    }
     println!(
         "restored {} entries: {users_back}/{} users back, stray key gone = {stray_gone}",
         restored.n_entries_restored, args.users
     );
-    if users_back as u64 != args.users || !stray_gone {
+    if users_back != args.users || !stray_gone {
         bail!("restore did not give back the snapshot's state");
     }
 
@@ -112,12 +164,53 @@ fn main() -> Result<()> {
         "state after the refused restore still has user:123 = {}",
         backend.get(b"user:123")?.is_some()
     );
+    Ok(())
+}
 
-    // 7. Metrics.
+/// RocksDB's own tools: properties, flush, a hard-linked checkpoint opened
+/// as a new database.
+fn rocksdb_extras(backend: &RocksDbStateBackend, args: &Args) -> Result<()> {
+    backend.flush()?;
+    println!(
+        "flushed memtables: rocksdb.estimate-num-keys = {}, rocksdb.total-sst-files-size = {}",
+        backend
+            .property("rocksdb.estimate-num-keys")?
+            .unwrap_or_default(),
+        backend
+            .property("rocksdb.total-sst-files-size")?
+            .unwrap_or_default(),
+    );
+    let checkpoint = args.data_dir.join("checkpoints/cp-1");
+    fs::create_dir_all(args.data_dir.join("checkpoints"))?;
+    backend.create_checkpoint(&checkpoint)?;
+    backend.put(b"user:123", b"changed after the checkpoint")?;
+    let copy = RocksDbStateBackend::open_checkpoint(
+        &checkpoint,
+        RocksDbConfig::new(args.data_dir.join("from-checkpoint")),
+    )?;
+    println!(
+        "checkpoint {} opened as a new database: user:123 -> {}",
+        checkpoint.display(),
+        String::from_utf8_lossy(&copy.get(b"user:123")?.unwrap_or_default())
+    );
+    Ok(())
+}
+
+fn report_metrics(backend: &dyn StateBackend) {
     let m = backend.metrics();
     println!(
-        "metrics: gets {} (hits {}, misses {}), puts {}, deletes {}, expired {}, keys {}",
-        m.gets, m.hits, m.misses, m.puts, m.deletes, m.expired, m.n_keys
+        "metrics: gets {} (hits {}, misses {}), puts {}, deletes {}, keys {}{}",
+        m.gets,
+        m.hits,
+        m.misses,
+        m.puts,
+        m.deletes,
+        m.n_keys,
+        if m.n_keys_is_estimate {
+            " (estimate)"
+        } else {
+            ""
+        }
     );
     for op in [Op::Get, Op::Put, Op::Delete, Op::Scan] {
         let l = m.latency_of(op);
@@ -133,9 +226,16 @@ fn main() -> Result<()> {
             );
         }
     }
-    backend.close()?;
-    println!("closed; demo finished");
-    Ok(())
+    for name in [
+        "block_cache_hit",
+        "block_cache_miss",
+        "bytes_written",
+        "stall_micros",
+    ] {
+        if let Some(v) = m.engine.get(name) {
+            println!("  rocksdb {name}: {v}");
+        }
+    }
 }
 
 /// Writes a snapshot so that a crash leaves either the old file or the new
