@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use gress_state::{MemoryConfig, MemoryStateBackend, StateBackend};
 
+mod rocks;
 mod workload;
 use workload::{Keys, VALUE_LEN};
 
@@ -38,6 +39,9 @@ struct Cli {
 enum BackendCmd {
     /// MemoryStateBackend against std::collections::HashMap.
     Memory(CommonArgs),
+    /// RocksDbStateBackend (TTL off and on) against a raw rocksdb::DB with
+    /// the same options, WAL on and off.
+    Rocksdb(rocks::RocksArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -64,7 +68,7 @@ struct CommonArgs {
 
 /// One measured row.
 #[derive(Debug, Serialize, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     subject: String,
     op: String,
     n_keys: u64,
@@ -77,6 +81,11 @@ pub struct Row {
     max_ns: u64,
     /// ns/op of this row divided by the baseline's, when there is one.
     ratio_to_baseline: Option<f64>,
+    /// For a TTL-enabled subject: ns/op divided by the same backend's
+    /// with TTL disabled.
+    ratio_to_no_ttl: Option<f64>,
+    /// Free-form case detail (WAL on/off, cache size).
+    case: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,7 +106,7 @@ struct Machine {
 
 /// How one subject's operation is run: shared across threads, or on the
 /// calling thread only (for baselines that are not `Sync`).
-enum Runner<'a> {
+pub(crate) enum Runner<'a> {
     Shared(&'a (dyn Fn(u64) + Sync)),
     Local(&'a dyn Fn(u64)),
 }
@@ -152,21 +161,37 @@ fn pass(runner: &Runner<'_>, threads: usize, ops: u64, timed: bool) -> (Duration
 
 /// Measures every subject in alternating rounds, so a slow spell of the
 /// machine hits them alike; throughput is the median over rounds.
-fn compare(
+pub(crate) fn compare(
     subjects: &[(&str, Runner<'_>)],
     op: &str,
     n_keys: u64,
     threads: usize,
     args: &CommonArgs,
 ) -> Vec<Row> {
-    let per_round = (args.ops / args.rounds).max(1);
+    compare_with(subjects, op, n_keys, threads, args.ops, args.rounds)
+}
+
+/// `compare` with explicit operation and round counts.
+pub(crate) fn compare_with(
+    subjects: &[(&str, Runner<'_>)],
+    op: &str,
+    n_keys: u64,
+    threads: usize,
+    ops: u64,
+    rounds: u64,
+) -> Vec<Row> {
+    let per_round = (ops / rounds).max(1);
     for (_, runner) in subjects {
         pass(runner, threads, per_round / 2, false);
     }
     let mut tputs = vec![Vec::new(); subjects.len()];
     let mut hists: Vec<Histogram<u64>> = subjects.iter().map(|_| new_hist()).collect();
-    for _ in 0..args.rounds {
-        for (i, (_, runner)) in subjects.iter().enumerate() {
+    for round in 0..rounds as usize {
+        // Rotate who goes first, so no subject always runs on a cache
+        // another one warmed (or cooled).
+        for k in 0..subjects.len() {
+            let i = (round + k) % subjects.len();
+            let runner = &subjects[i].1;
             let (elapsed, _) = pass(runner, threads, per_round, false);
             tputs[i].push((threads as u64 * per_round) as f64 / elapsed.as_secs_f64());
             let (_, h) = pass(runner, threads, per_round / 4, true);
@@ -192,7 +217,14 @@ fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
-fn row(subject: &str, op: &str, n_keys: u64, threads: usize, tput: f64, h: &Histogram<u64>) -> Row {
+pub(crate) fn row(
+    subject: &str,
+    op: &str,
+    n_keys: u64,
+    threads: usize,
+    tput: f64,
+    h: &Histogram<u64>,
+) -> Row {
     Row {
         subject: subject.to_string(),
         op: op.to_string(),
@@ -205,6 +237,8 @@ fn row(subject: &str, op: &str, n_keys: u64, threads: usize, tput: f64, h: &Hist
         p999_ns: h.value_at_quantile(0.999),
         max_ns: h.max(),
         ratio_to_baseline: None,
+        ratio_to_no_ttl: None,
+        case: String::new(),
     }
 }
 
@@ -303,14 +337,26 @@ fn bench_memory(args: &CommonArgs) -> Result<Vec<Row>> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<10} {:<14} {:>9} {:>3} {:>12} {:>9} {:>8} {:>8} {:>8} {:>7}",
-        "subject", "op", "keys", "thr", "ops/s", "ns/op", "p50", "p99", "p999", "ratio"
+        "{:<14} {:<14} {:<16} {:>9} {:>3} {:>12} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7}",
+        "subject",
+        "op",
+        "case",
+        "keys",
+        "thr",
+        "ops/s",
+        "ns/op",
+        "p50",
+        "p99",
+        "p999",
+        "ratio",
+        "vs-ttl"
     );
     for r in rows {
         println!(
-            "{:<10} {:<14} {:>9} {:>3} {:>12.0} {:>9.1} {:>8} {:>8} {:>8} {:>7}",
+            "{:<14} {:<14} {:<16} {:>9} {:>3} {:>12.0} {:>9.1} {:>8} {:>8} {:>8} {:>7} {:>7}",
             r.subject,
             r.op,
+            r.case,
             r.n_keys,
             r.threads,
             r.ops_per_sec,
@@ -319,6 +365,8 @@ fn print_table(rows: &[Row]) {
             fmt_ns(r.p99_ns),
             fmt_ns(r.p999_ns),
             r.ratio_to_baseline
+                .map_or(String::new(), |x| format!("{x:.2}x")),
+            r.ratio_to_no_ttl
                 .map_or(String::new(), |x| format!("{x:.2}x")),
         );
     }
@@ -340,6 +388,7 @@ fn main() -> Result<()> {
     let timer_ns = timer_overhead();
     let (rows, json) = match &cli.backend {
         BackendCmd::Memory(args) => (bench_memory(args)?, args.json.clone()),
+        BackendCmd::Rocksdb(args) => (rocks::bench_rocksdb(args)?, args.json.clone()),
     };
     println!("timer overhead in latency columns: {timer_ns:.1} ns per call");
     print_table(&rows);

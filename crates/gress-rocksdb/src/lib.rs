@@ -28,3 +28,23 @@ pub use backend::{LAYOUT_VERSION, RocksDbStateBackend};
 pub use config::{Compression, RocksDbConfig};
 pub use gress_state::{Error, Result, StateBackend};
 pub use rocksdb::LiveFile;
+
+/// Plain RocksDB with the options this backend uses, for measuring the
+/// backend against the engine underneath (see `gress-bench`).
+pub mod raw {
+    pub use rocksdb;
+
+    use crate::RocksDbConfig;
+
+    /// The DB-wide and default-column-family options the backend opens
+    /// with (block cache, bloom filters, compression, statistics, memory
+    /// budget, TTL compaction filter).
+    pub fn options(config: &RocksDbConfig) -> rocksdb::Options {
+        crate::backend::build_options(config, &Default::default()).0
+    }
+
+    /// The write options the backend writes with (WAL, sync).
+    pub fn write_options(config: &RocksDbConfig) -> rocksdb::WriteOptions {
+        crate::backend::write_options(config)
+    }
+}
