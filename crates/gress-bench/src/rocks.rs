@@ -98,7 +98,7 @@ fn load(s: &Subjects, n: u64) -> Result<()> {
         for i in start..end {
             let (k, v) = (Keys::nth(i), value_of(i));
             raw.put(k, v);
-            ours.put(k.to_vec(), v.to_vec());
+            ours.put(k, v);
         }
         s.raw.write_opt(raw, &s.raw_write)?;
         s.plain.write_batch(&ours)?;
@@ -264,9 +264,8 @@ fn run_size(
                 let mut b = WriteBatch::new();
                 for j in 0..BATCH {
                     b.put(
-                        keys.hit(x.wrapping_add(j.wrapping_mul(0x9E37_79B9)))
-                            .to_vec(),
-                        value(x).to_vec(),
+                        keys.hit(x.wrapping_add(j.wrapping_mul(0x9E37_79B9))),
+                        value(x),
                     );
                 }
                 s.plain.write_batch(&b).expect("batch");
@@ -275,9 +274,8 @@ fn run_size(
                 let mut b = WriteBatch::new();
                 for j in 0..BATCH {
                     b.put(
-                        keys.hit(x.wrapping_add(j.wrapping_mul(0x9E37_79B9)))
-                            .to_vec(),
-                        value(x).to_vec(),
+                        keys.hit(x.wrapping_add(j.wrapping_mul(0x9E37_79B9))),
+                        value(x),
                     );
                 }
                 s.ttl.write_batch(&b).expect("batch");

@@ -475,8 +475,16 @@ pub(crate) fn build_options(
     let cache = if config.block_cache_size > 0 {
         let cache = Cache::new_lru_cache(config.block_cache_size);
         table.set_block_cache(&cache);
+        // Index and filter blocks live in the cache, so memory stays within
+        // its size; partitioned, so a state larger than the cache does not
+        // thrash whole-file filters in and out, with the top levels pinned.
         table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_pin_top_level_index_and_filter(true);
+        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
         Some(cache)
     } else {
         table.disable_cache();
@@ -738,14 +746,17 @@ impl StateBackend for RocksDbStateBackend {
         let guard = self.handle()?;
         let h = guard.as_ref().expect("checked by handle()");
         let mut now = None;
-        let mut wb = rocksdb::WriteBatch::default();
+        // Room for every key and value plus RocksDB's per-record framing.
+        let mut wb = rocksdb::WriteBatch::with_capacity_bytes(
+            batch.byte_len() + batch.len() * (GEN_LEN + 9 + 12),
+        );
         let (mut n_puts, mut n_deletes) = (0, 0);
         for op in batch.ops() {
             match op {
                 BatchOp::Put { key, value, ttl } => {
                     let expiry = self
                         .ttl
-                        .expiry(*ttl, || *now.get_or_insert_with(|| self.clock.now_ms()))?;
+                        .expiry(ttl, || *now.get_or_insert_with(|| self.clock.now_ms()))?;
                     with_encoded(h.generation, key, Some((value, expiry)), |k, v| {
                         wb.put(k, v)
                     });

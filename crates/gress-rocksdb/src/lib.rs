@@ -48,3 +48,9 @@ pub mod raw {
         crate::backend::write_options(config)
     }
 }
+
+/// The README's Rust examples, compiled (and the memory one run) as doc
+/// tests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

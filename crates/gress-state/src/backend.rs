@@ -121,35 +121,35 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     }
 }
 
-/// One operation of a [`WriteBatch`].
-#[derive(Clone, PartialEq, Eq)]
-pub enum BatchOp {
+/// One operation of a [`WriteBatch`], borrowed from it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum BatchOp<'a> {
     /// Set a value; `ttl` of `None` means the backend's default.
     Put {
         /// The key.
-        key: Vec<u8>,
+        key: &'a [u8],
         /// The value.
-        value: Vec<u8>,
+        value: &'a [u8],
         /// An explicit TTL, as for `put_with_ttl`.
         ttl: Option<Duration>,
     },
     /// Remove a key.
     Delete {
         /// The key.
-        key: Vec<u8>,
+        key: &'a [u8],
     },
 }
 
-impl BatchOp {
+impl<'a> BatchOp<'a> {
     /// The key the operation writes.
-    pub fn key(&self) -> &[u8] {
-        match self {
+    pub fn key(&self) -> &'a [u8] {
+        match *self {
             BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
         }
     }
 }
 
-impl fmt::Debug for BatchOp {
+impl fmt::Debug for BatchOp<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BatchOp::Put { key, value, ttl } => f
@@ -166,10 +166,24 @@ impl fmt::Debug for BatchOp {
     }
 }
 
+/// Where one operation's bytes sit in a batch's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpSlot {
+    start: usize,
+    key_len: usize,
+    /// `None` for a delete.
+    value_len: Option<usize>,
+    ttl: Option<Duration>,
+}
+
 /// Writes applied together by [`StateBackend::write_batch`]: all or none.
+///
+/// Keys and values are copied into one growing buffer, so building a batch
+/// costs no allocation per operation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
-    ops: Vec<BatchOp>,
+    data: Vec<u8>,
+    ops: Vec<OpSlot>,
 }
 
 impl WriteBatch {
@@ -178,40 +192,57 @@ impl WriteBatch {
         Self::default()
     }
 
-    /// Adds a put with the backend's default TTL.
-    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
-        self.ops.push(BatchOp::Put {
-            key: key.into(),
-            value: value.into(),
-            ttl: None,
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>, ttl: Option<Duration>) -> &mut Self {
+        let start = self.data.len();
+        self.data.extend_from_slice(key);
+        if let Some(value) = value {
+            self.data.extend_from_slice(value);
+        }
+        self.ops.push(OpSlot {
+            start,
+            key_len: key.len(),
+            value_len: value.map(<[u8]>::len),
+            ttl,
         });
         self
+    }
+
+    /// Adds a put with the backend's default TTL.
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
+        self.push(key.as_ref(), Some(value.as_ref()), None)
     }
 
     /// Adds a put that expires `ttl` after the batch is applied.
     pub fn put_with_ttl(
         &mut self,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
         ttl: Duration,
     ) -> &mut Self {
-        self.ops.push(BatchOp::Put {
-            key: key.into(),
-            value: value.into(),
-            ttl: Some(ttl),
-        });
-        self
+        self.push(key.as_ref(), Some(value.as_ref()), Some(ttl))
     }
 
     /// Adds a delete.
-    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
-        self.ops.push(BatchOp::Delete { key: key.into() });
-        self
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        self.push(key.as_ref(), None, None)
     }
 
     /// The operations, in order.
-    pub fn ops(&self) -> &[BatchOp] {
-        &self.ops
+    pub fn ops(&self) -> impl ExactSizeIterator<Item = BatchOp<'_>> + '_ {
+        self.ops.iter().map(|op| {
+            let key = &self.data[op.start..op.start + op.key_len];
+            match op.value_len {
+                Some(len) => {
+                    let v = op.start + op.key_len;
+                    BatchOp::Put {
+                        key,
+                        value: &self.data[v..v + len],
+                        ttl: op.ttl,
+                    }
+                }
+                None => BatchOp::Delete { key },
+            }
+        })
     }
 
     /// Number of operations.
@@ -224,15 +255,26 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
+    /// Bytes of all keys and values together.
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Removes every operation, keeping the allocated space.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ops.clear();
+    }
+
     /// Checks every key, value and TTL before anything is applied, so a
     /// backend can reject the whole batch up front.
     pub fn validate(&self) -> Result<()> {
-        for op in &self.ops {
+        for op in self.ops() {
             crate::ttl::check_key(op.key())?;
             if let BatchOp::Put { value, ttl, .. } = op {
                 crate::ttl::check_value(value)?;
                 if let Some(ttl) = ttl {
-                    crate::ttl::ttl_ms(*ttl)?;
+                    crate::ttl::ttl_ms(ttl)?;
                 }
             }
         }

@@ -34,8 +34,3 @@ pub use error::{EngineErrorKind, Error, Result};
 pub use memory::{MemoryConfig, MemoryStateBackend};
 pub use metrics::{LatencySummary, Metrics, MetricsRecorder, Op};
 pub use snapshot::{RestoreSummary, SnapshotKind, SnapshotSummary};
-
-/// The README's Rust example, compiled and run as a doc test.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

@@ -689,7 +689,7 @@ impl StateBackend for MemoryStateBackend {
             let hash = inner.hash(op.key());
             let entry = match op {
                 BatchOp::Put { key, value, ttl } => {
-                    let expiry = inner.ttl.expiry(*ttl, || now)?;
+                    let expiry = inner.ttl.expiry(ttl, || now)?;
                     any_expiring |= expiry.is_some();
                     Some(Entry::new(key, value, expiry))
                 }
