@@ -19,6 +19,7 @@
 //! `gress-rocksdb` and implements the same trait.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod clock;
 mod concat;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod ttl;
 mod util;
 
 pub use backend::{BatchOp, KeyRange, KeyValue, ScanIter, StateBackend, WriteBatch};
+pub use checkpoint::{Capture, CaptureKind, CaptureMode, Checkpointable};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{EngineErrorKind, Error, Result};
 pub use memory::{MemoryConfig, MemoryStateBackend};

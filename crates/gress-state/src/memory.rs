@@ -15,13 +15,17 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use hashbrown::{HashTable, hash_table};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockWriteGuard};
 
 use crate::backend::{BatchOp, KeyRange, ScanIter, StateBackend, WriteBatch};
+use crate::checkpoint::{
+    Capture, CaptureKind, CaptureMode, CapturedFile, CheckpointFiles, Checkpointable, FileSource,
+    PreparedRestore,
+};
 use crate::clock::{Clock, system_clock};
 use crate::error::{Error, Result};
 use crate::metrics::{Counter, DEFAULT_SAMPLE_EVERY, Metrics, MetricsRecorder, Op};
@@ -226,6 +230,9 @@ struct ShardState {
     table: TableCell,
     /// Entries in `table` that carry an expiry.
     n_expiring: usize,
+    /// Keys written or deleted since the last checkpoint capture, while
+    /// change tracking is on.
+    dirty: Option<HashTable<Box<[u8]>>>,
 }
 
 impl ShardState {
@@ -233,6 +240,16 @@ impl ShardState {
         ShardState {
             table: TableCell::Owned(Table::new()),
             n_expiring: 0,
+            dirty: None,
+        }
+    }
+
+    #[inline]
+    fn mark_dirty(&mut self, hasher: &Hasher, hash: u64, key: &[u8]) {
+        if let Some(dirty) = &mut self.dirty {
+            if dirty.find(hash, |k| **k == *key).is_none() {
+                dirty.insert_unique(hash, key.into(), |k| hasher.hash_one(k));
+            }
         }
     }
 
@@ -249,6 +266,7 @@ impl ShardState {
     /// outside the lock.
     fn insert(&mut self, hasher: &Hasher, hash: u64, entry: Entry) -> Option<Entry> {
         let expiring = entry.is_expiring();
+        self.mark_dirty(hasher, hash, entry.key());
         let table = self.table.get_mut();
         let old = match table.entry(
             hash,
@@ -271,11 +289,21 @@ impl ShardState {
     }
 
     /// Removes `key` if present (and, when `only_if_dead` is given, only if
-    /// it is expired at that clock's current time).
-    fn remove(&mut self, hash: u64, key: &[u8], only_if_dead: Option<&dyn Clock>) -> Option<Entry> {
+    /// it is expired at that clock's current time). Only a removal by the
+    /// user (not for expiry) counts as a change for checkpoints: an expired
+    /// entry is dropped by every restore anyway.
+    fn remove(
+        &mut self,
+        hasher: &Hasher,
+        hash: u64,
+        key: &[u8],
+        only_if_dead: Option<&dyn Clock>,
+    ) -> Option<Entry> {
         let entry = self.find(hash, key)?;
-        if only_if_dead.is_some_and(|clock| !entry.is_dead(clock)) {
-            return None;
+        match only_if_dead {
+            Some(clock) if !entry.is_dead(clock) => return None,
+            Some(_) => {}
+            None => self.mark_dirty(hasher, hash, key),
         }
         // Copy on write only once we know there is something to remove.
         let table = self.table.get_mut();
@@ -299,6 +327,10 @@ struct Inner {
     closed: AtomicBool,
     cleanup_interval: Duration,
     cleanup_batch: usize,
+    /// Set when the dirty sets no longer describe every change since the
+    /// last committed capture (first capture, failed checkpoint, restore,
+    /// clear): the next capture is full.
+    force_full_capture: AtomicBool,
 }
 
 /// Fast in-memory state with TTL, snapshots and metrics.
@@ -356,6 +388,7 @@ impl MemoryStateBackend {
                 closed: AtomicBool::new(false),
                 cleanup_interval: config.cleanup_interval,
                 cleanup_batch: config.cleanup_batch,
+                force_full_capture: AtomicBool::new(true),
             }),
             cleaner: Mutex::new(None),
             cleaner_started: AtomicBool::new(false),
@@ -382,8 +415,18 @@ impl MemoryStateBackend {
         let mut guards = self.inner.lock_all_for_write()?;
         let old: Vec<_> = guards
             .iter_mut()
-            .filter_map(|g| g.replace(ShardState::empty()))
+            .filter_map(|g| {
+                let dirty = g
+                    .as_ref()
+                    .and_then(|s| s.dirty.as_ref())
+                    .map(|_| HashTable::new());
+                g.replace(ShardState {
+                    dirty,
+                    ..ShardState::empty()
+                })
+            })
             .collect();
+        self.inner.force_full_capture.store(true, Ordering::Release);
         drop(guards);
         drop(old);
         Ok(())
@@ -495,7 +538,7 @@ impl Inner {
             let mut guard = shard.write();
             guard
                 .as_mut()
-                .and_then(|state| state.remove(hash, key, Some(&*self.clock)))
+                .and_then(|state| state.remove(&self.hasher, hash, key, Some(&*self.clock)))
         };
         if removed.is_some() {
             self.metrics.add(Counter::Expired, 1);
@@ -603,6 +646,281 @@ fn cleanup_loop(inner: &Weak<Inner>, interval: Duration, stop: &(Mutex<bool>, Co
     }
 }
 
+/// A state built beside the live one by a restore, swapped in only once
+/// every input stream was read and verified.
+struct Staged {
+    shards: Vec<ShardState>,
+    now_ms: u64,
+    summary: RestoreSummary,
+}
+
+impl Staged {
+    fn new(inner: &Inner) -> Self {
+        Staged {
+            shards: (0..inner.shards.len())
+                .map(|_| ShardState::empty())
+                .collect(),
+            now_ms: inner.clock.now_ms(),
+            summary: RestoreSummary::default(),
+        }
+    }
+
+    /// Applies one snapshot stream: a full one onto an empty stage, or a
+    /// delta onto what is staged.
+    fn read_stream(
+        &mut self,
+        inner: &Inner,
+        input: &mut dyn Read,
+        expect: SnapshotKind,
+    ) -> Result<()> {
+        let mut reader = SnapshotReader::new(input)?;
+        let kind = reader.header().kind;
+        if kind != expect {
+            return Err(Error::invalid_argument(
+                "snapshot",
+                match expect {
+                    SnapshotKind::Full => {
+                        "a delta snapshot cannot replace the state; restore its full base first"
+                    }
+                    SnapshotKind::Delta => "expected a delta snapshot after the full one",
+                },
+            ));
+        }
+        while let Some(entry) = reader.next_entry()? {
+            let key = entry.key();
+            let hash = inner.hash(key);
+            let shard = &mut self.shards[inner.shard_idx(hash)];
+            match entry {
+                SnapshotEntry::Put {
+                    value,
+                    expires_at_ms,
+                    ..
+                } if !expires_at_ms.is_some_and(|at| is_expired(at, self.now_ms)) => {
+                    shard.insert(&inner.hasher, hash, Entry::new(key, value, expires_at_ms));
+                }
+                SnapshotEntry::Put { .. } => {
+                    self.summary.n_entries_expired += 1;
+                    shard.remove(&inner.hasher, hash, key, None);
+                }
+                SnapshotEntry::Tombstone { .. } => {
+                    shard.remove(&inner.hasher, hash, key, None);
+                }
+            }
+        }
+        self.summary.n_entries_read += reader.entries_read();
+        self.summary.n_bytes += reader.bytes_read();
+        Ok(())
+    }
+}
+
+impl MemoryStateBackend {
+    /// Swaps a fully read stage in for the live state.
+    fn commit_staged(&self, mut staged: Staged) -> Result<RestoreSummary> {
+        let inner = &*self.inner;
+        let any_expiring = staged.shards.iter().any(|s| s.n_expiring > 0);
+        staged.summary.n_entries_restored = staged.shards.iter().map(|s| s.len() as u64).sum();
+        let mut guards = inner.lock_all_for_write()?;
+        let old: Vec<_> = guards
+            .iter_mut()
+            .zip(staged.shards)
+            .map(|(guard, mut new)| {
+                // Change tracking goes on, but what changed is now "all".
+                new.dirty = guard
+                    .as_ref()
+                    .and_then(|s| s.dirty.as_ref())
+                    .map(|_| HashTable::new());
+                guard.replace(new)
+            })
+            .collect();
+        inner.force_full_capture.store(true, Ordering::Release);
+        drop(guards);
+        drop(old);
+        inner.metrics.add(Counter::Restore, 1);
+        if any_expiring {
+            self.note_expiring_write();
+        }
+        Ok(staged.summary)
+    }
+}
+
+/// Checkpoint format of the memory backend: a v1 full snapshot, then v1
+/// delta snapshots, one file each.
+pub const MEMORY_CHECKPOINT_FORMAT: &str = "memory-v1";
+
+impl Checkpointable for MemoryStateBackend {
+    fn capture(&self, mode: CaptureMode, checkpoint_id: u64) -> Result<Box<dyn Capture>> {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        let mut guards = inner.lock_all_for_write()?;
+        let delta = mode == CaptureMode::Incremental
+            && !inner.force_full_capture.load(Ordering::Acquire)
+            && guards
+                .iter()
+                .all(|g| g.as_ref().is_some_and(|s| s.dirty.is_some()));
+        let mut tables = Vec::with_capacity(guards.len());
+        let mut dirty = Vec::with_capacity(if delta { guards.len() } else { 0 });
+        for state in guards.iter_mut().filter_map(|g| g.as_mut()) {
+            tables.push(state.table.freeze());
+            let changed = state.dirty.replace(HashTable::new());
+            if delta {
+                dirty.push(changed.unwrap_or_default());
+            }
+        }
+        inner.force_full_capture.store(false, Ordering::Release);
+        drop(guards);
+        let pause = started.elapsed();
+        let name = if delta {
+            format!("delta-{checkpoint_id:020}.snap")
+        } else {
+            format!("full-{checkpoint_id:020}.snap")
+        };
+        Ok(Box::new(MemoryCapture {
+            inner: Arc::clone(&self.inner),
+            files: vec![CapturedFile {
+                name,
+                source: FileSource::Stream,
+                shared_key: None,
+            }],
+            tables,
+            dirty: delta.then_some(dirty),
+            now_ms: inner.clock.now_ms(),
+            pause,
+            committed: false,
+        }))
+    }
+
+    fn prepare_restore(
+        &self,
+        format: &str,
+        files: &dyn CheckpointFiles,
+    ) -> Result<Box<dyn PreparedRestore + '_>> {
+        if format != MEMORY_CHECKPOINT_FORMAT {
+            return Err(Error::UnsupportedFormat {
+                found: format!("checkpoint format {format}").into(),
+                supported: MEMORY_CHECKPOINT_FORMAT.into(),
+            });
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let names = files.names();
+        if names.is_empty() {
+            return Err(Error::invalid_argument(
+                "files",
+                "a checkpoint with no files",
+            ));
+        }
+        let mut staged = Staged::new(&self.inner);
+        for (i, name) in names.iter().enumerate() {
+            let expect = if i == 0 {
+                SnapshotKind::Full
+            } else {
+                SnapshotKind::Delta
+            };
+            let mut input = files.open(name)?;
+            staged.read_stream(&self.inner, &mut input, expect)?;
+        }
+        Ok(Box::new(PreparedMemoryRestore {
+            backend: self,
+            staged,
+        }))
+    }
+}
+
+struct PreparedMemoryRestore<'a> {
+    backend: &'a MemoryStateBackend,
+    staged: Staged,
+}
+
+impl PreparedRestore for PreparedMemoryRestore<'_> {
+    fn commit(self: Box<Self>) -> Result<()> {
+        self.backend.commit_staged(self.staged).map(drop)
+    }
+}
+
+/// A frozen cut of the memory backend: full, or the changed keys.
+struct MemoryCapture {
+    inner: Arc<Inner>,
+    files: Vec<CapturedFile>,
+    tables: Vec<Arc<Table>>,
+    /// Per shard, the keys changed since the previous capture (delta only).
+    dirty: Option<Vec<HashTable<Box<[u8]>>>>,
+    now_ms: u64,
+    pause: Duration,
+    committed: bool,
+}
+
+impl Capture for MemoryCapture {
+    fn kind(&self) -> CaptureKind {
+        if self.dirty.is_some() {
+            CaptureKind::Delta
+        } else {
+            CaptureKind::Complete
+        }
+    }
+
+    fn format(&self) -> &'static str {
+        MEMORY_CHECKPOINT_FORMAT
+    }
+
+    fn files(&self) -> &[CapturedFile] {
+        &self.files
+    }
+
+    fn write_stream(&mut self, name: &str, out: &mut dyn Write) -> Result<u64> {
+        if name != self.files[0].name {
+            return Err(Error::invalid_argument(
+                "name",
+                format!("no file {name} in this capture"),
+            ));
+        }
+        let now = self.now_ms;
+        let summary = match &self.dirty {
+            None => {
+                let mut w = SnapshotWriter::new(out, SnapshotKind::Full, now)?;
+                for table in &self.tables {
+                    for entry in table.iter().filter(|e| !e.is_dead_at(now)) {
+                        w.put(entry.key(), entry.value(), entry.expiry())?;
+                    }
+                }
+                w.finish()?
+            }
+            Some(dirty) => {
+                let mut w = SnapshotWriter::new(out, SnapshotKind::Delta, now)?;
+                for (table, keys) in self.tables.iter().zip(dirty) {
+                    for key in keys.iter() {
+                        let hash = self.inner.hash(key);
+                        match table.find(hash, |e| e.key() == &key[..]) {
+                            Some(e) if !e.is_dead_at(now) => w.put(key, e.value(), e.expiry())?,
+                            _ => w.tombstone(key)?,
+                        }
+                    }
+                }
+                w.finish()?
+            }
+        };
+        Ok(summary.n_bytes)
+    }
+
+    fn pause(&self) -> Duration {
+        self.pause
+    }
+
+    fn committed(mut self: Box<Self>) {
+        self.committed = true;
+    }
+}
+
+impl Drop for MemoryCapture {
+    fn drop(&mut self) {
+        if !self.committed {
+            // The changes this capture took from the dirty sets never made
+            // it into a checkpoint: the next capture must be full.
+            self.inner.force_full_capture.store(true, Ordering::Release);
+        }
+    }
+}
+
 impl StateBackend for MemoryStateBackend {
     fn name(&self) -> &'static str {
         "memory"
@@ -668,7 +986,7 @@ impl StateBackend for MemoryStateBackend {
         let removed = {
             let mut guard = inner.shard(hash).write();
             let state = guard.as_mut().ok_or(Error::Closed)?;
-            state.remove(hash, key, None)
+            state.remove(&inner.hasher, hash, key, None)
         };
         drop(removed);
         local.add(Counter::Delete, 1);
@@ -722,7 +1040,7 @@ impl StateBackend for MemoryStateBackend {
                 }
                 None => {
                     n_deletes += 1;
-                    state.remove(hash, key, None)
+                    state.remove(&inner.hasher, hash, key, None)
                 }
             };
             garbage.push(old);
@@ -778,63 +1096,12 @@ impl StateBackend for MemoryStateBackend {
     }
 
     fn restore_from(&self, input: &mut dyn Read) -> Result<RestoreSummary> {
-        let inner = &*self.inner;
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let mut reader = SnapshotReader::new(input)?;
-        if reader.header().kind != SnapshotKind::Full {
-            return Err(Error::invalid_argument(
-                "snapshot",
-                "a delta snapshot cannot replace the state; restore its full base first",
-            ));
-        }
-        let now = inner.clock.now_ms();
-        // Build the new state beside the old one; swap only once the whole
-        // stream has been read and verified.
-        let mut staged: Vec<ShardState> = (0..inner.shards.len())
-            .map(|_| ShardState::empty())
-            .collect();
-        let mut summary = RestoreSummary::default();
-        while let Some(entry) = reader.next_entry()? {
-            let SnapshotEntry::Put {
-                key,
-                value,
-                expires_at_ms,
-            } = entry
-            else {
-                return Err(Error::corrupted(
-                    "snapshot stream",
-                    reader.bytes_read(),
-                    "tombstone in a full snapshot",
-                ));
-            };
-            if expires_at_ms.is_some_and(|at| is_expired(at, now)) {
-                summary.n_entries_expired += 1;
-                continue;
-            }
-            let hash = inner.hash(key);
-            let idx = inner.shard_idx(hash);
-            staged[idx].insert(&inner.hasher, hash, Entry::new(key, value, expires_at_ms));
-        }
-        summary.n_entries_read = reader.entries_read();
-        summary.n_bytes = reader.bytes_read();
-        let any_expiring = staged.iter().any(|s| s.n_expiring > 0);
-        summary.n_entries_restored = staged.iter().map(|s| s.len() as u64).sum();
-
-        let mut guards = inner.lock_all_for_write()?;
-        let old: Vec<_> = guards
-            .iter_mut()
-            .zip(staged)
-            .map(|(guard, new)| guard.replace(new))
-            .collect();
-        drop(guards);
-        drop(old);
-        inner.metrics.add(Counter::Restore, 1);
-        if any_expiring {
-            self.note_expiring_write();
-        }
-        Ok(summary)
+        let mut staged = Staged::new(&self.inner);
+        staged.read_stream(&self.inner, input, SnapshotKind::Full)?;
+        self.commit_staged(staged)
     }
 
     fn flush(&self) -> Result<()> {

@@ -1,0 +1,44 @@
+//! Checkpoints for gress-state: periodic or on-demand, incremental, and
+//! crash-safe, on a local directory or S3-compatible object storage, with
+//! recovery that verifies what it restores and falls back past damage.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use gress_checkpoint::{CheckpointConfig, CheckpointManager, LocalStorage, Metadata};
+//! use gress_state::{MemoryStateBackend, StateBackend};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let state = Arc::new(MemoryStateBackend::default());
+//! let manager = CheckpointManager::open(
+//!     Arc::new(LocalStorage::new(dir.path())?),
+//!     CheckpointConfig::default(),
+//! )?;
+//! manager.register("counts", state.clone())?;
+//!
+//! state.put(b"k", b"v")?;
+//! let offsets = Metadata::from([("offset/topic-0".into(), "42".into())]);
+//! let report = manager.trigger_checkpoint(offsets)?;
+//!
+//! state.put(b"k", b"changed")?;
+//! let restored = manager.restore_latest()?;
+//! assert_eq!(restored.id, report.info.id);
+//! assert_eq!(state.get(b"k")?.as_deref(), Some(&b"v"[..]));
+//! # Ok::<(), gress_checkpoint::Error>(())
+//! ```
+//!
+//! This crate does not depend on RocksDB: backends expose what a checkpoint
+//! needs through `gress_state::Checkpointable`.
+
+mod error;
+mod manager;
+pub mod manifest;
+pub mod storage;
+mod verify;
+
+pub use error::{Error, Result};
+pub use manager::{
+    CheckpointConfig, CheckpointInfo, CheckpointManager, CheckpointReport, CheckpointStats,
+    SNAPSHOT_FORMAT,
+};
+pub use manifest::{Manifest, Metadata};
+pub use storage::{LocalStorage, Storage};

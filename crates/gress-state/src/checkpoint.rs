@@ -1,0 +1,133 @@
+//! What a checkpoint manager needs from a backend.
+//!
+//! A checkpoint of a backend is a set of files. [`Checkpointable::capture`]
+//! takes a consistent cut of the state, pausing writers only for that, and
+//! returns a [`Capture`] that lists the files and writes them out while
+//! processing goes on. [`Checkpointable::restore_checkpoint`] replaces the
+//! state with a checkpoint's files. The manager (crate `gress-checkpoint`)
+//! stores the files, shares them between checkpoints, and commits each
+//! checkpoint with a manifest; backends know nothing about storage.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::backend::StateBackend;
+use crate::error::Result;
+
+/// What the manager asks a capture to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CaptureMode {
+    /// Files that restore the whole state on their own.
+    Full,
+    /// Only what changed since the backend's previous committed capture,
+    /// where the backend can (it may still answer with a full capture).
+    Incremental,
+}
+
+/// Whether a capture stands alone or builds on the previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CaptureKind {
+    /// These files alone restore the state (they may share files with
+    /// earlier checkpoints, e.g. RocksDB SST files).
+    Complete,
+    /// These files hold the changes since the backend's previous committed
+    /// capture: restoring applies that checkpoint's files, then these.
+    Delta,
+}
+
+/// Where a captured file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileSource {
+    /// A file on local disk (e.g. a hard link in a RocksDB checkpoint).
+    Local(PathBuf),
+    /// Bytes produced by [`Capture::write_stream`].
+    Stream,
+}
+
+/// One file of a capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedFile {
+    /// The file's name within the backend's checkpoint, e.g. `000012.sst`
+    /// or `delta.snap`. Restores see the same names.
+    pub name: String,
+    /// Where the bytes come from.
+    pub source: FileSource,
+    /// For immutable files that may be stored once and referenced by many
+    /// checkpoints: a key that names these exact bytes wherever it is used
+    /// (e.g. `sst/<db id>/000012.sst`). `None` for files private to one
+    /// checkpoint.
+    pub shared_key: Option<String>,
+}
+
+/// A consistent cut of one backend's state, ready to be written out.
+///
+/// Dropping a capture that was not [`committed`](Capture::committed) tells
+/// the backend that the checkpoint failed: its next capture is then full,
+/// so no change is ever lost from a delta chain.
+pub trait Capture: Send {
+    /// Complete or delta.
+    fn kind(&self) -> CaptureKind;
+
+    /// The backend's checkpoint format, recorded in the manifest and given
+    /// back to [`Checkpointable::restore_checkpoint`].
+    fn format(&self) -> &'static str;
+
+    /// The files to store, in the order a restore must read them.
+    fn files(&self) -> &[CapturedFile];
+
+    /// Writes the bytes of a [`FileSource::Stream`] file; returns their count.
+    fn write_stream(&mut self, name: &str, out: &mut dyn Write) -> Result<u64>;
+
+    /// How long writers were held up while the cut was taken.
+    fn pause(&self) -> Duration;
+
+    /// Tells the backend the checkpoint was committed, so its next
+    /// incremental capture may build on this one.
+    fn committed(self: Box<Self>);
+}
+
+/// A checkpoint's files for one backend, as a restore reads them.
+pub trait CheckpointFiles {
+    /// The names of the files, in the order they were captured (for a delta
+    /// chain: the full capture first, then each delta in order).
+    fn names(&self) -> Vec<String>;
+
+    /// Opens one file as a stream; its size and checksum are verified when
+    /// the stream reaches its end, which then reports an error instead of
+    /// end of input if they do not match.
+    fn open(&self, name: &str) -> Result<Box<dyn Read + '_>>;
+
+    /// Copies every file into the directory `dir` (which exists), verified.
+    fn fetch_all(&self, dir: &Path) -> Result<()>;
+}
+
+/// A restore that has read and verified everything and only waits to be
+/// switched in. Dropping it abandons the restore; the state is unchanged.
+pub trait PreparedRestore: Send {
+    /// Makes the prepared state the backend's state.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// A backend whose state a checkpoint manager can capture and restore.
+pub trait Checkpointable: StateBackend {
+    /// Takes a consistent cut of the state for checkpoint `checkpoint_id`
+    /// (ids increase; backends may use them to name files). One capture at
+    /// a time: the manager commits or drops one before taking the next.
+    fn capture(&self, mode: CaptureMode, checkpoint_id: u64) -> Result<Box<dyn Capture>>;
+
+    /// Reads and verifies the checkpoint made of `files`, captured in
+    /// `format`, beside the live state, without changing it. The manager
+    /// prepares every backend of a checkpoint before committing any, so a
+    /// damaged file leaves all of them as they were.
+    fn prepare_restore(
+        &self,
+        format: &str,
+        files: &dyn CheckpointFiles,
+    ) -> Result<Box<dyn PreparedRestore + '_>>;
+
+    /// Prepares and commits a restore of this backend alone.
+    fn restore_checkpoint(&self, format: &str, files: &dyn CheckpointFiles) -> Result<()> {
+        self.prepare_restore(format, files)?.commit()
+    }
+}
