@@ -19,12 +19,16 @@
 //! This is the only crate of the workspace that depends on `rocksdb`.
 
 mod backend;
+mod capture;
 mod checkpoint;
 mod config;
+mod db;
 mod error;
 mod ttl_filter;
 
-pub use backend::{LAYOUT_VERSION, RocksDbStateBackend};
+pub use backend::RocksDbStateBackend;
+pub use capture::ROCKSDB_CHECKPOINT_FORMAT;
+pub use db::LAYOUT_VERSION;
 pub use config::{Compression, RocksDbConfig};
 pub use gress_state::{Error, Result, StateBackend};
 pub use rocksdb::LiveFile;
@@ -40,12 +44,12 @@ pub mod raw {
     /// with (block cache, bloom filters, compression, statistics, memory
     /// budget, TTL compaction filter).
     pub fn options(config: &RocksDbConfig) -> rocksdb::Options {
-        crate::backend::build_options(config, &Default::default()).0
+        crate::db::build_options(config, &Default::default()).0
     }
 
     /// The write options the backend writes with (WAL, sync).
     pub fn write_options(config: &RocksDbConfig) -> rocksdb::WriteOptions {
-        crate::backend::write_options(config)
+        crate::db::write_options(config)
     }
 }
 

@@ -1,0 +1,183 @@
+//! Checkpoints of the RocksDB backend for the checkpoint manager.
+//!
+//! A capture is a native RocksDB checkpoint (SST files hard-linked into a
+//! staging directory next to the live database). SST and blob files never
+//! change once written, so they are offered for sharing under a key made
+//! of the database's id and the file name: the manager stores each once
+//! and references it from every checkpoint that needs it. A restore fetches
+//! a checkpoint's files into a new database directory, opens it, and
+//! switches to it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gress_state::checkpoint::{
+    Capture, CaptureKind, CaptureMode, CapturedFile, CheckpointFiles, Checkpointable, FileSource,
+    PreparedRestore,
+};
+use gress_state::{Error, Result, StateBackend};
+
+use crate::backend::RocksDbStateBackend;
+use crate::db::Db;
+use crate::error;
+
+/// Checkpoint format of the RocksDB backend: the files of a native RocksDB
+/// checkpoint.
+pub const ROCKSDB_CHECKPOINT_FORMAT: &str = "rocksdb-v1";
+
+struct RocksCapture {
+    /// Staging directory of the native checkpoint; removed on drop.
+    dir: PathBuf,
+    files: Vec<CapturedFile>,
+    pause: Duration,
+    /// Keeps the database (and so the hard-linked files' origin) open.
+    _db: Arc<Db>,
+}
+
+impl Capture for RocksCapture {
+    fn kind(&self) -> CaptureKind {
+        CaptureKind::Complete
+    }
+
+    fn format(&self) -> &'static str {
+        ROCKSDB_CHECKPOINT_FORMAT
+    }
+
+    fn files(&self) -> &[CapturedFile] {
+        &self.files
+    }
+
+    fn write_stream(&mut self, name: &str, _out: &mut dyn Write) -> Result<u64> {
+        Err(Error::invalid_argument(
+            "name",
+            format!("{name}: a RocksDB capture has only files on disk"),
+        ))
+    }
+
+    fn pause(&self) -> Duration {
+        self.pause
+    }
+
+    fn committed(self: Box<Self>) {}
+}
+
+impl Drop for RocksCapture {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a checkpoint staging directory");
+        }
+    }
+}
+
+fn list_files(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        if entry
+            .file_type()
+            .map_err(|e| Error::io(format!("reading {}", entry.path().display()), e))?
+            .is_file()
+        {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+struct PreparedRocksRestore<'a> {
+    backend: &'a RocksDbStateBackend,
+    db: Option<Db>,
+    name: String,
+}
+
+impl PreparedRestore for PreparedRocksRestore<'_> {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let db = self.db.take().expect("committed once");
+        self.backend.switch_to(db, &self.name)
+    }
+}
+
+impl Drop for PreparedRocksRestore<'_> {
+    fn drop(&mut self) {
+        // Abandoned: the new database and its directory go.
+        if let Some(db) = self.db.take() {
+            db.retire();
+        }
+    }
+}
+
+impl Checkpointable for RocksDbStateBackend {
+    /// A native checkpoint. With [`CaptureMode::Incremental`] its SST files
+    /// are offered for sharing with other checkpoints; with
+    /// [`CaptureMode::Full`] every file is stored anew.
+    fn capture(&self, mode: CaptureMode, checkpoint_id: u64) -> Result<Box<dyn Capture>> {
+        let db = self.current()?;
+        let dir = self.root.path.join(format!("capture-{checkpoint_id:020}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        }
+        let started = Instant::now();
+        // Flushes the memtables first, so the WAL holds (almost) nothing;
+        // writers go on into a new memtable meanwhile.
+        rocksdb::checkpoint::Checkpoint::new(db.db())
+            .and_then(|cp| cp.create_checkpoint(&dir))
+            .map_err(error::engine)?;
+        let pause = started.elapsed();
+        let files = list_files(&dir)?
+            .into_iter()
+            .map(|name| {
+                let immutable = name.ends_with(".sst") || name.ends_with(".blob");
+                CapturedFile {
+                    source: FileSource::Local(dir.join(&name)),
+                    shared_key: (immutable && mode == CaptureMode::Incremental)
+                        .then(|| format!("rocksdb/{}/{name}", db.id)),
+                    name,
+                }
+            })
+            .collect();
+        Ok(Box::new(RocksCapture {
+            dir,
+            files,
+            pause,
+            _db: db,
+        }))
+    }
+
+    fn prepare_restore(
+        &self,
+        format: &str,
+        files: &dyn CheckpointFiles,
+    ) -> Result<Box<dyn PreparedRestore + '_>> {
+        if format != ROCKSDB_CHECKPOINT_FORMAT {
+            return Err(Error::UnsupportedFormat {
+                found: format!("checkpoint format {format}").into(),
+                supported: ROCKSDB_CHECKPOINT_FORMAT.into(),
+            });
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let (name, dir) = self.new_db_dir()?;
+        let fetched = std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+            .and_then(|()| files.fetch_all(&dir))
+            .and_then(|()| self.engine.open_copy(&self.root, &dir));
+        match fetched {
+            Ok(db) => Ok(Box::new(PreparedRocksRestore {
+                backend: self,
+                db: Some(db),
+                name,
+            })),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+}
