@@ -642,11 +642,16 @@ impl Shared {
         // 1. Every backend's cut, one after another.
         let mut captures: Vec<Box<dyn Capture>> = Vec::with_capacity(backends.len());
         for reg in &backends {
-            let mode = match latest.and_then(|m| m.backend(&reg.name)) {
-                Some(prev) if config.incremental && allows_delta(prev, &config) => {
-                    CaptureMode::Incremental
-                }
-                _ => CaptureMode::Full,
+            // Incremental unless turned off or the backend's delta chain is
+            // long enough; a backend with nothing to build on answers an
+            // incremental request with a complete capture.
+            let chain_ok = latest
+                .and_then(|m| m.backend(&reg.name))
+                .is_none_or(|prev| allows_delta(prev, &config));
+            let mode = if config.incremental && chain_ok {
+                CaptureMode::Incremental
+            } else {
+                CaptureMode::Full
             };
             captures.push(reg.backend.capture(mode, id)?);
         }

@@ -1,0 +1,218 @@
+//! The RocksDB backend under the checkpoint manager: incremental
+//! checkpoints that store only new SST files, restores that swap in a
+//! database assembled from a checkpoint, savepoints across backend types,
+//! and a writer killed at random moments.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gress_checkpoint::{CheckpointConfig, CheckpointManager, LocalStorage, Metadata, Storage};
+use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
+use gress_state::{KeyRange, MemoryStateBackend, StateBackend, WriteBatch};
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+fn config(path: &Path) -> RocksDbConfig {
+    let mut c = RocksDbConfig::new(path);
+    c.write_buffer_size = 16 << 20;
+    c.block_cache_size = 32 << 20;
+    c
+}
+
+fn dump(b: &dyn StateBackend) -> Vec<(Vec<u8>, Vec<u8>)> {
+    b.scan(KeyRange::all())
+        .expect("scan")
+        .collect::<gress_state::Result<_>>()
+        .expect("item")
+}
+
+fn digest(b: &dyn StateBackend) -> (usize, u64) {
+    let mut n = 0;
+    let mut h = 0u64;
+    for kv in b.scan(KeyRange::all()).expect("scan") {
+        let (k, v) = kv.expect("item");
+        n += 1;
+        h = h.wrapping_add(u64::from(crc32c::crc32c(&[k.as_slice(), v.as_slice()].concat())));
+    }
+    (n, h)
+}
+
+fn storage(dir: &Path) -> Arc<dyn Storage> {
+    Arc::new(LocalStorage::new(dir).expect("storage"))
+}
+
+fn meta(round: u64) -> Metadata {
+    Metadata::from([("round".to_string(), round.to_string())])
+}
+
+fn load(b: &RocksDbStateBackend, n: u64) -> R {
+    let mut batch = WriteBatch::new();
+    for i in 0..n {
+        batch.put(i.to_be_bytes(), [(i % 251) as u8; 100]);
+        if batch.len() == 10_000 {
+            b.write_batch(&batch)?;
+            batch.clear();
+        }
+    }
+    b.write_batch(&batch)?;
+    Ok(())
+}
+
+/// After 1% of a 1M-key RocksDB state changes, an incremental checkpoint
+/// uploads only the new SST files (about 1% of the first checkpoint's
+/// bytes), and each retained checkpoint restores exactly its state.
+#[test]
+fn incremental_checkpoints_upload_only_new_sst_files() -> R {
+    const N: u64 = 1_000_000;
+    let dir = tempfile::tempdir()?;
+    let backend = Arc::new(RocksDbStateBackend::open(config(&dir.path().join("db")))?);
+    let m = CheckpointManager::open(storage(&dir.path().join("cp")), CheckpointConfig::default())?;
+    m.register("state", backend.clone())?;
+    load(&backend, N)?;
+    backend.compact()?;
+    let first = m.trigger_checkpoint(meta(0))?;
+    let mut expected = vec![(first.info.id, digest(&*backend))];
+    let mut ratios = Vec::new();
+    for round in 1..=2u64 {
+        let mut batch = WriteBatch::new();
+        for j in 0..N / 100 {
+            let k = (j * 97 + round * 13) % N;
+            if j % 10 == 0 {
+                batch.delete(k.to_be_bytes());
+            } else {
+                batch.put(k.to_be_bytes(), [round as u8; 100]);
+            }
+        }
+        backend.write_batch(&batch)?;
+        let r = m.trigger_checkpoint(meta(round))?;
+        assert!(r.files_reused > 0, "round {round}: no SST file was shared");
+        ratios.push(r.bytes_written as f64 / first.bytes_written as f64);
+        expected.push((r.info.id, digest(&*backend)));
+    }
+    println!(
+        "RocksDB: first checkpoint {} bytes; 1% changes uploaded {:.4} and {:.4} of that",
+        first.bytes_written, ratios[0], ratios[1]
+    );
+    for r in &ratios {
+        assert!(*r < 0.05, "incremental checkpoint wrote {r} of a full one");
+    }
+    for (id, want) in expected {
+        let fresh_dir = tempfile::tempdir()?;
+        let fresh = Arc::new(RocksDbStateBackend::open(config(fresh_dir.path()))?);
+        fresh.put(b"not in any checkpoint", b"x")?;
+        let m2 = CheckpointManager::open(m.storage().clone(), CheckpointConfig::default())?;
+        m2.register("state", fresh.clone())?;
+        m2.restore(id)?;
+        assert_eq!(digest(&*fresh), want, "checkpoint {id}");
+    }
+    Ok(())
+}
+
+/// A restore from a checkpoint replaces the live database and survives a
+/// reopen; the replaced database's directory is removed.
+#[test]
+fn restored_database_is_live_after_reopen() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("db");
+    let cp = storage(&dir.path().join("cp"));
+    {
+        let backend = Arc::new(RocksDbStateBackend::open(config(&path))?);
+        let m = CheckpointManager::open(cp.clone(), CheckpointConfig::default())?;
+        m.register("state", backend.clone())?;
+        backend.put(b"k", b"checkpointed")?;
+        m.trigger_checkpoint(meta(1))?;
+        backend.put(b"k", b"after")?;
+        backend.put(b"extra", b"after")?;
+        m.restore_latest()?;
+        assert_eq!(dump(&*backend), vec![(b"k".to_vec(), b"checkpointed".to_vec())]);
+        backend.put(b"after-restore", b"1")?;
+    }
+    let dbs: Vec<_> = std::fs::read_dir(&path)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("db-"))
+        .collect();
+    assert_eq!(dbs.len(), 1, "old database left behind: {dbs:?}");
+    let backend = RocksDbStateBackend::open(config(&path))?;
+    assert_eq!(
+        dump(&backend),
+        vec![
+            (b"after-restore".to_vec(), b"1".to_vec()),
+            (b"k".to_vec(), b"checkpointed".to_vec())
+        ]
+    );
+    Ok(())
+}
+
+/// A savepoint is portable: RocksDB to memory and back.
+#[test]
+fn savepoint_moves_between_backend_types() -> R {
+    let dir = tempfile::tempdir()?;
+    let cp = storage(&dir.path().join("cp"));
+    let rocks = Arc::new(RocksDbStateBackend::open(config(&dir.path().join("db")))?);
+    for i in 0..1000u32 {
+        rocks.put(&i.to_be_bytes(), format!("v{i}").as_bytes())?;
+    }
+    let m = CheckpointManager::open(cp.clone(), CheckpointConfig::default())?;
+    m.register("state", rocks.clone())?;
+    m.trigger_savepoint("from-rocksdb", meta(1))?;
+
+    let memory = Arc::new(MemoryStateBackend::default());
+    let m2 = CheckpointManager::open(cp.clone(), CheckpointConfig::default())?;
+    m2.register("state", memory.clone())?;
+    m2.restore_savepoint("from-rocksdb")?;
+    assert_eq!(dump(&*memory), dump(&*rocks));
+    memory.put(b"added in memory", b"x")?;
+    m2.trigger_savepoint("from-memory", meta(2))?;
+
+    let rocks2 = Arc::new(RocksDbStateBackend::open(config(&dir.path().join("db2")))?);
+    let m3 = CheckpointManager::open(cp, CheckpointConfig::default())?;
+    m3.register("state", rocks2.clone())?;
+    m3.restore_savepoint("from-memory")?;
+    assert_eq!(dump(&*rocks2), dump(&*memory));
+    Ok(())
+}
+
+/// Writers keep going while a checkpoint of 1M keys is taken and uploaded;
+/// reports how long the native checkpoint took and the slowest put.
+#[test]
+fn writers_run_during_a_rocksdb_checkpoint() -> R {
+    let dir = tempfile::tempdir()?;
+    let backend = Arc::new(RocksDbStateBackend::open(config(&dir.path().join("db")))?);
+    let m = CheckpointManager::open(storage(&dir.path().join("cp")), CheckpointConfig::default())?;
+    m.register("state", backend.clone())?;
+    load(&backend, 1_000_000)?;
+    let done = AtomicBool::new(false);
+    let puts = AtomicU64::new(0);
+    let slowest = AtomicU64::new(0);
+    let (report, during) = std::thread::scope(|s| -> Result<_, Box<dyn std::error::Error>> {
+        let writer = s.spawn(|| {
+            let mut i = 0u64;
+            while !done.load(Ordering::Acquire) {
+                let t = Instant::now();
+                backend.put(format!("side-{}", i % 10_000).as_bytes(), b"x").expect("put");
+                slowest.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                puts.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let before = puts.load(Ordering::Relaxed);
+        let report = m.trigger_checkpoint(meta(1));
+        let during = puts.load(Ordering::Relaxed) - before;
+        done.store(true, Ordering::Release);
+        writer.join().expect("writer");
+        Ok((report?, during))
+    })?;
+    println!(
+        "RocksDB 1M keys: native checkpoint {:?}, whole checkpoint {:?}, {} puts meanwhile, slowest put {} us",
+        report.max_pause,
+        report.duration,
+        during,
+        slowest.load(Ordering::Relaxed)
+    );
+    assert!(during > 1_000, "the writer was blocked during the checkpoint ({during} puts)");
+    Ok(())
+}
