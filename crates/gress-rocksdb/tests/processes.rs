@@ -98,6 +98,35 @@ fn child() -> Result<()> {
             println!("open");
             std::thread::sleep(Duration::from_secs(600));
         }
+        "checkpointer" => {
+            use gress_checkpoint::{CheckpointConfig, CheckpointManager, LocalStorage, Metadata};
+            use std::sync::Arc;
+            use std::sync::atomic::{AtomicU64, Ordering};
+            let backend = Arc::new(RocksDbStateBackend::open(config(&path.join("db")))?);
+            let storage = Arc::new(LocalStorage::new(path.join("cp")).map_err(gress_state::Error::from)?);
+            let m = CheckpointManager::open(
+                storage,
+                CheckpointConfig::default()
+                    .with_interval(Duration::from_millis(10))
+                    .with_retain(2),
+            )
+            .map_err(gress_state::Error::from)?;
+            m.register("state", backend.clone()).map_err(gress_state::Error::from)?;
+            if m.latest().is_some() {
+                m.restore_latest().map_err(gress_state::Error::from)?;
+            }
+            let round = Arc::new(AtomicU64::new(round_of_state(&*backend)));
+            let r2 = round.clone();
+            m.start_periodic(move || Metadata::from([("round".into(), r2.load(Ordering::SeqCst).to_string())]))
+                .map_err(gress_state::Error::from)?;
+            println!("started");
+            loop {
+                let r = round.load(Ordering::SeqCst) + 1;
+                backend.write_batch(&round_batch(r))?;
+                round.store(r, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }
         "opener" => match RocksDbStateBackend::open(config(&path)) {
             Ok(_) => println!("result ok"),
             Err(Error::Io { source, .. }) => println!("result io {:?}", source.kind()),
@@ -250,4 +279,79 @@ fn unsafe_free_is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
+}
+
+/// One round of writes as an atomic batch that records its round number.
+fn round_batch(round: u64) -> WriteBatch {
+    let mut batch = WriteBatch::new();
+    for i in 0..100u64 {
+        let k = (round * 7919 + i * 104_729) % 2000;
+        batch.put(format!("key-{k:04}"), format!("r{round}-i{i}"));
+    }
+    for i in 0..10u64 {
+        batch.delete(format!("key-{:04}", (round * 31 + i * 53) % 2000));
+    }
+    batch.put("round", round.to_string());
+    batch
+}
+
+fn round_of_state(b: &dyn StateBackend) -> u64 {
+    b.get(b"round")
+        .expect("get")
+        .map_or(0, |v| String::from_utf8_lossy(&v).parse().expect("round"))
+}
+
+/// A RocksDB writer that checkpoints every 10 ms is killed with SIGKILL at
+/// random moments, 15 times; each time, the newest checkpoint restores into
+/// a fresh database, and its state is exactly one whole round.
+#[test]
+fn checkpointing_writer_killed_at_random_moments() -> Result<()> {
+    use gress_checkpoint::manifest;
+    use gress_checkpoint::{CheckpointConfig, CheckpointManager, LocalStorage, Storage};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut last = 0;
+    for kill in 0..15 {
+        let mut child = spawn_child(&exe, "checkpointer", dir.path()).spawn().expect("spawn");
+        read_until(&mut child, |l| l == "started");
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(20 + seed % 200));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalStorage::new(dir.path().join("cp")).expect("storage"));
+        let newest = storage
+            .list(manifest::MANIFESTS)
+            .expect("list")
+            .iter()
+            .filter_map(|o| manifest::id_of_manifest_path(&o.path))
+            .max();
+        let Some(newest) = newest else {
+            continue;
+        };
+        let fresh_dir = tempfile::tempdir().expect("temp dir");
+        let fresh = Arc::new(RocksDbStateBackend::open(config(fresh_dir.path()))?);
+        let m = CheckpointManager::open(storage, CheckpointConfig::default().with_retain(2))
+            .map_err(gress_state::Error::from)?;
+        m.register("state", fresh.clone()).map_err(gress_state::Error::from)?;
+        let info = m.restore_latest().map_err(gress_state::Error::from)?;
+        assert_eq!(info.id, newest, "kill {kill}: the newest checkpoint did not restore");
+        let round = round_of_state(&*fresh);
+        let expected = MemoryStateBackend::default();
+        for r in 1..=round {
+            expected.write_batch(&round_batch(r))?;
+        }
+        let dump = |b: &dyn StateBackend| -> Result<Vec<_>> { b.scan(KeyRange::all())?.collect() };
+        assert_eq!(dump(&*fresh)?, dump(&expected)?, "kill {kill}: not a whole round");
+        assert!(round >= last, "kill {kill}: went back from {last} to {round}");
+        last = round;
+    }
+    assert!(last > 0, "no checkpoint was ever committed");
+    println!("15 kills; recovered up to round {last}");
+    Ok(())
 }
