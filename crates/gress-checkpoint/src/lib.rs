@@ -42,3 +42,5 @@ pub use manager::{
 };
 pub use manifest::{Manifest, Metadata};
 pub use storage::{LocalStorage, Storage};
+#[cfg(feature = "s3")]
+pub use storage::{S3Config, S3Storage};

@@ -440,7 +440,7 @@ impl CheckpointManager {
         let storage = &*self.shared.storage;
         let dir = format!("{SAVEPOINTS}{name}/");
         let manifest_at = format!("{dir}MANIFEST");
-        if !storage.list(&manifest_at)?.is_empty() {
+        if storage.size(&manifest_at)?.is_some() {
             return Err(Error::invalid("name", format!("savepoint `{name}` exists")));
         }
         let mut backends = Vec::new();

@@ -230,7 +230,9 @@ impl RocksDbStateBackend {
             return Err(e);
         }
         let new = Arc::new(db);
-        let prev = self.state.compare_and_swap(&Some(Arc::clone(&current)), Some(new));
+        let prev = self
+            .state
+            .compare_and_swap(&Some(Arc::clone(&current)), Some(new));
         if !prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, &current)) {
             // Closed meanwhile; the switch is on disk and holds at the next
             // open.
@@ -253,7 +255,9 @@ impl RocksDbStateBackend {
     }
 
     fn get_one(&self, db: &DB, key: &[u8], now: &mut Option<u64>) -> Result<Option<Vec<u8>>> {
-        let found = db.get_pinned_opt(key, &self.read_opts).map_err(error::engine)?;
+        let found = db
+            .get_pinned_opt(key, &self.read_opts)
+            .map_err(error::engine)?;
         let Some(stored) = found else {
             return Ok(None);
         };
@@ -283,12 +287,18 @@ impl RocksDbStateBackend {
     /// `rocksdb.estimate-num-keys`, `rocksdb.cur-size-all-mem-tables`,
     /// `rocksdb.block-cache-usage`; `None` for a name RocksDB does not know.
     pub fn property(&self, name: &str) -> Result<Option<String>> {
-        self.current()?.db().property_value(name).map_err(error::engine)
+        self.current()?
+            .db()
+            .property_value(name)
+            .map_err(error::engine)
     }
 
     /// A RocksDB integer property, or `None` if unknown.
     pub fn property_int(&self, name: &str) -> Result<Option<u64>> {
-        self.current()?.db().property_int_value(name).map_err(error::engine)
+        self.current()?
+            .db()
+            .property_int_value(name)
+            .map_err(error::engine)
     }
 
     /// Compacts the whole key space; expired entries are dropped on the way.
@@ -296,7 +306,8 @@ impl RocksDbStateBackend {
         let db = self.current()?;
         let mut opts = CompactOptions::default();
         opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        db.db().compact_range_opt(None::<&[u8]>, None::<&[u8]>, &opts);
+        db.db()
+            .compact_range_opt(None::<&[u8]>, None::<&[u8]>, &opts);
         Ok(())
     }
 
@@ -323,7 +334,9 @@ impl RocksDbStateBackend {
 
     /// Bytes of SST files on disk (`rocksdb.total-sst-files-size`).
     pub fn sst_bytes(&self) -> Result<u64> {
-        Ok(self.property_int("rocksdb.total-sst-files-size")?.unwrap_or(0))
+        Ok(self
+            .property_int("rocksdb.total-sst-files-size")?
+            .unwrap_or(0))
     }
 
     /// The SST files of the live database.
@@ -341,8 +354,14 @@ impl RocksDbStateBackend {
             ("bytes_written", Ticker::BytesWritten),
             ("stall_micros", Ticker::StallMicros),
             ("bloom_filter_useful", Ticker::BloomFilterUseful),
-            ("bloom_filter_prefix_checked", Ticker::BloomFilterPrefixChecked),
-            ("bloom_filter_prefix_useful", Ticker::BloomFilterPrefixUseful),
+            (
+                "bloom_filter_prefix_checked",
+                Ticker::BloomFilterPrefixChecked,
+            ),
+            (
+                "bloom_filter_prefix_useful",
+                Ticker::BloomFilterPrefixUseful,
+            ),
             ("memtable_hit", Ticker::MemtableHit),
             ("memtable_miss", Ticker::MemtableMiss),
             ("compaction_key_drop_user", Ticker::CompactionKeyDropUser),
@@ -359,11 +378,17 @@ impl RocksDbStateBackend {
         let sum = |a, b| db.opts.get_ticker_count(a) + db.opts.get_ticker_count(b);
         m.insert(
             "seek_filtered".to_string(),
-            sum(Ticker::LastLevelSeekFiltered, Ticker::NonLastLevelSeekFiltered),
+            sum(
+                Ticker::LastLevelSeekFiltered,
+                Ticker::NonLastLevelSeekFiltered,
+            ),
         );
         m.insert(
             "seek_filter_match".to_string(),
-            sum(Ticker::LastLevelSeekFilterMatch, Ticker::NonLastLevelSeekFilterMatch),
+            sum(
+                Ticker::LastLevelSeekFilterMatch,
+                Ticker::NonLastLevelSeekFilterMatch,
+            ),
         );
         for prop in [
             "rocksdb.estimate-num-keys",
@@ -531,7 +556,14 @@ impl StateBackend for RocksDbStateBackend {
         let guard = self.state.load();
         let db = guard.as_ref().ok_or(Error::Closed)?;
         let found = self.get_one(db.db(), key, &mut None)?;
-        local.add(if found.is_some() { Counter::Hit } else { Counter::Miss }, 1);
+        local.add(
+            if found.is_some() {
+                Counter::Hit
+            } else {
+                Counter::Miss
+            },
+            1,
+        );
         local.finish(timer);
         Ok(found)
     }

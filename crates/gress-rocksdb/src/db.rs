@@ -54,12 +54,15 @@ pub(crate) struct Db {
 
 impl Db {
     pub(crate) fn db(&self) -> &DB {
-        self.db.as_ref().expect("the database stays open until Db is dropped")
+        self.db
+            .as_ref()
+            .expect("the database stays open until Db is dropped")
     }
 
     /// Marks the directory for deletion when the last user lets go.
     pub(crate) fn retire(&self) {
-        self.retired.store(true, std::sync::atomic::Ordering::Release);
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -76,7 +79,10 @@ impl Drop for Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("dir", &self.dir).field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Db")
+            .field("dir", &self.dir)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -183,7 +189,11 @@ fn init_meta(db: &DB) -> Result<String> {
         Some(v) if !v.is_empty() && v.iter().all(u8::is_ascii_hexdigit) => {
             Ok(String::from_utf8_lossy(&v).into_owned())
         }
-        Some(_) => Err(Error::corrupted("RocksDB gress-meta", 0, "db-id is not hex")),
+        Some(_) => Err(Error::corrupted(
+            "RocksDB gress-meta",
+            0,
+            "db-id is not hex",
+        )),
         None => {
             let id = new_db_id();
             db.put_cf_opt(meta, META_DB_ID, id.as_bytes(), &sync)
@@ -216,7 +226,10 @@ impl Root {
                 if !create_if_missing {
                     return Err(Error::invalid_config(
                         "path",
-                        format!("{} does not exist and create_if_missing is false", path.display()),
+                        format!(
+                            "{} does not exist and create_if_missing is false",
+                            path.display()
+                        ),
                     ));
                 }
                 fs::create_dir_all(path)
@@ -284,7 +297,8 @@ impl Root {
         let tmp = self.path.join(format!("{LIVE}.tmp"));
         let io = |what: &str, e| Error::io(format!("{what} {}", live.display()), e);
         let mut f = File::create(&tmp).map_err(|e| io("writing", e))?;
-        f.write_all(format!("{name}\n").as_bytes()).map_err(|e| io("writing", e))?;
+        f.write_all(format!("{name}\n").as_bytes())
+            .map_err(|e| io("writing", e))?;
         f.sync_all().map_err(|e| io("syncing", e))?;
         fs::rename(&tmp, &live).map_err(|e| io("renaming", e))?;
         File::open(&self.path)
@@ -299,7 +313,8 @@ impl Root {
         let entries = fs::read_dir(&self.path)
             .map_err(|e| Error::io(format!("listing {}", self.path.display()), e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io(format!("listing {}", self.path.display()), e))?;
+            let entry =
+                entry.map_err(|e| Error::io(format!("listing {}", self.path.display()), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale_db = parse_db_name(&name).is_some() && name != keep;
             let stale_capture = name.starts_with("capture-");

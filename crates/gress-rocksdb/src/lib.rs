@@ -28,8 +28,8 @@ mod ttl_filter;
 
 pub use backend::RocksDbStateBackend;
 pub use capture::ROCKSDB_CHECKPOINT_FORMAT;
-pub use db::LAYOUT_VERSION;
 pub use config::{Compression, RocksDbConfig};
+pub use db::LAYOUT_VERSION;
 pub use gress_state::{Error, Result, StateBackend};
 pub use rocksdb::LiveFile;
 

@@ -103,7 +103,8 @@ fn child() -> Result<()> {
             use std::sync::Arc;
             use std::sync::atomic::{AtomicU64, Ordering};
             let backend = Arc::new(RocksDbStateBackend::open(config(&path.join("db")))?);
-            let storage = Arc::new(LocalStorage::new(path.join("cp")).map_err(gress_state::Error::from)?);
+            let storage =
+                Arc::new(LocalStorage::new(path.join("cp")).map_err(gress_state::Error::from)?);
             let m = CheckpointManager::open(
                 storage,
                 CheckpointConfig::default()
@@ -111,14 +112,17 @@ fn child() -> Result<()> {
                     .with_retain(2),
             )
             .map_err(gress_state::Error::from)?;
-            m.register("state", backend.clone()).map_err(gress_state::Error::from)?;
+            m.register("state", backend.clone())
+                .map_err(gress_state::Error::from)?;
             if m.latest().is_some() {
                 m.restore_latest().map_err(gress_state::Error::from)?;
             }
             let round = Arc::new(AtomicU64::new(round_of_state(&*backend)));
             let r2 = round.clone();
-            m.start_periodic(move || Metadata::from([("round".into(), r2.load(Ordering::SeqCst).to_string())]))
-                .map_err(gress_state::Error::from)?;
+            m.start_periodic(move || {
+                Metadata::from([("round".into(), r2.load(Ordering::SeqCst).to_string())])
+            })
+            .map_err(gress_state::Error::from)?;
             println!("started");
             loop {
                 let r = round.load(Ordering::SeqCst) + 1;
@@ -314,7 +318,9 @@ fn checkpointing_writer_killed_at_random_moments() -> Result<()> {
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut last = 0;
     for kill in 0..15 {
-        let mut child = spawn_child(&exe, "checkpointer", dir.path()).spawn().expect("spawn");
+        let mut child = spawn_child(&exe, "checkpointer", dir.path())
+            .spawn()
+            .expect("spawn");
         read_until(&mut child, |l| l == "started");
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -338,17 +344,28 @@ fn checkpointing_writer_killed_at_random_moments() -> Result<()> {
         let fresh = Arc::new(RocksDbStateBackend::open(config(fresh_dir.path()))?);
         let m = CheckpointManager::open(storage, CheckpointConfig::default().with_retain(2))
             .map_err(gress_state::Error::from)?;
-        m.register("state", fresh.clone()).map_err(gress_state::Error::from)?;
+        m.register("state", fresh.clone())
+            .map_err(gress_state::Error::from)?;
         let info = m.restore_latest().map_err(gress_state::Error::from)?;
-        assert_eq!(info.id, newest, "kill {kill}: the newest checkpoint did not restore");
+        assert_eq!(
+            info.id, newest,
+            "kill {kill}: the newest checkpoint did not restore"
+        );
         let round = round_of_state(&*fresh);
         let expected = MemoryStateBackend::default();
         for r in 1..=round {
             expected.write_batch(&round_batch(r))?;
         }
         let dump = |b: &dyn StateBackend| -> Result<Vec<_>> { b.scan(KeyRange::all())?.collect() };
-        assert_eq!(dump(&*fresh)?, dump(&expected)?, "kill {kill}: not a whole round");
-        assert!(round >= last, "kill {kill}: went back from {last} to {round}");
+        assert_eq!(
+            dump(&*fresh)?,
+            dump(&expected)?,
+            "kill {kill}: not a whole round"
+        );
+        assert!(
+            round >= last,
+            "kill {kill}: went back from {last} to {round}"
+        );
         last = round;
     }
     assert!(last > 0, "no checkpoint was ever committed");

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub mod fault;
 mod local;
 #[cfg(feature = "s3")]
-mod s3;
+pub mod s3;
 
 pub use local::LocalStorage;
 #[cfg(feature = "s3")]

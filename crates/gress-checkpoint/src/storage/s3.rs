@@ -1,1 +1,472 @@
-//! S3-compatible object storage (placeholder until the implementation lands).
+//! Checkpoints in S3-compatible object storage, through `object_store`.
+//!
+//! Objects are immutable once written: `put` is a single PUT below the
+//! multipart threshold and a multipart upload above it (parts of
+//! `part_size`, memory bounded by one part), both visible whole or not at
+//! all; `put_new` is a create-only PUT (`If-None-Match: *`), so a manifest
+//! can never replace another.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as StorePath;
+use object_store::{
+    BackoffConfig, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
+};
+
+use super::{ObjectMeta, PutFn, Storage, check_path};
+use crate::error::{Error, Result};
+
+/// Where and how to reach the bucket.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// Key prefix inside the bucket under which checkpoints go ("" for the
+    /// bucket's root).
+    pub prefix: String,
+    /// Endpoint URL for S3-compatible services (e.g. `http://127.0.0.1:9000`);
+    /// `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Region. Default `us-east-1`.
+    pub region: String,
+    /// Access key; `None` to take credentials from the environment.
+    pub access_key_id: Option<String>,
+    /// Secret key.
+    pub secret_access_key: Option<String>,
+    /// Allow plain HTTP (for local test servers). Default false.
+    pub allow_http: bool,
+    /// Objects larger than this are uploaded in parts. Default 8 MiB.
+    pub multipart_threshold: usize,
+    /// Size of each part (S3's minimum is 5 MiB). Default 8 MiB.
+    pub part_size: usize,
+    /// Retries of a failed request before the operation fails. Default 3.
+    pub max_retries: usize,
+    /// Time after which a request is no longer retried. Default 30 s.
+    pub retry_timeout: Duration,
+}
+
+impl S3Config {
+    /// A bucket on AWS, credentials from the environment.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        S3Config {
+            bucket: bucket.into(),
+            prefix: String::new(),
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            multipart_threshold: 8 << 20,
+            part_size: 8 << 20,
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Uses an S3-compatible endpoint with static credentials.
+    pub fn with_endpoint(
+        mut self,
+        endpoint: impl Into<String>,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        let endpoint = endpoint.into();
+        self.allow_http = endpoint.starts_with("http://");
+        self.endpoint = Some(endpoint);
+        self.access_key_id = Some(access_key_id.into());
+        self.secret_access_key = Some(secret_access_key.into());
+        self
+    }
+
+    /// Puts everything under `prefix/` in the bucket.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+}
+
+/// A bucket (or a prefix in one) of S3-compatible object storage.
+#[derive(Debug)]
+pub struct S3Storage {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    runtime: tokio::runtime::Runtime,
+    multipart_threshold: usize,
+    part_size: usize,
+}
+
+fn store_err(op: &'static str, path: &str, e: object_store::Error) -> Error {
+    let kind = match &e {
+        object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+        object_store::Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => io::ErrorKind::PermissionDenied,
+        _ => io::ErrorKind::Other,
+    };
+    Error::storage(op, path, io::Error::new(kind, e))
+}
+
+impl S3Storage {
+    /// Connects to the bucket (no request is made until first use).
+    pub fn new(config: S3Config) -> Result<Self> {
+        if config.part_size < 5 << 20 {
+            return Err(Error::invalid("part_size", "S3 parts are at least 5 MiB"));
+        }
+        if !config.prefix.is_empty() {
+            check_path(config.prefix.trim_end_matches('/'))?;
+        }
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_allow_http(config.allow_http)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: config.max_retries,
+                retry_timeout: config.retry_timeout,
+            });
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| Error::invalid("s3 config", e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("gress-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::storage("starting the I/O runtime for", "s3", e))?;
+        let prefix = config.prefix.trim_end_matches('/').to_string();
+        Ok(S3Storage {
+            store: Arc::new(store),
+            prefix,
+            runtime,
+            multipart_threshold: config.multipart_threshold.max(1),
+            part_size: config.part_size,
+        })
+    }
+
+    fn location(&self, path: &str) -> Result<StorePath> {
+        check_path(path)?;
+        Ok(if self.prefix.is_empty() {
+            StorePath::from(path)
+        } else {
+            StorePath::from(format!("{}/{path}", self.prefix))
+        })
+    }
+
+    fn relative(&self, location: &StorePath) -> String {
+        let full = location.as_ref();
+        match self.prefix.is_empty() {
+            true => full.to_string(),
+            false => full
+                .strip_prefix(&self.prefix)
+                .map_or(full, |r| r.trim_start_matches('/'))
+                .to_string(),
+        }
+    }
+}
+
+/// Buffers written bytes into parts and uploads them; a small object is
+/// sent with one PUT when the writer is finished.
+struct UploadWriter<'a> {
+    storage: &'a S3Storage,
+    location: StorePath,
+    path: &'a str,
+    buf: Vec<u8>,
+    upload: Option<Box<dyn MultipartUpload>>,
+    failed: Option<Error>,
+}
+
+impl UploadWriter<'_> {
+    fn send_part(&mut self) -> io::Result<()> {
+        let rt = &self.storage.runtime;
+        if self.upload.is_none() {
+            let started = rt.block_on(self.storage.store.put_multipart(&self.location));
+            match started {
+                Ok(u) => self.upload = Some(u),
+                Err(e) => return Err(self.fail(store_err("starting upload of", self.path, e))),
+            }
+        }
+        let part = PutPayload::from(Bytes::from(std::mem::take(&mut self.buf)));
+        let upload = self.upload.as_mut().expect("started above");
+        let sent = rt.block_on(upload.put_part(part));
+        self.buf = Vec::with_capacity(self.storage.part_size);
+        sent.map_err(|e| self.fail(store_err("uploading part of", self.path, e)))
+    }
+
+    fn fail(&mut self, e: Error) -> io::Error {
+        let message = e.to_string();
+        self.failed = Some(e);
+        io::Error::other(message)
+    }
+
+    fn finish(mut self) -> Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let rt = &self.storage.runtime;
+        match self.upload.take() {
+            None => {
+                let payload = PutPayload::from(Bytes::from(std::mem::take(&mut self.buf)));
+                rt.block_on(self.storage.store.put(&self.location, payload))
+                    .map(drop)
+                    .map_err(|e| store_err("writing", self.path, e))
+            }
+            Some(mut upload) => {
+                if !self.buf.is_empty() {
+                    let part = PutPayload::from(Bytes::from(std::mem::take(&mut self.buf)));
+                    if let Err(e) = rt.block_on(upload.put_part(part)) {
+                        let _ = rt.block_on(upload.abort());
+                        return Err(store_err("uploading part of", self.path, e));
+                    }
+                }
+                rt.block_on(upload.complete())
+                    .map(drop)
+                    .map_err(|e| store_err("completing upload of", self.path, e))
+            }
+        }
+    }
+}
+
+impl Write for UploadWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let threshold = if self.upload.is_some() {
+            self.storage.part_size
+        } else {
+            self.storage.multipart_threshold.max(self.storage.part_size)
+        };
+        let room = threshold.saturating_sub(self.buf.len()).max(1);
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= threshold {
+            self.send_part()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for UploadWriter<'_> {
+    fn drop(&mut self) {
+        // An upload not completed is aborted, so no part is left billed.
+        if let Some(mut upload) = self.upload.take() {
+            let _ = self.storage.runtime.block_on(upload.abort());
+        }
+    }
+}
+
+/// A blocking reader over an object's byte stream.
+struct StreamReader<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    stream: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    chunk: Bytes,
+    path: String,
+}
+
+impl Read for StreamReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.runtime.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => {
+                    return Err(io::Error::other(format!("reading {}: {e}", self.path)));
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+impl Storage for S3Storage {
+    fn put(&self, path: &str, write: &mut PutFn<'_>) -> Result<()> {
+        let mut w = UploadWriter {
+            storage: self,
+            location: self.location(path)?,
+            path,
+            buf: Vec::new(),
+            upload: None,
+            failed: None,
+        };
+        if let Err(e) = write(&mut w) {
+            return Err(w.failed.take().unwrap_or(e));
+        }
+        w.finish()
+    }
+
+    fn put_new(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        let location = self.location(path)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        self.runtime
+            .block_on(
+                self.store
+                    .put_opts(&location, PutPayload::from(bytes.to_vec()), opts),
+            )
+            .map(drop)
+            .map_err(|e| store_err("publishing", path, e))
+    }
+
+    fn open(&self, path: &str) -> Result<Box<dyn Read + Send + '_>> {
+        let location = self.location(path)?;
+        let got = self
+            .runtime
+            .block_on(self.store.get(&location))
+            .map_err(|e| store_err("opening", path, e))?;
+        Ok(Box::new(StreamReader {
+            runtime: &self.runtime,
+            stream: got.into_stream(),
+            chunk: Bytes::new(),
+            path: path.to_string(),
+        }))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        // object_store lists whole path segments: list the deepest
+        // directory the prefix names, then filter by the string prefix.
+        let dir = prefix.rsplit_once('/').map_or("", |(d, _)| d);
+        let location = if dir.is_empty() {
+            (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()))
+        } else {
+            Some(self.location(dir)?)
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .runtime
+            .block_on(self.store.list(location.as_ref()).try_collect())
+            .map_err(|e| store_err("listing", prefix, e))?;
+        let mut out: Vec<ObjectMeta> = metas
+            .into_iter()
+            .map(|m| ObjectMeta {
+                path: self.relative(&m.location),
+                size: m.size,
+            })
+            .filter(|m| m.path.starts_with(prefix))
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    fn size(&self, path: &str) -> Result<Option<u64>> {
+        let location = self.location(path)?;
+        match self.runtime.block_on(self.store.head(&location)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err("reading size of", path, e)),
+        }
+    }
+
+    fn delete(&self, path: &str) -> Result<()> {
+        let location = self.location(path)?;
+        match self.runtime.block_on(self.store.delete(&location)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_err("deleting", path, e)),
+        }
+    }
+}
+
+/// A real S3 API on loopback for tests: `moto_server` from PyPI
+/// (`pip install 'moto[server]'`), started on a free port and stopped on
+/// drop.
+pub mod testing {
+    use std::io::{Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::S3Config;
+
+    /// A running `moto_server`.
+    #[derive(Debug)]
+    pub struct MotoServer {
+        child: Child,
+        port: u16,
+    }
+
+    impl MotoServer {
+        /// Starts `moto_server` on 127.0.0.1 and waits until it answers.
+        pub fn start() -> std::io::Result<Self> {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let child = Command::new("moto_server")
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot start moto_server (pip install 'moto[server]'): {e}"),
+                    )
+                })?;
+            let mut server = MotoServer { child, port };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while server.request("GET", "/").is_err() {
+                if Instant::now() > deadline {
+                    return Err(std::io::Error::other("moto_server did not answer in 60 s"));
+                }
+                if let Some(status) = server.child.try_wait()? {
+                    return Err(std::io::Error::other(format!(
+                        "moto_server exited: {status}"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(server)
+        }
+
+        /// The endpoint URL.
+        pub fn endpoint(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+
+        fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(
+                s,
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.port
+            )?;
+            let mut response = String::new();
+            s.read_to_string(&mut response)?;
+            if !response.starts_with("HTTP/1.1 2") && !response.starts_with("HTTP/1.0 2") {
+                return Err(std::io::Error::other(
+                    response.lines().next().unwrap_or("").to_string(),
+                ));
+            }
+            Ok(response)
+        }
+
+        /// Creates a bucket and returns a config for it.
+        pub fn bucket(&self, name: &str) -> std::io::Result<S3Config> {
+            self.request("PUT", &format!("/{name}"))?;
+            Ok(S3Config::new(name).with_endpoint(self.endpoint(), "test", "test"))
+        }
+    }
+
+    impl Drop for MotoServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Checkpoints on a real S3 API: `moto_server` on loopback, started by the
+//! tests (`pip install 'moto[server]'`).
+
+mod common;
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use gress_checkpoint::storage::fault::{FaultKind, FaultyStorage};
+use gress_checkpoint::storage::s3::testing::MotoServer;
+use gress_checkpoint::{CheckpointConfig, Error, S3Config, S3Storage, Storage};
+use gress_state::MemoryStateBackend;
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+fn bucket(server: &MotoServer, name: &str) -> Result<S3Config, Box<dyn std::error::Error>> {
+    let mut config = server.bucket(name)?;
+    config.part_size = 5 << 20;
+    config.multipart_threshold = 5 << 20;
+    Ok(config)
+}
+
+/// The storage contract on S3: whole-object puts (multipart above the
+/// threshold), create-only publishing, listing by prefix, sizes, deletes.
+#[test]
+fn s3_storage_keeps_the_storage_contract() -> R {
+    let server = MotoServer::start()?;
+    let s3 = S3Storage::new(bucket(&server, "contract")?.with_prefix("job-1"))?;
+    let big: Vec<u8> = (0..12u32 << 20).map(|i| (i % 253) as u8).collect();
+    s3.put("shared/big", &mut |w| {
+        // Written in odd-sized pieces, uploaded as 5 MiB parts.
+        for chunk in big.chunks(777_777) {
+            w.write_all(chunk).map_err(|e| Error::Invalid {
+                what: "t",
+                reason: e.to_string().into(),
+            })?;
+        }
+        Ok(())
+    })?;
+    let mut back = Vec::new();
+    s3.open("shared/big")?.read_to_end(&mut back)?;
+    assert!(back == big, "multipart object came back different");
+    assert_eq!(s3.size("shared/big")?, Some(big.len() as u64));
+    assert_eq!(s3.size("shared/absent")?, None);
+
+    s3.put_new("manifests/1", b"first")?;
+    let err = s3
+        .put_new("manifests/1", b"second")
+        .expect_err("create-only put overwrote");
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert_eq!(s3.read_all("manifests/1", 100)?, b"first");
+
+    let listed: Vec<String> = s3.list("manifests/")?.into_iter().map(|o| o.path).collect();
+    assert_eq!(listed, vec!["manifests/1".to_string()]);
+    assert_eq!(s3.list("")?.len(), 2);
+    s3.delete("shared/big")?;
+    s3.delete("shared/big")?;
+    assert_eq!(s3.size("shared/big")?, None);
+
+    // A failing writer leaves nothing behind, multipart or not.
+    let failed = s3.put("shared/half", &mut |w| {
+        w.write_all(&big).map_err(|e| Error::Invalid {
+            what: "t",
+            reason: e.to_string().into(),
+        })?;
+        Err(Error::Invalid {
+            what: "test",
+            reason: "stop".into(),
+        })
+    });
+    assert!(failed.is_err());
+    assert_eq!(s3.size("shared/half")?, None);
+    Ok(())
+}
+
+/// The manager on S3: full and delta checkpoints, restore, retention, and
+/// fallback past a damaged newest checkpoint.
+#[test]
+fn checkpoints_on_s3() -> R {
+    let server = MotoServer::start()?;
+    let storage: Arc<dyn Storage> = Arc::new(S3Storage::new(bucket(&server, "checkpoints")?)?);
+    let state = Arc::new(MemoryStateBackend::default());
+    let m = manager(storage.clone(), CheckpointConfig::default().with_retain(2));
+    m.register("s", state.clone())?;
+    for round in 1..=4 {
+        apply_round(&*state, round);
+        m.trigger_checkpoint(metadata(round))?;
+    }
+    assert_eq!(m.list().len(), 2);
+    let newest = m.latest().expect("latest").id;
+    // Damage the newest manifest: S3 objects are replaced, not edited.
+    let path = gress_checkpoint::manifest::manifest_path(newest);
+    let mut bytes = storage.read_all(&path, 1 << 20)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    storage.delete(&path)?;
+    storage.put_new(&path, &bytes)?;
+
+    let fresh = Arc::new(MemoryStateBackend::default());
+    let m2 = manager(storage.clone(), CheckpointConfig::default().with_retain(2));
+    m2.register("s", fresh.clone())?;
+    let info = m2.restore_latest()?;
+    assert_eq!(round_of(&info.metadata), 3);
+    assert_eq!(dump(&*fresh), expected_after(3));
+    Ok(())
+}
+
+/// A write that fails or tears at any step of a checkpoint on S3 leaves the
+/// previous checkpoint as the one recovery restores.
+#[test]
+fn failed_writes_on_s3_keep_the_last_committed_checkpoint() -> R {
+    let server = MotoServer::start()?;
+    for (i, kind) in [FaultKind::Fail, FaultKind::Tear].into_iter().enumerate() {
+        for step in 1..=3 {
+            let config = bucket(&server, &format!("faults-{i}-{step}"))?;
+            let faulty = Arc::new(FaultyStorage::new(S3Storage::new(config.clone())?));
+            let state = Arc::new(MemoryStateBackend::default());
+            let m = manager(faulty.clone(), CheckpointConfig::default());
+            m.register("s", state.clone())?;
+            apply_round(&*state, 1);
+            m.trigger_checkpoint(metadata(1))?;
+            apply_round(&*state, 2);
+            faulty.arm(step, kind);
+            let result = m.trigger_checkpoint(metadata(2));
+            drop(m);
+            let fresh = Arc::new(MemoryStateBackend::default());
+            let m2 = manager(
+                Arc::new(S3Storage::new(config)?),
+                CheckpointConfig::default(),
+            );
+            m2.register("s", fresh.clone())?;
+            let round = round_of(&m2.restore_latest()?.metadata);
+            assert_eq!(
+                round,
+                if result.is_ok() { 2 } else { 1 },
+                "{kind:?} at step {step}"
+            );
+            assert_eq!(dump(&*fresh), expected_after(round));
+        }
+    }
+    Ok(())
+}
+
+/// An unreachable endpoint is a typed storage error, quickly.
+#[test]
+fn unreachable_s3_is_a_storage_error() -> R {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut config =
+        S3Config::new("nowhere").with_endpoint(format!("http://127.0.0.1:{port}"), "k", "s");
+    config.max_retries = 1;
+    config.retry_timeout = Duration::from_secs(2);
+    let storage: Arc<dyn Storage> = Arc::new(S3Storage::new(config)?);
+    match gress_checkpoint::CheckpointManager::open(storage, CheckpointConfig::default()) {
+        Err(Error::Storage { op, .. }) => assert_eq!(op, "listing"),
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    Ok(())
+}
