@@ -38,7 +38,7 @@ mod verify;
 pub use error::{Error, Result};
 pub use manager::{
     CheckpointConfig, CheckpointInfo, CheckpointManager, CheckpointReport, CheckpointStats,
-    SNAPSHOT_FORMAT,
+    PendingCheckpoint, SNAPSHOT_FORMAT,
 };
 pub use manifest::{Manifest, Metadata};
 pub use storage::{LocalStorage, Storage};

@@ -205,7 +205,10 @@ struct Shared {
     storage: Arc<dyn Storage>,
     config: RwLock<CheckpointConfig>,
     backends: RwLock<Vec<Arc<Registered>>>,
-    /// Held for the whole of a checkpoint or restore: one at a time.
+    /// Held for the whole of a checkpoint, restore or savepoint: one at a
+    /// time.
+    permit: Arc<Mutex<()>>,
+    /// What is committed; locked only briefly.
     state: Mutex<State>,
     stats: Mutex<CheckpointStats>,
 }
@@ -312,6 +315,7 @@ impl CheckpointManager {
                 storage,
                 config: RwLock::new(config),
                 backends: RwLock::new(Vec::new()),
+                permit: Arc::new(Mutex::new(())),
                 state: Mutex::new(state),
                 stats: Mutex::new(CheckpointStats::default()),
             }),
@@ -359,6 +363,20 @@ impl CheckpointManager {
         self.shared.trigger(metadata)
     }
 
+    /// Takes every backend's cut now and returns; the files are written and
+    /// the checkpoint committed by [`PendingCheckpoint::commit`], which may
+    /// run on another thread while processing goes on. Call this from the
+    /// processing thread between two records to get a cut that matches
+    /// `metadata` exactly (the way a barrier-aligned engine checkpoints).
+    /// The next checkpoint, restore or savepoint waits for the commit.
+    pub fn begin_checkpoint(&self, metadata: Metadata) -> Result<PendingCheckpoint> {
+        let pending = Shared::begin(&self.shared, metadata);
+        if let Err(e) = &pending {
+            self.shared.record_failure(e);
+        }
+        pending
+    }
+
     /// Committed checkpoints, oldest first.
     pub fn list(&self) -> Vec<CheckpointInfo> {
         self.shared
@@ -384,7 +402,7 @@ impl CheckpointManager {
     /// Restores checkpoint `id` into the registered backends. Every
     /// backend's part is read and verified before any backend changes.
     pub fn restore(&self, id: u64) -> Result<CheckpointInfo> {
-        let _one_at_a_time = self.shared.state.lock();
+        let _one_at_a_time = self.shared.permit.lock();
         let manifest = read_manifest(&*self.shared.storage, id).map_err(|e| match e {
             Error::Storage { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 Error::NoSuchCheckpoint { id }
@@ -436,7 +454,7 @@ impl CheckpointManager {
     /// into any backend type.
     pub fn trigger_savepoint(&self, name: &str, metadata: Metadata) -> Result<CheckpointInfo> {
         check_name(name)?;
-        let _one_at_a_time = self.shared.state.lock();
+        let _one_at_a_time = self.shared.permit.lock();
         let storage = &*self.shared.storage;
         let dir = format!("{SAVEPOINTS}{name}/");
         let manifest_at = format!("{dir}MANIFEST");
@@ -476,7 +494,7 @@ impl CheckpointManager {
     /// their type. Every file is verified before any backend changes.
     pub fn restore_savepoint(&self, name: &str) -> Result<CheckpointInfo> {
         check_name(name)?;
-        let _one_at_a_time = self.shared.state.lock();
+        let _one_at_a_time = self.shared.permit.lock();
         let storage = &*self.shared.storage;
         let path = format!("{SAVEPOINTS}{name}/MANIFEST");
         let bytes = storage.read_all(&path, manifest::MAX_MANIFEST_LEN + 128)?;
@@ -517,8 +535,12 @@ impl CheckpointManager {
     }
 
     /// Starts taking a checkpoint every `interval` on a background thread,
-    /// with the metadata `metadata()` returns at that moment. A failed
-    /// checkpoint is logged and counted; the next one is tried on time.
+    /// with the metadata `metadata()` returns just before the cuts are
+    /// taken. Writes that land between the two are in the state but not
+    /// described by the metadata: keep offsets in the state itself, or use
+    /// [`CheckpointManager::begin_checkpoint`] from the processing thread
+    /// for an exact match. A failed checkpoint is logged and counted; the
+    /// next one is tried on time.
     pub fn start_periodic(&self, metadata: impl Fn() -> Metadata + Send + 'static) -> Result<()> {
         let mut periodic = self.periodic.lock();
         if periodic.is_some() {
@@ -610,42 +632,148 @@ struct UploadJob<'a> {
     local: &'a std::path::Path,
 }
 
-impl Shared {
-    fn trigger(&self, metadata: Metadata) -> Result<CheckpointReport> {
-        let result = self.checkpoint(metadata);
-        let mut stats = self.stats.lock();
+/// A checkpoint whose cuts are taken and whose files are not yet written.
+/// Dropping it abandons the checkpoint (backends capture in full next time).
+#[must_use = "call commit() to write and commit the checkpoint"]
+pub struct PendingCheckpoint {
+    shared: Arc<Shared>,
+    _permit: parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>,
+    id: u64,
+    metadata: Metadata,
+    backends: Vec<Arc<Registered>>,
+    captures: Vec<Box<dyn Capture>>,
+    latest: Option<Manifest>,
+    refs: HashMap<String, (FileEntry, usize)>,
+    config: CheckpointConfig,
+    started: Instant,
+    max_pause: Duration,
+}
+
+impl fmt::Debug for PendingCheckpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingCheckpoint")
+            .field("id", &self.id)
+            .field("max_pause", &self.max_pause)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingCheckpoint {
+    /// The id the checkpoint will have.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Writes the files and publishes the manifest; returns what it did.
+    /// On error nothing is committed and earlier checkpoints are intact.
+    pub fn commit(self) -> Result<CheckpointReport> {
+        let shared = Arc::clone(&self.shared);
+        let result = self.commit_inner();
         match &result {
             Ok(report) => {
+                let mut stats = shared.stats.lock();
                 stats.committed += 1;
                 stats.last = Some(report.clone());
             }
-            Err(e) => {
-                stats.failed += 1;
-                stats.last_error = Some(error_chain(e));
-            }
+            Err(e) => shared.record_failure(e),
         }
         result
     }
 
-    fn checkpoint(&self, metadata: Metadata) -> Result<CheckpointReport> {
+    fn commit_inner(mut self) -> Result<CheckpointReport> {
+        let shared = Arc::clone(&self.shared);
+        let mut written: Vec<String> = Vec::new();
+        let committed = shared.write_checkpoint(
+            self.id,
+            std::mem::take(&mut self.metadata),
+            &self.backends,
+            &mut self.captures,
+            self.latest.as_ref(),
+            &self.refs,
+            &mut written,
+            &self.config,
+        );
+        let (manifest, bytes_written, files_written, files_reused) = match committed {
+            Ok(done) => done,
+            Err(e) => {
+                // Anything written for a checkpoint that did not commit goes.
+                for path in written.iter().rev() {
+                    if let Err(cleanup) = shared.storage.delete(path) {
+                        tracing::warn!(path, error = %cleanup, "could not delete a file of a failed checkpoint");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for capture in std::mem::take(&mut self.captures) {
+            capture.committed();
+        }
+        {
+            let mut state = shared.state.lock();
+            state.add_refs(&manifest);
+            state.retained.insert(self.id, manifest.clone());
+            shared.apply_retention(&mut state, self.config.retain);
+        }
+        let report = CheckpointReport {
+            info: CheckpointInfo::from(&manifest),
+            bytes_written,
+            files_written,
+            files_reused,
+            max_pause: self.max_pause,
+            duration: self.started.elapsed(),
+        };
+        tracing::info!(
+            id = self.id,
+            bytes_written,
+            files_written,
+            files_reused,
+            pause_us = self.max_pause.as_micros() as u64,
+            "checkpoint committed"
+        );
+        Ok(report)
+    }
+}
+
+impl Shared {
+    fn record_failure(&self, e: &Error) {
+        let mut stats = self.stats.lock();
+        stats.failed += 1;
+        stats.last_error = Some(error_chain(e));
+    }
+
+    fn trigger(self: &Arc<Self>, metadata: Metadata) -> Result<CheckpointReport> {
+        match Shared::begin(self, metadata) {
+            Ok(pending) => pending.commit(),
+            Err(e) => {
+                self.record_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes every backend's cut, one after another.
+    fn begin(self: &Arc<Self>, metadata: Metadata) -> Result<PendingCheckpoint> {
         let started = Instant::now();
-        let mut state = self.state.lock();
+        let permit = self.permit.lock_arc();
         let config = self.config.read().clone();
         let backends: Vec<Arc<Registered>> = self.backends.read().clone();
         if backends.is_empty() {
             return Err(Error::invalid("backends", "no backend is registered"));
         }
-        let id = state.next_id;
-        state.next_id += 1;
-        let latest = state.retained.values().next_back();
-
-        // 1. Every backend's cut, one after another.
+        let (id, latest, refs) = {
+            let mut state = self.state.lock();
+            let id = state.next_id;
+            state.next_id += 1;
+            let latest = state.retained.values().next_back().cloned();
+            (id, latest, state.refs.clone())
+        };
         let mut captures: Vec<Box<dyn Capture>> = Vec::with_capacity(backends.len());
         for reg in &backends {
             // Incremental unless turned off or the backend's delta chain is
             // long enough; a backend with nothing to build on answers an
             // incremental request with a complete capture.
             let chain_ok = latest
+                .as_ref()
                 .and_then(|m| m.backend(&reg.name))
                 .is_none_or(|prev| allows_delta(prev, &config));
             let mode = if config.incremental && chain_ok {
@@ -656,54 +784,19 @@ impl Shared {
             captures.push(reg.backend.capture(mode, id)?);
         }
         let max_pause = captures.iter().map(|c| c.pause()).max().unwrap_or_default();
-
-        // 2. Data files, then 3. the manifest. Anything written for a
-        // checkpoint that does not commit is deleted again.
-        let mut written: Vec<String> = Vec::new();
-        let committed = self.write_checkpoint(
+        Ok(PendingCheckpoint {
+            shared: Arc::clone(self),
+            _permit: permit,
             id,
             metadata,
-            &backends,
-            &mut captures,
+            backends,
+            captures,
             latest,
-            &state.refs,
-            &mut written,
-            &config,
-        );
-        let (manifest, bytes_written, files_written, files_reused) = match committed {
-            Ok(done) => done,
-            Err(e) => {
-                for path in written.iter().rev() {
-                    if let Err(cleanup) = self.storage.delete(path) {
-                        tracing::warn!(path, error = %cleanup, "could not delete a file of a failed checkpoint");
-                    }
-                }
-                return Err(e);
-            }
-        };
-        for capture in captures {
-            capture.committed();
-        }
-        state.add_refs(&manifest);
-        state.retained.insert(id, manifest.clone());
-        self.apply_retention(&mut state, config.retain);
-        let report = CheckpointReport {
-            info: CheckpointInfo::from(&manifest),
-            bytes_written,
-            files_written,
-            files_reused,
+            refs,
+            config,
+            started,
             max_pause,
-            duration: started.elapsed(),
-        };
-        tracing::info!(
-            id,
-            bytes_written,
-            files_written,
-            files_reused,
-            pause_us = max_pause.as_micros() as u64,
-            "checkpoint committed"
-        );
-        Ok(report)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -354,7 +354,8 @@ mod tests {
 
     #[test]
     fn hostile_fields_are_rejected() -> Result<()> {
-        let cases: Vec<(&str, fn(&mut Manifest))> = vec![
+        type Edit = fn(&mut Manifest);
+        let cases: Vec<(&str, Edit)> = vec![
             ("escaping path", |m| {
                 m.backends[0].files[0].path = "../../etc/passwd".into()
             }),

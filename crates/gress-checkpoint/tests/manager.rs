@@ -262,7 +262,8 @@ fn corrupt(storage: &Arc<dyn Storage>, path: &str, edit: impl FnOnce(&mut Vec<u8
 /// say why and fall back to the previous one.
 #[test]
 fn recovery_falls_back_past_damage() -> R {
-    let cases: Vec<(&str, fn(&Arc<dyn Storage>, u64, &str) -> R)> = vec![
+    type Damage = fn(&Arc<dyn Storage>, u64, &str) -> R;
+    let cases: Vec<(&str, Damage)> = vec![
         ("flipped manifest byte", |s, id, _| {
             corrupt(s, &manifest::manifest_path(id), |b| {
                 let i = b.len() - 10;

@@ -69,10 +69,10 @@ impl Db {
 impl Drop for Db {
     fn drop(&mut self) {
         drop(self.db.take());
-        if self.retired.load(std::sync::atomic::Ordering::Acquire) {
-            if let Err(e) = fs::remove_dir_all(&self.dir) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "could not delete a replaced database");
-            }
+        if self.retired.load(std::sync::atomic::Ordering::Acquire)
+            && let Err(e) = fs::remove_dir_all(&self.dir)
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not delete a replaced database");
         }
     }
 }

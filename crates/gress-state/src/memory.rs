@@ -246,10 +246,10 @@ impl ShardState {
 
     #[inline]
     fn mark_dirty(&mut self, hasher: &Hasher, hash: u64, key: &[u8]) {
-        if let Some(dirty) = &mut self.dirty {
-            if dirty.find(hash, |k| **k == *key).is_none() {
-                dirty.insert_unique(hash, key.into(), |k| hasher.hash_one(k));
-            }
+        if let Some(dirty) = &mut self.dirty
+            && dirty.find(hash, |k| **k == *key).is_none()
+        {
+            dirty.insert_unique(hash, key.into(), |k| hasher.hash_one(k));
         }
     }
 
