@@ -35,6 +35,19 @@ ensure_system_deps() {
     fi
 }
 
+# The S3 tests run against moto_server, a real S3 API on loopback, from PyPI.
+ensure_moto() {
+    if ! command -v moto_server >/dev/null 2>&1; then
+        echo "installing moto[server] (S3 test server)" >&2
+        python3 -m pip install --quiet 'moto[server]'
+        hash -r
+    fi
+    command -v moto_server >/dev/null 2>&1 || {
+        echo "error: moto_server is not on PATH after installing moto[server]" >&2
+        return 1
+    }
+}
+
 ensure_nextest() {
     if ! cargo nextest --version >/dev/null 2>&1; then
         echo "installing cargo-nextest" >&2
