@@ -232,8 +232,11 @@ struct ShardState {
     n_expiring: usize,
     /// Keys written or deleted since the last checkpoint capture, while
     /// change tracking is on.
-    dirty: Option<HashTable<Box<[u8]>>>,
+    /// Boxed, so the shard (lock and table header) stays in one cache line.
+    dirty: Option<Box<DirtySet>>,
 }
+
+type DirtySet = HashTable<Box<[u8]>>;
 
 impl ShardState {
     fn empty() -> Self {
@@ -419,7 +422,7 @@ impl MemoryStateBackend {
                 let dirty = g
                     .as_ref()
                     .and_then(|s| s.dirty.as_ref())
-                    .map(|_| HashTable::new());
+                    .map(|_| Box::default());
                 g.replace(ShardState {
                     dirty,
                     ..ShardState::empty()
@@ -728,7 +731,7 @@ impl MemoryStateBackend {
                 new.dirty = guard
                     .as_ref()
                     .and_then(|s| s.dirty.as_ref())
-                    .map(|_| HashTable::new());
+                    .map(|_| Box::default());
                 guard.replace(new)
             })
             .collect();
@@ -761,9 +764,9 @@ impl Checkpointable for MemoryStateBackend {
         let mut dirty = Vec::with_capacity(if delta { guards.len() } else { 0 });
         for state in guards.iter_mut().filter_map(|g| g.as_mut()) {
             tables.push(state.table.freeze());
-            let changed = state.dirty.replace(HashTable::new());
+            let changed = state.dirty.replace(Box::default());
             if delta {
-                dirty.push(changed.unwrap_or_default());
+                dirty.push(changed.map(|d| *d).unwrap_or_default());
             }
         }
         inner.force_full_capture.store(false, Ordering::Release);
