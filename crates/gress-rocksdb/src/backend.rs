@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use rocksdb::{BottommostLevelCompaction, CompactOptions, DB, ReadOptions, WriteOptions};
 
 use gress_state::backend::prefix_successor;
+use gress_state::error::closed;
 use gress_state::metrics::{Counter, MetricsRecorder, Op};
 use gress_state::snapshot::{SnapshotEntry, SnapshotKind, SnapshotReader, SnapshotWriter};
 use gress_state::ttl::{StoredValue, TtlPolicy, check_key, check_value, is_expired};
@@ -215,7 +216,7 @@ impl RocksDbStateBackend {
 
     /// The live database, shared; keeps it open while held.
     pub(crate) fn current(&self) -> Result<Arc<Db>> {
-        self.state.load_full().ok_or(Error::Closed)
+        self.state.load_full().ok_or_else(closed)
     }
 
     /// Makes `db` (in directory `name`, fully written) the live database.
@@ -278,7 +279,7 @@ impl RocksDbStateBackend {
         check_value(value)?;
         let expiry = self.ttl.expiry(ttl, || self.clock.now_ms())?;
         let guard = self.state.load();
-        let db = guard.as_ref().ok_or(Error::Closed)?;
+        let db = guard.as_ref().ok_or_else(closed)?;
         with_stored(value, expiry, |v| db.db().put_opt(key, v, &self.write_opts))
             .map_err(error::engine)
     }
@@ -554,7 +555,7 @@ impl StateBackend for RocksDbStateBackend {
         let local = self.metrics.local();
         let timer = local.start(Op::Get);
         let guard = self.state.load();
-        let db = guard.as_ref().ok_or(Error::Closed)?;
+        let db = guard.as_ref().ok_or_else(closed)?;
         let found = self.get_one(db.db(), key, &mut None)?;
         local.add(
             if found.is_some() {
@@ -572,7 +573,7 @@ impl StateBackend for RocksDbStateBackend {
         let local = self.metrics.local();
         let timer = local.start(Op::MultiGet);
         let guard = self.state.load();
-        let db = guard.as_ref().ok_or(Error::Closed)?;
+        let db = guard.as_ref().ok_or_else(closed)?;
         let mut now = None;
         let mut out = Vec::with_capacity(keys.len());
         let mut hits = 0;
@@ -618,7 +619,7 @@ impl StateBackend for RocksDbStateBackend {
         let local = self.metrics.local();
         let timer = local.start(Op::Delete);
         let guard = self.state.load();
-        let db = guard.as_ref().ok_or(Error::Closed)?;
+        let db = guard.as_ref().ok_or_else(closed)?;
         db.db()
             .delete_opt(key, &self.write_opts)
             .map_err(error::engine)?;
@@ -632,7 +633,7 @@ impl StateBackend for RocksDbStateBackend {
         let timer = local.start(Op::Batch);
         batch.validate()?;
         let guard = self.state.load();
-        let db = guard.as_ref().ok_or(Error::Closed)?;
+        let db = guard.as_ref().ok_or_else(closed)?;
         let mut now = None;
         // Room for every key and value plus RocksDB's per-record framing.
         let mut wb =

@@ -22,6 +22,7 @@ use rocksdb::{
     WriteBufferManager, WriteOptions,
 };
 
+use gress_state::error::closed;
 use gress_state::{Error, Result};
 
 use crate::config::RocksDbConfig;
@@ -262,7 +263,7 @@ impl Root {
     }
 
     fn lock(&self) -> Result<Arc<File>> {
-        self.lock.lock().clone().ok_or(Error::Closed)
+        self.lock.lock().clone().ok_or_else(closed)
     }
 
     /// Lets go of this handle on the directory lock (at close).

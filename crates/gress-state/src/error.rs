@@ -136,6 +136,13 @@ pub enum EngineErrorKind {
     Other,
 }
 
+/// [`Error::Closed`], built only when needed: `ok_or_else(closed)` keeps a
+/// hot path from constructing and dropping an error on every call.
+#[cold]
+pub fn closed() -> Error {
+    Error::Closed
+}
+
 impl Error {
     /// Builds an [`Error::Io`] with the given context.
     pub fn io(context: impl Into<Cow<'static, str>>, source: std::io::Error) -> Self {

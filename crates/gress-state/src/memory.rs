@@ -27,7 +27,7 @@ use crate::checkpoint::{
     PreparedRestore,
 };
 use crate::clock::{Clock, system_clock};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, closed};
 use crate::metrics::{Counter, DEFAULT_SAMPLE_EVERY, Metrics, MetricsRecorder, Op};
 use crate::snapshot::{
     RestoreSummary, SnapshotEntry, SnapshotKind, SnapshotReader, SnapshotSummary, SnapshotWriter,
@@ -403,7 +403,7 @@ impl MemoryStateBackend {
     pub fn len(&self) -> Result<usize> {
         let mut n = 0;
         for shard in self.inner.shards.iter() {
-            n += shard.read().as_ref().ok_or(Error::Closed)?.len();
+            n += shard.read().as_ref().ok_or_else(closed)?.len();
         }
         Ok(n)
     }
@@ -485,7 +485,7 @@ impl MemoryStateBackend {
         let hash = inner.hash(key);
         let old = {
             let mut guard = inner.shard(hash).write();
-            let state = guard.as_mut().ok_or(Error::Closed)?;
+            let state = guard.as_mut().ok_or_else(closed)?;
             state.insert(&inner.hasher, hash, entry)
         };
         drop(old);
@@ -521,7 +521,7 @@ impl Inner {
         let hash = self.hash(key);
         let shard = self.shard(hash);
         let guard = shard.read();
-        let state = guard.as_ref().ok_or(Error::Closed)?;
+        let state = guard.as_ref().ok_or_else(closed)?;
         match state.find(hash, key) {
             None => Ok(None),
             Some(entry) if entry.is_dead(&*self.clock) => {
@@ -988,7 +988,7 @@ impl StateBackend for MemoryStateBackend {
         let hash = inner.hash(key);
         let removed = {
             let mut guard = inner.shard(hash).write();
-            let state = guard.as_mut().ok_or(Error::Closed)?;
+            let state = guard.as_mut().ok_or_else(closed)?;
             state.remove(&inner.hasher, hash, key, None)
         };
         drop(removed);
