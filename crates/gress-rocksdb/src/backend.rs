@@ -598,34 +598,25 @@ impl StateBackend for RocksDbStateBackend {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let local = self.metrics.local();
-        let timer = local.start(Op::Put);
-        self.put_inner(key, value, None)?;
-        local.add(Counter::Put, 1);
-        local.finish(timer);
-        Ok(())
+        let m = &self.metrics;
+        m.measure(Op::Put, Counter::Put, || self.put_inner(key, value, None))
     }
 
     fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
-        let local = self.metrics.local();
-        let timer = local.start(Op::Put);
-        self.put_inner(key, value, Some(ttl))?;
-        local.add(Counter::Put, 1);
-        local.finish(timer);
-        Ok(())
+        let m = &self.metrics;
+        m.measure(Op::Put, Counter::Put, || {
+            self.put_inner(key, value, Some(ttl))
+        })
     }
 
     fn delete(&self, key: &[u8]) -> Result<()> {
-        let local = self.metrics.local();
-        let timer = local.start(Op::Delete);
-        let guard = self.state.load();
-        let db = guard.as_ref().ok_or_else(closed)?;
-        db.db()
-            .delete_opt(key, &self.write_opts)
-            .map_err(error::engine)?;
-        local.add(Counter::Delete, 1);
-        local.finish(timer);
-        Ok(())
+        self.metrics.measure(Op::Delete, Counter::Delete, || {
+            let guard = self.state.load();
+            let db = guard.as_ref().ok_or_else(closed)?;
+            db.db()
+                .delete_opt(key, &self.write_opts)
+                .map_err(error::engine)
+        })
     }
 
     fn write_batch(&self, batch: &WriteBatch) -> Result<()> {

@@ -964,37 +964,29 @@ impl StateBackend for MemoryStateBackend {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let local = self.inner.metrics.local();
-        let timer = local.start(Op::Put);
-        self.put_inner(key, value, None)?;
-        local.add(Counter::Put, 1);
-        local.finish(timer);
-        Ok(())
+        let m = &self.inner.metrics;
+        m.measure(Op::Put, Counter::Put, || self.put_inner(key, value, None))
     }
 
     fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
-        let local = self.inner.metrics.local();
-        let timer = local.start(Op::Put);
-        self.put_inner(key, value, Some(ttl))?;
-        local.add(Counter::Put, 1);
-        local.finish(timer);
-        Ok(())
+        let m = &self.inner.metrics;
+        m.measure(Op::Put, Counter::Put, || {
+            self.put_inner(key, value, Some(ttl))
+        })
     }
 
     fn delete(&self, key: &[u8]) -> Result<()> {
         let inner = &*self.inner;
-        let local = inner.metrics.local();
-        let timer = local.start(Op::Delete);
-        let hash = inner.hash(key);
-        let removed = {
-            let mut guard = inner.shard(hash).write();
-            let state = guard.as_mut().ok_or_else(closed)?;
-            state.remove(&inner.hasher, hash, key, None)
-        };
-        drop(removed);
-        local.add(Counter::Delete, 1);
-        local.finish(timer);
-        Ok(())
+        inner.metrics.measure(Op::Delete, Counter::Delete, || {
+            let hash = inner.hash(key);
+            let removed = {
+                let mut guard = inner.shard(hash).write();
+                let state = guard.as_mut().ok_or_else(closed)?;
+                state.remove(&inner.hasher, hash, key, None)
+            };
+            drop(removed);
+            Ok(())
+        })
     }
 
     fn write_batch(&self, batch: &WriteBatch) -> Result<()> {

@@ -212,6 +212,23 @@ impl MetricsRecorder {
         self.local().add(counter, n);
     }
 
+    /// Runs one operation of kind `op`: times it if it is sampled and, if
+    /// it succeeds, adds one to `counter`.
+    #[inline]
+    pub fn measure<T>(
+        &self,
+        op: Op,
+        counter: Counter,
+        f: impl FnOnce() -> crate::Result<T>,
+    ) -> crate::Result<T> {
+        let local = self.local();
+        let timer = local.start(op);
+        let value = f()?;
+        local.add(counter, 1);
+        local.finish(timer);
+        Ok(value)
+    }
+
     /// Records one latency observation.
     pub fn record(&self, op: Op, latency: Duration) {
         self.local().record(op, latency);

@@ -324,10 +324,9 @@ pub fn ttl_zero_is_rejected(factory: &dyn BackendFactory) -> Result<()> {
     let err = b
         .put_with_ttl(b"k", b"new", Duration::ZERO)
         .expect_err("zero TTL accepted");
-    assert!(
-        matches!(err, Error::InvalidArgument { name: "ttl", .. }),
-        "{err}"
-    );
+    let Error::InvalidArgument { name: "ttl", .. } = err else {
+        panic!("zero TTL gave {err}");
+    };
     assert_eq!(b.get(b"k")?.as_deref(), Some(&b"old"[..]));
     Ok(())
 }
@@ -561,7 +560,7 @@ pub fn closed_backend_gives_closed(factory: &dyn BackendFactory) -> Result<()> {
     ];
     for (op, r) in results {
         assert!(
-            matches!(r, Err(Error::Closed)),
+            r.as_ref().is_err_and(Error::is_closed),
             "{op} after close gave {r:?}"
         );
     }
