@@ -557,14 +557,7 @@ impl StateBackend for RocksDbStateBackend {
         let guard = self.state.load();
         let db = guard.as_ref().ok_or_else(closed)?;
         let found = self.get_one(db.db(), key, &mut None)?;
-        local.add(
-            if found.is_some() {
-                Counter::Hit
-            } else {
-                Counter::Miss
-            },
-            1,
-        );
+        local.add_reads(u64::from(found.is_some()), 1);
         local.finish(timer);
         Ok(found)
     }
@@ -591,8 +584,7 @@ impl StateBackend for RocksDbStateBackend {
             hits += u64::from(value.is_some());
             out.push(value);
         }
-        local.add(Counter::Hit, hits);
-        local.add(Counter::Miss, keys.len() as u64 - hits);
+        local.add_reads(hits, keys.len() as u64);
         local.finish(timer);
         Ok(out)
     }

@@ -934,14 +934,7 @@ impl StateBackend for MemoryStateBackend {
         let timer = local.start(Op::Get);
         let result = self.inner.get_one(key);
         if let Ok(found) = &result {
-            local.add(
-                if found.is_some() {
-                    Counter::Hit
-                } else {
-                    Counter::Miss
-                },
-                1,
-            );
+            local.add_reads(u64::from(found.is_some()), 1);
         }
         local.finish(timer);
         result
@@ -957,8 +950,7 @@ impl StateBackend for MemoryStateBackend {
             hits += u64::from(found.is_some());
             out.push(found);
         }
-        local.add(Counter::Hit, hits);
-        local.add(Counter::Miss, keys.len() as u64 - hits);
+        local.add_reads(hits, keys.len() as u64);
         local.finish(timer);
         Ok(out)
     }

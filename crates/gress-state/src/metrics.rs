@@ -286,6 +286,17 @@ impl LocalRecorder<'_> {
         c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
 
+    /// Counts `total` point reads of which `hits` found a live value.
+    #[inline]
+    pub fn add_reads(self, hits: u64, total: u64) {
+        if hits > 0 {
+            self.add(Counter::Hit, hits);
+        }
+        if total > hits {
+            self.add(Counter::Miss, total - hits);
+        }
+    }
+
     /// Starts timing a call if it is sampled.
     #[inline]
     pub fn start(self, op: Op) -> OpTimer {
