@@ -211,6 +211,7 @@ struct Shared {
     /// What is committed; locked only briefly.
     state: Mutex<State>,
     stats: Mutex<CheckpointStats>,
+    owner: u64,
 }
 
 /// Takes periodic or on-demand checkpoints of registered backends, commits
@@ -318,6 +319,7 @@ impl CheckpointManager {
                 permit: Arc::new(Mutex::new(())),
                 state: Mutex::new(state),
                 stats: Mutex::new(CheckpointStats::default()),
+                owner: next_owner(),
             }),
             periodic: Mutex::new(None),
         })
@@ -334,6 +336,7 @@ impl CheckpointManager {
                 format!("a backend named `{name}` is registered"),
             ));
         }
+        backend.claim_checkpoints(self.shared.owner)?;
         backends.push(Arc::new(Registered {
             name: name.to_string(),
             backend,
@@ -601,11 +604,18 @@ impl CheckpointManager {
 impl Drop for CheckpointManager {
     fn drop(&mut self) {
         self.stop_periodic();
+        for reg in self.shared.backends.read().iter() {
+            reg.backend.release_checkpoints(self.shared.owner);
+        }
     }
 }
 
-/// Format of a savepoint's files: one full v1 snapshot per backend.
-pub const SNAPSHOT_FORMAT: &str = "snapshot-v1";
+pub use gress_state::SNAPSHOT_FORMAT;
+
+fn next_owner() -> u64 {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed) as u64
+}
 
 fn read_manifest(storage: &dyn Storage, id: u64) -> Result<Manifest> {
     let path = manifest_path(id);
@@ -781,7 +791,7 @@ impl Shared {
             } else {
                 CaptureMode::Full
             };
-            captures.push(reg.backend.capture(mode, id)?);
+            captures.push(reg.backend.capture(self.owner, mode, id)?);
         }
         let max_pause = captures.iter().map(|c| c.pause()).max().unwrap_or_default();
         Ok(PendingCheckpoint {

@@ -58,6 +58,8 @@ pub struct RocksDbStateBackend {
     pub(crate) next_db: AtomicU64,
     /// Serialises switches of the live database (not reads or writes).
     switch_lock: Mutex<()>,
+    /// The checkpoint manager that may capture this backend.
+    pub(crate) checkpoint_owner: Mutex<Option<u64>>,
     ttl: TtlPolicy,
     clock: Arc<dyn Clock>,
     metrics: MetricsRecorder,
@@ -199,6 +201,7 @@ impl RocksDbStateBackend {
             engine,
             next_db: AtomicU64::new(next),
             switch_lock: Mutex::new(()),
+            checkpoint_owner: Mutex::new(None),
             ttl: TtlPolicy::new(config.ttl_enabled, config.default_ttl)?,
             clock: config.clock.clone(),
             metrics: MetricsRecorder::new(config.latency_sample_every),

@@ -41,6 +41,10 @@ impl Capture for RocksCapture {
         CaptureKind::Complete
     }
 
+    fn base(&self) -> Option<u64> {
+        None
+    }
+
     fn format(&self) -> &'static str {
         ROCKSDB_CHECKPOINT_FORMAT
     }
@@ -115,7 +119,44 @@ impl Checkpointable for RocksDbStateBackend {
     /// A native checkpoint. With [`CaptureMode::Incremental`] its SST files
     /// are offered for sharing with other checkpoints; with
     /// [`CaptureMode::Full`] every file is stored anew.
-    fn capture(&self, mode: CaptureMode, checkpoint_id: u64) -> Result<Box<dyn Capture>> {
+    fn claim_checkpoints(&self, owner: u64) -> Result<()> {
+        let mut claimed = self.checkpoint_owner.lock();
+        match *claimed {
+            Some(current) if current != owner => Err(Error::invalid_argument(
+                "backend",
+                "already registered with another checkpoint manager",
+            )),
+            _ => {
+                *claimed = Some(owner);
+                Ok(())
+            }
+        }
+    }
+
+    fn release_checkpoints(&self, owner: u64) {
+        let mut claimed = self.checkpoint_owner.lock();
+        if *claimed == Some(owner) {
+            *claimed = None;
+        }
+    }
+
+    /// Captures are always complete (their SST files are shared instead).
+    fn delta_base(&self) -> Option<u64> {
+        None
+    }
+
+    fn capture(
+        &self,
+        owner: u64,
+        mode: CaptureMode,
+        checkpoint_id: u64,
+    ) -> Result<Box<dyn Capture>> {
+        if *self.checkpoint_owner.lock() != Some(owner) {
+            return Err(Error::invalid_argument(
+                "owner",
+                "this checkpoint manager has not claimed the backend",
+            ));
+        }
         let db = self.current()?;
         let dir = self.root.path.join(format!("capture-{checkpoint_id:020}"));
         if dir.exists() {

@@ -63,11 +63,16 @@ pub struct CapturedFile {
 /// A consistent cut of one backend's state, ready to be written out.
 ///
 /// Dropping a capture that was not [`committed`](Capture::committed) tells
-/// the backend that the checkpoint failed: its next capture is then full,
-/// so no change is ever lost from a delta chain.
+/// the backend that the checkpoint failed. A delta never depends on a
+/// capture that was not committed: it holds every change since its
+/// [`base`](Capture::base), a checkpoint that was committed before the cut.
 pub trait Capture: Send {
     /// Complete or delta.
     fn kind(&self) -> CaptureKind;
+
+    /// For a [`CaptureKind::Delta`]: the id of the committed checkpoint
+    /// whose state this delta applies to. `None` for a complete capture.
+    fn base(&self) -> Option<u64>;
 
     /// The backend's checkpoint format, recorded in the manifest and given
     /// back to [`Checkpointable::restore_checkpoint`].
@@ -82,10 +87,16 @@ pub trait Capture: Send {
     /// How long writers were held up while the cut was taken.
     fn pause(&self) -> Duration;
 
-    /// Tells the backend the checkpoint was committed, so its next
-    /// incremental capture may build on this one.
+    /// Tells the backend the checkpoint was committed, so later
+    /// incremental captures may build on this one.
     fn committed(self: Box<Self>);
 }
+
+/// Checkpoint format that every [`Checkpointable`] backend restores: one
+/// file holding a full snapshot (format v1, docs/format.md). Savepoints use
+/// it, and a backend that a checkpoint does not hold is restored from an
+/// empty one.
+pub const SNAPSHOT_FORMAT: &str = "snapshot-v1";
 
 /// A checkpoint's files for one backend, as a restore reads them.
 pub trait CheckpointFiles {
@@ -105,21 +116,48 @@ pub trait CheckpointFiles {
 /// A restore that has read and verified everything and only waits to be
 /// switched in. Dropping it abandons the restore; the state is unchanged.
 pub trait PreparedRestore: Send {
-    /// Makes the prepared state the backend's state.
+    /// Makes the prepared state the backend's state. On `Err` the state is
+    /// unchanged; once the switch has happened, this returns `Ok` (a later
+    /// step that failed, such as making the switch durable, is logged).
     fn commit(self: Box<Self>) -> Result<()>;
 }
 
 /// A backend whose state a checkpoint manager can capture and restore.
+///
+/// A backend belongs to at most one manager at a time
+/// ([`claim_checkpoints`](Checkpointable::claim_checkpoints)): two managers
+/// taking turns would each see only part of the changes, and their deltas
+/// would miss writes.
 pub trait Checkpointable: StateBackend {
+    /// Makes the manager identified by `owner` the only one that may
+    /// capture this backend. Refused with [`crate::Error::InvalidArgument`]
+    /// if another owner holds it; claiming again with the same owner is
+    /// a no-op. A new owner starts a new delta chain.
+    fn claim_checkpoints(&self, owner: u64) -> Result<()>;
+
+    /// Lets go of a claim made by `owner` (no-op for any other owner).
+    fn release_checkpoints(&self, owner: u64);
+
+    /// The committed checkpoint an incremental capture taken now would
+    /// build on, if the backend would answer with a delta.
+    fn delta_base(&self) -> Option<u64>;
+
     /// Takes a consistent cut of the state for checkpoint `checkpoint_id`
-    /// (ids increase; backends may use them to name files). One capture at
-    /// a time: the manager commits or drops one before taking the next.
-    fn capture(&self, mode: CaptureMode, checkpoint_id: u64) -> Result<Box<dyn Capture>>;
+    /// of `owner` (ids increase; backends may use them to name files).
+    /// Captures are taken one at a time, but several may be written out
+    /// and committed (or dropped) in any order.
+    fn capture(
+        &self,
+        owner: u64,
+        mode: CaptureMode,
+        checkpoint_id: u64,
+    ) -> Result<Box<dyn Capture>>;
 
     /// Reads and verifies the checkpoint made of `files`, captured in
-    /// `format`, beside the live state, without changing it. The manager
-    /// prepares every backend of a checkpoint before committing any, so a
-    /// damaged file leaves all of them as they were.
+    /// `format` (the backend's own, or [`SNAPSHOT_FORMAT`]), beside the
+    /// live state, without changing it. The manager prepares every backend
+    /// of a checkpoint before committing any, so a damaged file leaves all
+    /// of them as they were.
     fn prepare_restore(
         &self,
         format: &str,
