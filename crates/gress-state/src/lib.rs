@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod clock;
 mod concat;
 pub mod error;
+pub mod fsutil;
 pub mod memory;
 pub mod metrics;
 pub mod snapshot;
