@@ -26,20 +26,25 @@
 //! # Ok::<(), gress_checkpoint::Error>(())
 //! ```
 //!
-//! This crate does not depend on RocksDB: backends expose what a checkpoint
-//! needs through `gress_state::Checkpointable`.
+//! What a committed checkpoint survives, and how, is in ARCHITECTURE.md
+//! and docs/format.md. This crate does not depend on RocksDB: backends
+//! expose what a checkpoint needs through `gress_state::Checkpointable`.
 
+mod catalog;
 mod error;
+mod fence;
+mod info;
 mod manager;
 pub mod manifest;
+mod restore;
 pub mod storage;
 mod verify;
 
+pub use catalog::{Catalog, DamagedManifest, FileCheck};
 pub use error::{Error, Result};
-pub use manager::{
-    CheckpointConfig, CheckpointInfo, CheckpointManager, CheckpointReport, CheckpointStats,
-    PendingCheckpoint, SNAPSHOT_FORMAT,
-};
+pub use gress_state::SNAPSHOT_FORMAT;
+pub use info::{CheckpointInfo, CheckpointReport, CheckpointStats, OpenReport};
+pub use manager::{CheckpointConfig, CheckpointManager, PendingCheckpoint};
 pub use manifest::{Manifest, Metadata};
 pub use storage::{LocalStorage, Storage};
 #[cfg(feature = "s3")]

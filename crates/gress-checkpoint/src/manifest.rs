@@ -3,13 +3,17 @@
 //! Byte layout (docs/format.md, "Checkpoint manifest"):
 //!
 //! ```text
-//! GRESS-CHECKPOINT-MANIFEST 1\n
-//! <crc32c of body, 8 lower-case hex digits> <body length, decimal>\n
+//! GRESS-CHECKPOINT-MANIFEST 2\n
+//! <crc32c of the first line and the body, 8 lower-case hex digits> <body length, decimal>\n
 //! <body: JSON>
 //! ```
 //!
+//! The first two lines keep this shape in every version, and the checksum
+//! covers the version, so a flipped bit reads as damage while a manifest of
+//! a newer version reads as [`Error::UnsupportedVersion`].
+//!
 //! Manifests come from storage and are untrusted: every field is checked
-//! before anything is read or restored on its word.
+//! before anything is read, restored or deleted on its word.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -20,7 +24,7 @@ use crate::storage::check_path;
 
 const MAGIC: &str = "GRESS-CHECKPOINT-MANIFEST";
 /// Manifest format version this build writes and reads.
-pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_VERSION: u32 = 2;
 /// The largest manifest body accepted.
 pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
 /// The largest stored file a manifest may name.
@@ -37,6 +41,13 @@ pub const SHARED: &str = "shared/";
 pub const PRIVATE: &str = "checkpoints/";
 /// Directory of savepoints.
 pub const SAVEPOINTS: &str = "savepoints/";
+/// Directory of fencing tokens (see the manager's `fence` module).
+pub const FENCE: &str = "fence/";
+/// Written before a restore switches any backend, deleted once all are
+/// switched.
+pub const RESTORE_INTENT: &str = "restore.intent";
+/// The name of a savepoint's manifest inside its directory.
+pub const SAVEPOINT_MANIFEST: &str = "MANIFEST";
 
 /// Caller metadata committed with the state, e.g. source offsets.
 pub type Metadata = BTreeMap<String, String>;
@@ -103,17 +114,48 @@ pub fn private_dir(id: u64) -> String {
     format!("{PRIVATE}{id:020}/")
 }
 
+/// Path of a shared file first stored by checkpoint `owner` under `key`.
+pub fn shared_path(owner: u64, key: &str) -> String {
+    format!("{SHARED}{owner:020}/{key}")
+}
+
+/// The id of the checkpoint that wrote a data file: the 20-digit component
+/// after `shared/` or `checkpoints/`. `None` for any other path.
+pub fn owner_of(path: &str) -> Option<u64> {
+    let rest = path
+        .strip_prefix(SHARED)
+        .or_else(|| path.strip_prefix(PRIVATE))?;
+    let (owner, tail) = rest.split_once('/')?;
+    if owner.len() != 20 || !owner.bytes().all(|b| b.is_ascii_digit()) || tail.is_empty() {
+        return None;
+    }
+    owner.parse().ok()
+}
+
+/// The sharing key of a shared file's path (what follows its owner).
+pub fn key_of_shared(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix(SHARED)?;
+    let (owner, key) = rest.split_once('/')?;
+    (owner.len() == 20 && !key.is_empty()).then_some(key)
+}
+
+/// True for the temporary files that storage writes leave behind when a
+/// process dies mid-write (`<name>.tmp-<pid>-<seq>`); no manifest ever
+/// names one.
+pub fn is_temporary(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.contains(".tmp-"))
+}
+
 impl Manifest {
     /// Encodes with the checksummed header.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let body = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::invalid("manifest", format!("cannot encode: {e}")))?;
-        let mut out = format!(
-            "{MAGIC} {MANIFEST_VERSION}\n{:08x} {}\n",
-            crc32c::crc32c(&body),
-            body.len()
-        )
-        .into_bytes();
+        let first = format!("{MAGIC} {MANIFEST_VERSION}\n");
+        let crc = crc32c::crc32c_append(crc32c::crc32c(first.as_bytes()), &body);
+        let mut out = format!("{first}{crc:08x} {}\n", body.len()).into_bytes();
         out.extend_from_slice(&body);
         Ok(out)
     }
@@ -129,19 +171,33 @@ impl Manifest {
         else {
             return Err(bad("truncated header".into()));
         };
-        let first = std::str::from_utf8(first).map_err(|_| bad("header is not text".into()))?;
-        let Some(version) = first.strip_prefix(MAGIC).and_then(|v| v.strip_prefix(' ')) else {
+        let first_text =
+            std::str::from_utf8(first).map_err(|_| bad("header is not text".into()))?;
+        let Some(version) = first_text
+            .strip_prefix(MAGIC)
+            .and_then(|v| v.strip_prefix(' '))
+        else {
             return Err(bad("not a gress checkpoint manifest".into()));
         };
-        if version != MANIFEST_VERSION.to_string() {
-            return Err(bad(format!(
-                "manifest version {version}, this build reads {MANIFEST_VERSION}"
-            )));
+        if version.is_empty() || version.len() > 9 || !version.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("malformed version".into()));
         }
+        let version: u32 = version
+            .parse()
+            .map_err(|_| bad("malformed version".into()))?;
         let second = std::str::from_utf8(second).map_err(|_| bad("header is not text".into()))?;
         let (crc, len) = second
             .split_once(' ')
             .ok_or_else(|| bad("malformed checksum line".into()))?;
+        if crc.len() != 8 || !crc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad("malformed checksum".into()));
+        }
+        if len.is_empty()
+            || !len.bytes().all(|b| b.is_ascii_digit())
+            || (len.len() > 1 && len.starts_with('0'))
+        {
+            return Err(bad("malformed length".into()));
+        }
         let crc = u32::from_str_radix(crc, 16).map_err(|_| bad("malformed checksum".into()))?;
         let len: u64 = len.parse().map_err(|_| bad("malformed length".into()))?;
         if len > MAX_MANIFEST_LEN {
@@ -155,11 +211,20 @@ impl Manifest {
                 body.len()
             )));
         }
-        let actual = crc32c::crc32c(body);
+        // The first line with its newline, then the body.
+        let actual =
+            crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(first), b"\n"), body);
         if actual != crc {
             return Err(bad(format!(
-                "checksum mismatch: header {crc:08x}, body {actual:08x}"
+                "checksum mismatch: header {crc:08x}, computed {actual:08x}"
             )));
+        }
+        if version != MANIFEST_VERSION {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_string(),
+                found: version,
+                supported: MANIFEST_VERSION,
+            });
         }
         let manifest: Manifest =
             serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
@@ -194,7 +259,6 @@ impl Manifest {
             return bad("metadata too large".into());
         }
         let mut names = HashSet::new();
-        let private = private_dir(self.id);
         for backend in &self.backends {
             check_name(&backend.name)?;
             if !names.insert(&backend.name) {
@@ -225,26 +289,21 @@ impl Manifest {
                     }
                     continue;
                 }
-                let under_shared = file.path.starts_with(SHARED);
-                let under_private = file.path.starts_with(PRIVATE);
-                if !under_shared && !under_private {
-                    return bad(format!(
-                        "file path `{}` is outside the checkpoint area",
-                        file.path
-                    ));
-                }
-                // Private files of a delta chain live under the checkpoint
-                // that wrote them, which is never newer than this one.
-                if under_private && !file.path.starts_with(&private) {
-                    let owner = file.path[PRIVATE.len()..].split('/').next().unwrap_or("");
-                    match owner.parse::<u64>() {
-                        Ok(owner) if owner < self.id => {}
-                        _ => {
-                            return bad(format!(
-                                "file path `{}` belongs to no earlier checkpoint",
-                                file.path
-                            ));
-                        }
+                // Data files live under the checkpoint that wrote them,
+                // which is never newer than this one.
+                match owner_of(&file.path) {
+                    Some(owner) if owner <= self.id => {}
+                    Some(_) => {
+                        return bad(format!(
+                            "file path `{}` belongs to no earlier checkpoint",
+                            file.path
+                        ));
+                    }
+                    None => {
+                        return bad(format!(
+                            "file path `{}` is outside the checkpoint area",
+                            file.path
+                        ));
                     }
                 }
                 if file.size > MAX_FILE_SIZE {
@@ -273,7 +332,8 @@ impl Manifest {
 
 /// Where a manifest's files may live.
 enum Area {
-    /// `shared/` and `checkpoints/<id not above the manifest's>/`.
+    /// `shared/<owner>/` and `checkpoints/<owner>/`, with an owner id not
+    /// above the manifest's.
     Checkpoint,
     /// Under the savepoint's own directory.
     Savepoint(String),
@@ -368,6 +428,12 @@ mod tests {
             ("newer owner", |m| {
                 m.backends[0].files[0].path = "checkpoints/00000000000000000009/counts/x".into()
             }),
+            ("newer shared owner", |m| {
+                m.backends[0].files[0].path = "shared/00000000000000000009/rocksdb/x.sst".into()
+            }),
+            ("shared without owner", |m| {
+                m.backends[0].files[0].path = "shared/rocksdb/x.sst".into()
+            }),
             ("absurd size", |m| m.backends[0].files[0].size = u64::MAX),
             ("bad name", |m| m.backends[0].name = "a/b".into()),
             ("file name with slash", |m| {
@@ -386,6 +452,52 @@ mod tests {
             assert!(err.is_damage(), "{what}: {err}");
         }
         Ok(())
+    }
+
+    /// A manifest written by a newer build is intact but unreadable here:
+    /// it must say so (and never read as damage, which recovery would
+    /// skip and the sweep would act on), while a flipped version digit is
+    /// damage.
+    #[test]
+    fn newer_version_is_not_damage() -> Result<()> {
+        let body = serde_json::to_vec(&sample()).expect("json");
+        let first = "GRESS-CHECKPOINT-MANIFEST 3\n";
+        let crc = crc32c::crc32c_append(crc32c::crc32c(first.as_bytes()), &body);
+        let mut newer = format!("{first}{crc:08x} {}\n", body.len()).into_bytes();
+        newer.extend_from_slice(&body);
+        let err = Manifest::decode(&newer, "m").expect_err("version 3");
+        assert!(
+            matches!(err, Error::UnsupportedVersion { found: 3, .. }),
+            "{err:?}"
+        );
+        assert!(!err.is_damage());
+
+        let mut flipped = sample().encode()?;
+        let digit = flipped
+            .iter()
+            .position(|&b| b == b'2')
+            .expect("version digit");
+        flipped[digit] = b'3';
+        let err = Manifest::decode(&flipped, "m").expect_err("flipped");
+        assert!(err.is_damage(), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn data_paths_name_their_owner() {
+        assert_eq!(owner_of(&shared_path(9, "rocksdb/ab/1.sst")), Some(9));
+        assert_eq!(
+            key_of_shared(&shared_path(9, "rocksdb/ab/1.sst")),
+            Some("rocksdb/ab/1.sst")
+        );
+        assert_eq!(owner_of(&format!("{}x/y", private_dir(4))), Some(4));
+        assert_eq!(owner_of("shared/rocksdb/x.sst"), None);
+        assert_eq!(owner_of("checkpoints/00000000000000000004/"), None);
+        assert_eq!(owner_of("manifests/00000000000000000004.manifest"), None);
+        assert!(is_temporary(
+            "manifests/00000000000000000004.manifest.tmp-1-2"
+        ));
+        assert!(!is_temporary("shared/00000000000000000004/rocksdb/a/1.sst"));
     }
 
     #[test]

@@ -12,45 +12,78 @@ use crate::error::{Error, Result};
 use crate::manifest::FileEntry;
 use crate::storage::Storage;
 
-/// Counts and checksums what passes through to `inner`.
-pub(crate) struct CrcWriter<'a> {
-    pub(crate) inner: &'a mut dyn Write,
-    pub(crate) crc: u32,
-    pub(crate) len: u64,
+/// Counts and checksums what passes through to `inner`, and remembers
+/// whether the storage itself failed a write.
+struct CrcWriter<'a> {
+    inner: &'a mut dyn Write,
+    crc: u32,
+    len: u64,
+    failed: Option<(io::ErrorKind, String)>,
+    cancel: Option<&'a dyn Fn() -> bool>,
 }
 
 impl Write for CrcWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        if self.cancel.is_some_and(|cancelled| cancelled()) {
+            let e = io::Error::new(io::ErrorKind::Interrupted, "upload cancelled");
+            self.failed = Some((e.kind(), e.to_string()));
+            return Err(e);
+        }
+        let n = match self.inner.write(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.failed = Some((e.kind(), e.to_string()));
+                return Err(e);
+            }
+        };
         self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
         self.len += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.flush().inspect_err(|e| {
+            self.failed = Some((e.kind(), e.to_string()));
+        })
     }
 }
 
 /// Stores the bytes `produce` writes at `path`; returns their size and
-/// CRC32C.
+/// CRC32C. A failure of the storage's own writer (disk full, a lost
+/// connection) is reported as [`Error::Storage`] whatever layer it passed
+/// through, so one cause has one kind; `cancel` stops the upload between
+/// two writes.
 pub(crate) fn upload(
     storage: &dyn Storage,
     path: &str,
+    cancel: Option<&dyn Fn() -> bool>,
     produce: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
 ) -> Result<(u64, u32)> {
     let mut stat = (0, 0);
-    storage.put(path, &mut |w| {
+    let mut storage_failure = None;
+    let result = storage.put(path, &mut |w| {
         let mut cw = CrcWriter {
             inner: w,
             crc: 0,
             len: 0,
+            failed: None,
+            cancel,
         };
-        produce(&mut cw)?;
+        let produced = produce(&mut cw);
+        storage_failure = cw.failed.take();
+        produced?;
         stat = (cw.len, cw.crc);
         Ok(())
-    })?;
-    Ok(stat)
+    });
+    match (result, storage_failure) {
+        (Ok(()), _) => Ok(stat),
+        (Err(_), Some((kind, message))) => Err(Error::storage(
+            "writing",
+            path,
+            io::Error::new(kind, message),
+        )),
+        (Err(e), None) => Err(e),
+    }
 }
 
 /// Passes a stored file through, failing at its end (or as soon as it is
@@ -197,8 +230,7 @@ impl CheckpointFiles for StoredFiles<'_> {
         for r in results {
             r?;
         }
-        File::open(dir)
-            .and_then(|d| d.sync_all())
+        gress_state::fsutil::sync_dir(dir)
             .map_err(|e| gress_state::Error::io(format!("syncing {}", dir.display()), e))
     }
 }

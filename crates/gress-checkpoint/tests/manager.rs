@@ -97,15 +97,11 @@ fn incremental_checkpoint_of_one_percent_writes_one_percent() -> R {
     for r in &ratios {
         assert!((0.005..0.02).contains(r), "delta/full ratio {r}");
     }
+    let catalog = gress_checkpoint::Catalog::open(m.storage().clone())?;
     for (id, expected) in digests {
-        let fresh = Arc::new(MemoryStateBackend::default());
-        let m2 = manager(
-            m.storage().clone(),
-            CheckpointConfig::default().with_retain(3),
-        );
-        m2.register("state", fresh.clone())?;
-        m2.restore(id)?;
-        assert_eq!(digest(&*fresh), expected, "checkpoint {id}");
+        let fresh = MemoryStateBackend::default();
+        catalog.restore_into(id, &[("state", &fresh)], false)?;
+        assert_eq!(digest(&fresh), expected, "checkpoint {id}");
     }
     Ok(())
 }
@@ -144,18 +140,13 @@ fn delta_chains_restart_after_max_deltas() -> R {
     }
     let chain: Vec<u32> = expected.iter().map(|e| e.2).collect();
     assert_eq!(chain, vec![0, 1, 2, 0, 1, 2, 0]);
+    // Read beside the running manager, through the read-only catalog.
+    let catalog = gress_checkpoint::Catalog::open(m.storage().clone())?;
     for (id, state_then, _, at) in &expected {
-        let fresh = Arc::new(MemoryStateBackend::new(
-            MemoryConfig::default().with_clock(clock.clone()),
-        )?);
-        let m2 = manager(
-            m.storage().clone(),
-            CheckpointConfig::default().with_retain(10),
-        );
-        m2.register("s", fresh.clone())?;
+        let fresh = MemoryStateBackend::new(MemoryConfig::default().with_clock(clock.clone()))?;
         clock.set(*at);
-        m2.restore(*id)?;
-        assert_eq!(dump(&*fresh), *state_then, "checkpoint {id}");
+        catalog.restore_into(*id, &[("s", &fresh)], false)?;
+        assert_eq!(dump(&fresh), *state_then, "checkpoint {id}");
     }
     Ok(())
 }
@@ -219,10 +210,15 @@ fn orphans_are_removed_at_open() -> R {
     }
     let junk = [
         "checkpoints/00000000000000000099/s/full-99.snap",
-        "shared/sst/abc/000001.sst",
+        "shared/00000000000000000042/sst/abc/000001.sst",
         "checkpoints/00000000000000000001/s/x.tmp-1-2",
+        "manifests/00000000000000000007.manifest.tmp-1-2",
+        "savepoints/never-published/s.snap",
+        "savepoints/never-published/s.snap.tmp-3-4",
     ];
-    for path in junk {
+    // Names of no known layout are reported and left alone.
+    let odd = ["shared/not-an-owner/x.sst", "manifests/notes.txt"];
+    for path in junk.iter().chain(&odd) {
         storage.put(path, &mut |w| {
             w.write_all(b"junk").map_err(|e| Error::Invalid {
                 what: "test",
@@ -234,6 +230,13 @@ fn orphans_are_removed_at_open() -> R {
     m.register("s", state.clone())?;
     for path in junk {
         assert_eq!(storage.size(path)?, None, "{path} survived");
+    }
+    for path in odd {
+        assert_eq!(storage.size(path)?, Some(4), "{path} was touched");
+        assert!(
+            m.open_report().odd_names.iter().any(|p| p == path),
+            "{path} not reported"
+        );
     }
     // The id after an orphaned one is never reused.
     apply_round(&*state, 2);
@@ -302,6 +305,8 @@ fn recovery_falls_back_past_damage() -> R {
         )?;
         damage(&storage, newest.info.id, &man.backends[0].files[0].path)?;
 
+        // A new process.
+        drop(m);
         state.clear()?;
         let m2 = manager(storage.clone(), CheckpointConfig::default());
         m2.register("s", state.clone())?;
@@ -326,7 +331,8 @@ fn recovery_falls_back_past_damage() -> R {
     Ok(())
 }
 
-/// With every checkpoint damaged, restore says so for each, newest first.
+/// With every checkpoint damaged, restore says so for each, newest first
+/// (and says that checkpoints exist, unlike an empty location).
 #[test]
 fn nothing_to_restore_lists_every_attempt() -> R {
     let dir = tempfile::tempdir()?;
@@ -343,12 +349,12 @@ fn nothing_to_restore_lists_every_attempt() -> R {
         corrupt(&storage, &manifest::manifest_path(*id), |b| b[40] ^= 1)?;
     }
     match m.restore_latest() {
-        Err(Error::NothingToRestore { tried }) => {
+        Err(Error::NoIntactCheckpoint { tried }) => {
             let tried_ids: Vec<u64> = tried.iter().map(|t| t.0).collect();
             assert_eq!(tried_ids, vec![ids[1], ids[0]]);
             assert!(tried[0].1.contains("invalid"), "{}", tried[0].1);
         }
-        other => panic!("expected NothingToRestore, got {other:?}"),
+        other => panic!("expected NoIntactCheckpoint, got {other:?}"),
     }
     Ok(())
 }
@@ -423,12 +429,13 @@ fn storage_error_fails_one_checkpoint_only() -> R {
     assert!(matches!(err, Error::Storage { .. }), "{err}");
     assert_eq!(m.list().len(), 1);
     assert_eq!(m.stats().failed, 1);
-    // Processing goes on; the next checkpoint is full and commits.
+    // Processing goes on; the next checkpoint is a delta on the last
+    // committed one, holding the changes of both rounds since, and commits.
     apply_round(&*state, 3);
     let next = m.trigger_checkpoint(metadata(3))?;
     assert_eq!(
-        next.info.backends[0].3, 0,
-        "after a failure the next capture is full"
+        next.info.backends[0].3, 1,
+        "a failed checkpoint does not break the delta chain"
     );
     state.clear()?;
     m.restore_latest()?;
@@ -486,6 +493,7 @@ fn savepoints_restore_and_outlive_retention() -> R {
     let other = Arc::new(MemoryStateBackend::new(
         MemoryConfig::default().with_shards(4),
     )?);
+    drop(m);
     let m2 = CheckpointManager::open(storage.clone(), CheckpointConfig::default().with_retain(1))?;
     m2.register("s", other.clone())?;
     let info = m2.restore_savepoint("before-upgrade")?;
@@ -494,23 +502,31 @@ fn savepoints_restore_and_outlive_retention() -> R {
     Ok(())
 }
 
-/// Registration refuses duplicate and malformed names, and a checkpoint
-/// that does not hold a registered backend does not restore.
+/// Registration refuses duplicate and malformed names and a backend
+/// registered twice; a backend added after a checkpoint starts empty when
+/// that checkpoint restores.
 #[test]
 fn registration_is_checked() -> R {
     let dir = tempfile::tempdir()?;
     let m = manager(local(dir.path()), CheckpointConfig::default());
     let state = Arc::new(MemoryStateBackend::default());
+    assert!(matches!(m.restore_latest(), Err(Error::NothingToRestore)));
     m.register("s", state.clone())?;
     assert!(m.register("s", state.clone()).is_err());
+    assert!(
+        m.register("s2", state.clone()).is_err(),
+        "one backend, two names"
+    );
     assert!(m.register("a/b", state.clone()).is_err());
     assert!(m.register("", state.clone()).is_err());
+    state.put(b"k", b"v")?;
     m.trigger_checkpoint(metadata(0))?;
-    m.register("late", Arc::new(MemoryStateBackend::default()))?;
-    assert!(matches!(
-        m.restore_latest(),
-        Err(Error::NothingToRestore { .. })
-    ));
+    let late = Arc::new(MemoryStateBackend::default());
+    late.put(b"before", b"restore")?;
+    m.register("late", late.clone())?;
+    m.restore_latest()?;
+    assert_eq!(state.get(b"k")?.as_deref(), Some(&b"v"[..]));
+    assert!(dump(&*late).is_empty(), "a new backend starts empty");
     assert!(
         CheckpointManager::open(
             local(dir.path()),

@@ -98,6 +98,7 @@ fn checkpoints_on_s3() -> R {
     storage.delete(&path)?;
     storage.put_new(&path, &bytes)?;
 
+    drop(m);
     let fresh = Arc::new(MemoryStateBackend::default());
     let m2 = manager(storage.clone(), CheckpointConfig::default().with_retain(2));
     m2.register("s", fresh.clone())?;

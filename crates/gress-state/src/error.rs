@@ -187,13 +187,15 @@ impl Error {
     }
 
     /// True for errors that mean "the input bytes are bad": corrupt, torn,
-    /// foreign or of an unknown version.
+    /// foreign or of an unknown version, or a stream whose reader reported
+    /// invalid data (for example a stored file whose checksum failed).
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Corrupted { .. }
-                | Error::ChecksumMismatch { .. }
-                | Error::UnsupportedFormat { .. }
-        )
+            | Error::ChecksumMismatch { .. }
+            | Error::UnsupportedFormat { .. } => true,
+            Error::Io { source, .. } => source.kind() == std::io::ErrorKind::InvalidData,
+            _ => false,
+        }
     }
 }

@@ -5,6 +5,8 @@ use std::io::{self, BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gress_state::fsutil::{create_dir_all_synced, sync_dir};
+
 use super::{ObjectMeta, PutFn, Storage, check_path};
 use crate::error::{Error, Result};
 
@@ -12,8 +14,10 @@ use crate::error::{Error, Result};
 ///
 /// `put` writes a temporary file beside the target, fsyncs it, renames it
 /// into place and fsyncs the directory; `put_new` links the temporary file
-/// to the target name, which fails if the name exists. A crash leaves at
+/// to the target name, which fails if the name exists. Directories are
+/// created with their parents fsynced, up to the root. A crash leaves at
 /// most a temporary file (named `*.tmp-*`), never a partial object.
+/// Listing never follows symbolic links: a link is reported and skipped.
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
@@ -25,8 +29,13 @@ impl LocalStorage {
     /// Uses (and creates) the directory `root`.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        fs::create_dir_all(&root)
-            .map_err(|e| Error::storage("creating", root.display().to_string(), e))?;
+        let shown = root.display().to_string();
+        if !root.is_dir() {
+            fs::create_dir_all(&root).map_err(|e| Error::storage("creating", shown.clone(), e))?;
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent).map_err(|e| Error::storage("syncing the parent of", shown, e))?;
+            }
+        }
         Ok(LocalStorage { root })
     }
 
@@ -43,7 +52,8 @@ impl LocalStorage {
     /// Writes a temporary file next to `target` and returns its path.
     fn write_tmp(&self, target: &Path, path: &str, write: &mut PutFn<'_>) -> Result<PathBuf> {
         let dir = target.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(|e| Error::storage("creating directory for", path, e))?;
+        create_dir_all_synced(&self.root, dir)
+            .map_err(|e| Error::storage("creating directory for", path, e))?;
         let tmp = PathBuf::from(format!(
             "{}.tmp-{}-{}",
             target.display(),
@@ -70,9 +80,8 @@ impl LocalStorage {
     }
 }
 
-fn sync_dir(dir: &Path, path: &str) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+fn sync_parent(target: &Path, root: &Path, path: &str) -> Result<()> {
+    sync_dir(target.parent().unwrap_or(root))
         .map_err(|e| Error::storage("syncing directory of", path, e))
 }
 
@@ -84,7 +93,7 @@ impl Storage for LocalStorage {
             let _ = fs::remove_file(&tmp);
             return Err(Error::storage("renaming into place", path, e));
         }
-        sync_dir(target.parent().unwrap_or(&self.root), path)
+        sync_parent(&target, &self.root, path)
     }
 
     fn put_new(&self, path: &str, bytes: &[u8]) -> Result<()> {
@@ -97,7 +106,9 @@ impl Storage for LocalStorage {
         let linked = fs::hard_link(&tmp, &target);
         let _ = fs::remove_file(&tmp);
         linked.map_err(|e| Error::storage("publishing", path, e))?;
-        sync_dir(target.parent().unwrap_or(&self.root), path)
+        // If this fails the object is published but maybe not durable; the
+        // caller learns that the write took effect by reading it back.
+        sync_parent(&target, &self.root, path)
     }
 
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send + '_>> {
@@ -124,14 +135,27 @@ impl Storage for LocalStorage {
             for entry in entries {
                 let entry =
                     entry.map_err(|e| Error::storage("listing", dir.display().to_string(), e))?;
-                let meta = entry.metadata().map_err(|e| {
-                    Error::storage("listing", entry.path().display().to_string(), e)
-                })?;
                 let full = entry.path();
-                if meta.is_dir() {
+                let shown = || full.display().to_string();
+                // Neither file_type nor metadata of a DirEntry follows links.
+                let kind = entry
+                    .file_type()
+                    .map_err(|e| Error::storage("listing", shown(), e))?;
+                if kind.is_symlink() {
+                    tracing::warn!(path = %shown(), "skipping a symbolic link in checkpoint storage");
+                    continue;
+                }
+                if kind.is_dir() {
                     stack.push(full);
                     continue;
                 }
+                if !kind.is_file() {
+                    tracing::warn!(path = %shown(), "skipping a special file in checkpoint storage");
+                    continue;
+                }
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| Error::storage("listing", shown(), e))?;
                 let Ok(rel) = full.strip_prefix(&self.root) else {
                     continue;
                 };
@@ -149,7 +173,7 @@ impl Storage for LocalStorage {
     }
 
     fn size(&self, path: &str) -> Result<Option<u64>> {
-        match fs::metadata(self.full(path)?) {
+        match fs::symlink_metadata(self.full(path)?) {
             Ok(m) if m.is_file() => Ok(Some(m.len())),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -190,6 +214,26 @@ mod tests {
         assert!(s.put_new("manifests/1", b"second").is_err());
         assert_eq!(s.read_all("manifests/1", 100)?, b"first");
         assert_eq!(s.list("manifests/")?.len(), 1, "temporary file left behind");
+        Ok(())
+    }
+
+    /// Listing used to follow symbolic links, so a link to a parent
+    /// directory made `list` (and the sweep at open) loop forever.
+    #[test]
+    fn listing_skips_symbolic_links() -> Result<()> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = LocalStorage::new(dir.path())?;
+        s.put_new("shared/00000000000000000001/a", b"x")?;
+        let io = |e| Error::storage("linking", "test", e);
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("shared/loop")).map_err(io)?;
+        std::os::unix::fs::symlink(
+            dir.path().join("shared/00000000000000000001/a"),
+            dir.path().join("shared/alias"),
+        )
+        .map_err(io)?;
+        let listed: Vec<String> = s.list("")?.into_iter().map(|o| o.path).collect();
+        assert_eq!(listed, vec!["shared/00000000000000000001/a".to_string()]);
+        assert_eq!(s.size("shared/alias")?, None);
         Ok(())
     }
 

@@ -10,8 +10,11 @@ use std::io::{Read, Write};
 
 use crate::error::{Error, Result};
 
+#[cfg(feature = "testing")]
 pub mod fault;
 mod local;
+#[cfg(feature = "testing")]
+pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;
 
@@ -53,6 +56,18 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Removes an object; removing a missing one succeeds.
     fn delete(&self, path: &str) -> Result<()>;
+
+    /// Whether the object at `path` holds exactly `bytes` (`Ok(false)` if
+    /// it is missing or differs). Used after a create-only write reported
+    /// an error, to learn whether it took effect.
+    fn holds(&self, path: &str, bytes: &[u8]) -> Result<bool> {
+        match self.read_all(path, bytes.len() as u64) {
+            Ok(found) => Ok(found == bytes),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(Error::Invalid { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 
     /// The size of the object at `path`, or `None` if there is none.
     fn size(&self, path: &str) -> Result<Option<u64>> {

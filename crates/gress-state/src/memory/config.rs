@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::metrics::DEFAULT_SAMPLE_EVERY;
 use crate::ttl::TtlPolicy;
 
-
 /// Configuration of a [`MemoryStateBackend`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]

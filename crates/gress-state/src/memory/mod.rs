@@ -33,8 +33,8 @@ use crate::metrics::{Counter, Metrics, MetricsRecorder, Op};
 use crate::snapshot::{RestoreSummary, SnapshotKind, SnapshotSummary};
 use crate::ttl::{check_key, check_value};
 
-pub use capture::MEMORY_CHECKPOINT_FORMAT;
 use capture::CaptureChain;
+pub use capture::MEMORY_CHECKPOINT_FORMAT;
 use cleanup::Cleaner;
 pub use config::MemoryConfig;
 use restore::Staged;
@@ -145,7 +145,6 @@ impl MemoryStateBackend {
         }
         Ok(self.inner.cleanup_pass())
     }
-
 
     fn put_inner(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
         check_key(key)?;

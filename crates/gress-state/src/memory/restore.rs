@@ -7,11 +7,11 @@ use std::io::Read;
 use super::MemoryStateBackend;
 use super::capture::MEMORY_CHECKPOINT_FORMAT;
 use super::shard::{Entry, Inner, ShardState};
+use crate::backend::StateBackend;
 use crate::checkpoint::{CheckpointFiles, PreparedRestore, SNAPSHOT_FORMAT};
 use crate::error::{Error, Result};
 use crate::metrics::Counter;
 use crate::snapshot::{RestoreSummary, SnapshotEntry, SnapshotKind, SnapshotReader};
-use crate::backend::StateBackend;
 use crate::ttl::is_expired;
 
 /// A state built beside the live one by a restore, swapped in only once

@@ -17,7 +17,6 @@ use crate::snapshot::{SnapshotKind, SnapshotSummary, SnapshotWriter};
 use crate::ttl::{TtlPolicy, is_expired};
 use crossbeam_utils::CachePadded;
 
-
 /// Expiry value of an entry that never expires.
 pub(super) const NEVER: u64 = u64::MAX;
 
@@ -230,7 +229,6 @@ pub(super) struct Inner {
     pub(super) chain: Mutex<CaptureChain>,
 }
 
-
 impl Inner {
     #[inline]
     pub(super) fn hash(&self, key: &[u8]) -> u64 {
@@ -283,7 +281,9 @@ impl Inner {
         }
     }
 
-    pub(super) fn lock_all_for_write(&self) -> Result<Vec<RwLockWriteGuard<'_, Option<ShardState>>>> {
+    pub(super) fn lock_all_for_write(
+        &self,
+    ) -> Result<Vec<RwLockWriteGuard<'_, Option<ShardState>>>> {
         // Ascending order, as every multi-shard lock holder, so none deadlock.
         let guards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
         if guards.iter().any(|g| g.is_none()) {

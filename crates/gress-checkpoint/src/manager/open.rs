@@ -1,0 +1,199 @@
+//! Opening a location for writing: read it, take it, sweep what crashes
+//! left behind.
+//!
+//! Nothing is deleted before the location is taken (fencing), and nothing
+//! is deleted that a manifest could need: an unknown manifest version or a
+//! storage error while reading stops `open` before any deletion; a damaged
+//! manifest is kept and protects every file it could name.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::{CheckpointConfig, CheckpointManager, Shared, State};
+use crate::catalog::{Catalog, read_savepoint};
+use crate::error::{Error, Result};
+use crate::fence::{Fence, new_token};
+use crate::info::{CheckpointStats, OpenReport};
+use crate::manifest::{
+    PRIVATE, RESTORE_INTENT, SAVEPOINT_MANIFEST, SAVEPOINTS, SHARED, is_temporary, manifest_path,
+    owner_of,
+};
+use crate::storage::{Storage, check_path};
+
+impl CheckpointManager {
+    /// Opens the checkpoints in `storage` for writing: reads every
+    /// manifest, takes the location (refusing one that a live manager
+    /// holds, unless [`CheckpointConfig::take_over`]), keeps the newest
+    /// `retain` readable checkpoints and deletes what no kept checkpoint
+    /// needs: older checkpoints, files of checkpoints that never committed,
+    /// temporary files, leftovers of failed savepoints.
+    ///
+    /// A manifest of a newer format version, or a storage error, stops
+    /// `open` before anything is deleted. A damaged manifest is set aside
+    /// (kept, reported in [`CheckpointManager::open_report`]) and every
+    /// file it could reference is kept.
+    pub fn open(storage: Arc<dyn Storage>, config: CheckpointConfig) -> Result<Self> {
+        config.validate()?;
+        let catalog = Catalog::open(Arc::clone(&storage))?;
+        let owner = new_token();
+        let fence = Fence::acquire(Arc::clone(&storage), config.lease, config.take_over, owner)?;
+
+        let mut report = OpenReport {
+            damaged: catalog.damaged().to_vec(),
+            odd_names: catalog.odd_names().to_vec(),
+            ..OpenReport::default()
+        };
+        let mut state = State {
+            max_damaged: catalog.damaged().iter().map(|d| d.id).max(),
+            ..State::default()
+        };
+
+        // Ids: above every manifest and every data file's owner.
+        let data: Vec<String> = [SHARED, PRIVATE]
+            .into_iter()
+            .map(|area| storage.list(area))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .map(|o| o.path)
+            .collect();
+        let max_id = data
+            .iter()
+            .filter_map(|p| owner_of(p))
+            .chain(catalog.max_id())
+            .max()
+            .unwrap_or(0);
+        state.next_id = max_id
+            .checked_add(1)
+            .ok_or(Error::IdsExhausted { found: max_id })?;
+
+        let mut kept: BTreeMap<u64, _> = catalog.manifests().clone();
+        let mut doomed: Vec<String> = catalog.temporary().to_vec();
+        while kept.len() > config.retain {
+            let Some((id, _)) = kept.pop_first() else {
+                break;
+            };
+            doomed.push(manifest_path(id));
+        }
+        for m in kept.values() {
+            state.refs.add(m.paths());
+        }
+        state.retained = kept;
+        for path in data {
+            if is_temporary(&path) {
+                doomed.push(path);
+            } else if owner_of(&path).is_none() || check_path(&path).is_err() {
+                tracing::warn!(
+                    path,
+                    "leaving alone an object whose name is not of this layout"
+                );
+                report.odd_names.push(path);
+            } else if state.may_delete(&path) {
+                doomed.push(path);
+            }
+        }
+        doomed.extend(savepoint_leftovers(&*storage, &mut report)?);
+
+        // Old manifests go before the files only they needed.
+        let (manifests, files): (Vec<String>, Vec<String>) = doomed
+            .into_iter()
+            .partition(|p| p.starts_with(crate::manifest::MANIFESTS));
+
+        report.restore_incomplete = read_intent(&*storage)?;
+        state.restore_incomplete = report.restore_incomplete.clone();
+        if let Some(target) = &report.restore_incomplete {
+            tracing::warn!(
+                target,
+                "a restore did not complete: restore before checkpointing"
+            );
+        }
+
+        let shared = Arc::new(Shared {
+            storage,
+            config: RwLock::new(config),
+            backends: RwLock::new(Vec::new()),
+            owner,
+            fence,
+            cut: Mutex::new(()),
+            state: Mutex::new(state),
+            stats: Mutex::new(CheckpointStats::default()),
+            closing: AtomicBool::new(false),
+            report: Mutex::new(OpenReport::default()),
+        });
+        let (removed_m, failed_m) = shared.delete_files(&manifests);
+        let (removed_f, failed_f) = shared.delete_files(&files);
+        report.removed = removed_m + removed_f;
+        report.not_removed = failed_m + failed_f;
+        if report.removed > 0 {
+            tracing::info!(
+                removed = report.removed,
+                "deleted what no kept checkpoint needs"
+            );
+        }
+        shared.fence.start_heartbeat();
+        *shared.report.lock() = report;
+        Ok(CheckpointManager {
+            shared,
+            periodic: Mutex::new(None),
+        })
+    }
+}
+
+/// Files under `savepoints/` that no savepoint needs: everything of a
+/// savepoint whose manifest was never published, files its manifest does
+/// not name, temporary files. A savepoint whose manifest is damaged keeps
+/// everything.
+fn savepoint_leftovers(storage: &dyn Storage, report: &mut OpenReport) -> Result<Vec<String>> {
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut doomed = Vec::new();
+    for object in storage.list(SAVEPOINTS)? {
+        let Some((name, _)) = object.path[SAVEPOINTS.len()..].split_once('/') else {
+            report.odd_names.push(object.path);
+            continue;
+        };
+        if is_temporary(&object.path) {
+            doomed.push(object.path);
+        } else if check_path(&object.path).is_err() {
+            report.odd_names.push(object.path);
+        } else {
+            by_name
+                .entry(name.to_string())
+                .or_default()
+                .push(object.path);
+        }
+    }
+    for (name, paths) in by_name {
+        let manifest_at = format!("{SAVEPOINTS}{name}/{SAVEPOINT_MANIFEST}");
+        if !paths.contains(&manifest_at) {
+            doomed.extend(paths);
+            continue;
+        }
+        match read_savepoint(storage, &name) {
+            Ok(m) => {
+                let named: HashSet<&str> = m.paths().map(|f| f.path.as_str()).collect();
+                doomed.extend(
+                    paths
+                        .into_iter()
+                        .filter(|p| *p != manifest_at && !named.contains(p.as_str())),
+                );
+            }
+            Err(e) if e.is_damage() => {
+                tracing::warn!(savepoint = name, reason = %e, "keeping a savepoint whose manifest is damaged");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(doomed)
+}
+
+/// The restore recorded as not completed, if any.
+pub(super) fn read_intent(storage: &dyn Storage) -> Result<Option<String>> {
+    match storage.read_all(RESTORE_INTENT, 4096) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string())),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}

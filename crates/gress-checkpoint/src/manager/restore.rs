@@ -1,0 +1,178 @@
+//! Restores through the manager: all backends or none.
+//!
+//! Every registered backend reads and verifies its part beside its live
+//! state; then an intent naming the target is written to the storage, the
+//! backends are switched one after another, and the intent is deleted. If
+//! a switch fails, or the process dies between two switches, the intent
+//! remains: the manager then refuses to checkpoint (backends may be at
+//! different checkpoints) until a restore completes.
+
+use gress_state::checkpoint::Checkpointable;
+
+use super::{CheckpointManager, Shared, error_chain};
+use crate::catalog::{read_manifest, read_savepoint};
+use crate::error::{Error, Result};
+use crate::info::CheckpointInfo;
+use crate::manifest::{MANIFESTS, Manifest, RESTORE_INTENT, check_name, id_of_manifest_path};
+use crate::restore::{RestorePlan, RestoreSource};
+
+/// Marks a restore running; undone on drop.
+struct Restoring<'a>(&'a Shared);
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().restoring = false;
+    }
+}
+
+impl CheckpointManager {
+    /// Restores checkpoint `id` into the registered backends. Every
+    /// backend's part is read and verified before any backend changes; a
+    /// registered backend the checkpoint does not hold starts empty. Fails
+    /// with [`Error::Busy`] while a checkpoint is in flight.
+    pub fn restore(&self, id: u64) -> Result<CheckpointInfo> {
+        self.shared.restore(&format!("checkpoint {id}"), || {
+            read_manifest(&*self.shared.storage, id).map_err(|e| {
+                if e.is_not_found() {
+                    Error::NoSuchCheckpoint { id }
+                } else {
+                    e
+                }
+            })
+        })
+    }
+
+    /// Restores the newest checkpoint that is intact. A damaged one (a bad
+    /// manifest, a missing or corrupt file) is reported with why and the
+    /// next older one tried; any other error (the storage unreachable, a
+    /// disk full while restoring) is returned as it is, so state and
+    /// offsets never silently roll back past an intact checkpoint.
+    pub fn restore_latest(&self) -> Result<CheckpointInfo> {
+        let mut ids: Vec<u64> = self
+            .shared
+            .storage
+            .list(MANIFESTS)?
+            .iter()
+            .filter_map(|o| id_of_manifest_path(&o.path))
+            .collect();
+        if ids.is_empty() {
+            return Err(Error::NothingToRestore);
+        }
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut tried = Vec::new();
+        for id in ids {
+            match self.restore(id) {
+                Ok(info) => {
+                    if !tried.is_empty() {
+                        tracing::warn!(restored = id, skipped = ?tried, "fell back to an older checkpoint");
+                    }
+                    return Ok(info);
+                }
+                // Deleted by retention since the listing.
+                Err(Error::NoSuchCheckpoint { .. }) => {}
+                Err(e) if e.is_damage() => {
+                    tracing::warn!(id, error = %error_chain(&e), "checkpoint cannot be restored");
+                    tried.push((id, error_chain(&e)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if tried.is_empty() {
+            return Err(Error::NothingToRestore);
+        }
+        Err(Error::NoIntactCheckpoint { tried })
+    }
+
+    /// Restores savepoint `name` into the registered backends, whatever
+    /// their type, all or nothing, reading each file once.
+    pub fn restore_savepoint(&self, name: &str) -> Result<CheckpointInfo> {
+        check_name(name)?;
+        self.shared.restore(&format!("savepoint {name}"), || {
+            read_savepoint(&*self.shared.storage, name)
+        })
+    }
+}
+
+impl Shared {
+    fn restore(
+        &self,
+        target: &str,
+        read: impl FnOnce() -> Result<Manifest>,
+    ) -> Result<CheckpointInfo> {
+        let in_flight = |n: usize| {
+            Error::busy(format!(
+                "{n} checkpoint(s) in flight: commit or drop them before restoring"
+            ))
+        };
+        let _restoring = {
+            let mut state = self.state.lock();
+            if self.is_closing() {
+                return Err(Error::busy("the checkpoint manager is closed"));
+            }
+            if state.restoring {
+                return Err(Error::busy("another restore is running"));
+            }
+            if state.in_flight > 0 {
+                return Err(in_flight(state.in_flight));
+            }
+            state.restoring = true;
+            Restoring(self)
+        };
+        // Waits only for a cut being taken, which may have got in first.
+        let _cut = self.cut.lock();
+        {
+            let state = self.state.lock();
+            if state.in_flight > 0 {
+                return Err(in_flight(state.in_flight));
+            }
+        }
+        let manifest = read()?;
+        let source = if target.starts_with("savepoint") {
+            RestoreSource::Savepoint
+        } else {
+            RestoreSource::Checkpoint
+        };
+        let backends = self.backends();
+        let named: Vec<(&str, &dyn Checkpointable)> = backends
+            .iter()
+            .map(|r| (r.name.as_str(), &*r.backend as &dyn Checkpointable))
+            .collect();
+        let (allow, parallelism) = {
+            let config = self.config.read();
+            (config.allow_non_restored_state, config.parallelism)
+        };
+        let plan = RestorePlan::new(&manifest, source, &named, allow)?;
+        let prepared = plan.prepare(&*self.storage, parallelism)?;
+
+        // Past this point a failure leaves backends at different
+        // checkpoints: record the intent first.
+        self.fence.check()?;
+        self.write_intent(target)?;
+        match prepared.commit_all() {
+            Ok(()) => {}
+            Err((switched, e)) => {
+                self.state.lock().restore_incomplete = Some(target.to_string());
+                tracing::error!(
+                    target,
+                    switched,
+                    "restore incomplete: restore again before checkpointing"
+                );
+                return Err(e);
+            }
+        }
+        self.state.lock().restore_incomplete = None;
+        if let Err(e) = self.storage.delete(RESTORE_INTENT) {
+            // Harmless but for the next open, which will ask for a restore.
+            tracing::warn!(error = %e, "could not delete the restore intent");
+        }
+        Ok(CheckpointInfo::from(&manifest))
+    }
+
+    fn write_intent(&self, target: &str) -> Result<()> {
+        let line = format!("{target}\n");
+        self.storage.put(RESTORE_INTENT, &mut |w| {
+            w.write_all(line.as_bytes())
+                .map_err(|e| Error::storage("writing", RESTORE_INTENT, e))
+        })
+    }
+}
