@@ -560,7 +560,11 @@ impl<R: Read> SnapshotReader<R> {
         let mut value: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.take_byte()?;
-            value |= u64::from(b & 0x7f) << shift;
+            let bits = u64::from(b & 0x7f);
+            if (bits << shift) >> shift != bits {
+                return Err(self.bad_block(format!("{what} length varint overflows 64 bits")));
+            }
+            value |= bits << shift;
             if b & 0x80 == 0 {
                 return match usize::try_from(value) {
                     Ok(len) if len <= max => Ok(len),
@@ -747,6 +751,80 @@ mod tests {
         }
         assert_eq!(r.next_entry()?, None);
         assert_eq!(summary.n_blocks, 2, "the maximal entry sits alone");
+        Ok(())
+    }
+
+    /// A stream of one block holding `payload` as `n` entries, every
+    /// checksum right.
+    fn stream_with_block(payload: &[u8], n: u32) -> Vec<u8> {
+        let mut out = sample(SnapshotKind::Full)[..HEADER_LEN].to_vec();
+        let start = out.len();
+        out.push(TAG_BLOCK);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(payload);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        let mut trailer = vec![TAG_TRAILER];
+        trailer.extend_from_slice(&u64::from(n).to_le_bytes());
+        trailer.extend_from_slice(&1u64.to_le_bytes());
+        let crc = crc32c::crc32c(&trailer);
+        trailer.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&trailer);
+        out
+    }
+
+    /// The reader used to shift the tenth byte of a length varint past bit
+    /// 63 and drop the bits that fell off, so a length of 2^64 read as 0
+    /// and a stream the format forbids was accepted (the fuzz tests found
+    /// it). A varint whose value does not fit in 64 bits is `Corrupted`.
+    #[test]
+    fn overflowing_length_varint_is_corrupted() -> Result<()> {
+        let mut payload = vec![KIND_PUT];
+        payload.extend_from_slice(&[0x80; 9]);
+        payload.push(0x02);
+        payload.push(0);
+        let err = SnapshotReader::new(&stream_with_block(&payload, 1)[..])?
+            .skip_to_end()
+            .expect_err("a key length of 2^64");
+        match err {
+            Error::Corrupted { reason, .. } => assert!(
+                reason.contains("key length varint overflows 64 bits"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+
+        // The largest ten-byte varint that fits is read, and refused as
+        // too long a key, not as an overflow.
+        let mut payload = vec![KIND_PUT];
+        payload.extend_from_slice(&[0xff; 9]);
+        payload.push(0x01);
+        payload.push(0);
+        let err = SnapshotReader::new(&stream_with_block(&payload, 1)[..])?
+            .skip_to_end()
+            .expect_err("a key length of 2^64 - 1");
+        match err {
+            Error::Corrupted { reason, .. } => assert!(
+                reason.contains(&format!("key length {} exceeds", u64::MAX)),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+
+        // An overlong but fitting encoding of a length is still a length.
+        let payload = [KIND_PUT, 0x81, 0x80, 0x00, b'k', 0x80, 0x00];
+        let stream = stream_with_block(&payload, 1);
+        let mut r = SnapshotReader::new(&stream[..])?;
+        assert_eq!(
+            r.next_entry()?,
+            Some(SnapshotEntry::Put {
+                key: b"k",
+                value: b"",
+                expires_at_ms: None
+            })
+        );
+        assert_eq!(r.next_entry()?, None);
         Ok(())
     }
 
