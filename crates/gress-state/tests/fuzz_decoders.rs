@@ -1206,7 +1206,7 @@ fn fuzz_full_snapshot_reader_and_restore() -> Result<()> {
 fn fuzz_delta_snapshot_reader_and_restore() -> Result<()> {
     let corpus = Corpus::new(SnapshotKind::Delta)?;
     let mut rng = case_rng(fuzz_seed(), u64::MAX - 7);
-    let full_entries = random_entries(&mut rng, SnapshotKind::Full, 40, false);
+    let full_entries = random_entries(&mut rng, SnapshotKind::Full, 16, false);
     let full = encode(SnapshotKind::Full, 1, &full_entries)?;
     let restorer = Restorer::new()?;
     let mut tally = Tally::default();
