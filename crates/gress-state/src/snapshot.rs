@@ -4,8 +4,8 @@
 //! The byte layout is specified in docs/format.md ("Snapshot stream v1").
 //! In short: a 28-byte header, then blocks of entries each with a CRC32C,
 //! then a trailer with the entry and block counts. Writing and reading hold
-//! one block in memory (64 KiB, or one entry if it is larger), whatever the
-//! size of the state.
+//! one block in memory (about 64 KiB, never more than [`MAX_BLOCK_PAYLOAD`]),
+//! whatever the size of the state.
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -21,8 +21,14 @@ pub const FORMAT_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 28;
 /// A block is closed once its payload reaches this many bytes.
 pub const BLOCK_TARGET_LEN: usize = 64 << 10;
-/// The largest block payload a reader accepts: one entry of maximal size.
+/// The largest block payload a writer produces and a reader accepts: room
+/// for one entry of maximal size. The writer closes a block early rather
+/// than let the next entry take it past this.
 pub const MAX_BLOCK_PAYLOAD: usize = MAX_KEY_LEN + MAX_VALUE_LEN + 32;
+
+/// Kind byte, two varints of at most 10 bytes, and the expiry.
+const MAX_ENTRY_OVERHEAD: usize = 1 + 10 + 8 + 10;
+const _: () = assert!(MAX_KEY_LEN + MAX_VALUE_LEN + MAX_ENTRY_OVERHEAD <= MAX_BLOCK_PAYLOAD);
 
 const FLAG_DELTA: u16 = 0x0001;
 const KNOWN_FLAGS: u16 = FLAG_DELTA;
@@ -154,11 +160,18 @@ impl<W: Write> SnapshotWriter<W> {
     pub fn put(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<u64>) -> Result<()> {
         crate::ttl::check_key(key)?;
         crate::ttl::check_value(value)?;
-        let kind = if expires_at_ms.is_some() {
-            KIND_PUT_EXPIRING
+        let (kind, expiry_len) = if expires_at_ms.is_some() {
+            (KIND_PUT_EXPIRING, 8)
         } else {
-            KIND_PUT
+            (KIND_PUT, 0)
         };
+        let entry_len = 1
+            + varint_len(key.len() as u64)
+            + key.len()
+            + expiry_len
+            + varint_len(value.len() as u64)
+            + value.len();
+        self.make_room(entry_len)?;
         self.block.push(kind);
         put_varint(&mut self.block, key.len() as u64);
         self.block.extend_from_slice(key);
@@ -179,10 +192,21 @@ impl<W: Write> SnapshotWriter<W> {
             ));
         }
         crate::ttl::check_key(key)?;
+        self.make_room(1 + varint_len(key.len() as u64) + key.len())?;
         self.block.push(KIND_TOMBSTONE);
         put_varint(&mut self.block, key.len() as u64);
         self.block.extend_from_slice(key);
         self.entry_added()
+    }
+
+    /// Closes the current block if an entry of `entry_len` bytes would take
+    /// it past [`MAX_BLOCK_PAYLOAD`]; a checked entry always fits in an empty
+    /// block.
+    fn make_room(&mut self, entry_len: usize) -> Result<()> {
+        if self.block.len() + entry_len > MAX_BLOCK_PAYLOAD {
+            self.flush_block()?;
+        }
+        Ok(())
     }
 
     fn entry_added(&mut self) -> Result<()> {
@@ -536,7 +560,11 @@ impl<R: Read> SnapshotReader<R> {
         let mut value: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.take_byte()?;
-            value |= u64::from(b & 0x7f) << shift;
+            let bits = u64::from(b & 0x7f);
+            if (bits << shift) >> shift != bits {
+                return Err(self.bad_block(format!("{what} length varint overflows 64 bits")));
+            }
+            value |= bits << shift;
             if b & 0x80 == 0 {
                 return match usize::try_from(value) {
                     Ok(len) if len <= max => Ok(len),
@@ -556,6 +584,10 @@ impl<R: Read> SnapshotReader<R> {
         self.pos = end;
         Ok(r)
     }
+}
+
+fn varint_len(v: u64) -> usize {
+    (u64::BITS - v.leading_zeros()).div_ceil(7).max(1) as usize
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -657,6 +689,143 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The writer's size estimate matches what it encodes, so blocks are
+    /// closed exactly when an entry would not fit.
+    #[test]
+    fn varint_len_matches_the_encoding() {
+        let mut values = vec![0, 1, u64::MAX, MAX_KEY_LEN as u64, MAX_VALUE_LEN as u64];
+        for bits in 1..64 {
+            values.extend([(1u64 << bits) - 1, 1u64 << bits, (1u64 << bits) + 1]);
+        }
+        for v in values {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(varint_len(v), out.len(), "{v}");
+        }
+    }
+
+    /// The writer used to close a block only after appending an entry, so
+    /// ~60 KiB of small entries followed by one maximal entry made a block
+    /// 60 KiB over `MAX_BLOCK_PAYLOAD`, and the reader rejected a snapshot
+    /// the writer had just produced. A writer must never produce a block a
+    /// reader refuses: a maximal entry now starts a block of its own.
+    #[test]
+    fn maximal_entry_after_a_nearly_full_block_reads_back() -> Result<()> {
+        let key = vec![0x6b; MAX_KEY_LEN];
+        let value = vec![0x76; MAX_VALUE_LEN];
+        // Each small entry takes 15 bytes: 60 KiB, one block still open.
+        let n_small = (60 << 10) / 15;
+        let mut out = Vec::new();
+        let mut w = SnapshotWriter::new(&mut out, SnapshotKind::Full, 0)?;
+        for i in 0..n_small {
+            w.put(format!("small-{i:05}").as_bytes(), b"v", None)?;
+        }
+        w.put(&key, &value, Some(u64::MAX))?;
+        let summary = w.finish()?;
+        drop(value);
+
+        let mut r = SnapshotReader::new(&out[..])?;
+        for i in 0..n_small {
+            let want = format!("small-{i:05}");
+            match r.next_entry()? {
+                Some(SnapshotEntry::Put { key, value, .. }) => {
+                    assert_eq!((key, value), (want.as_bytes(), &b"v"[..]));
+                }
+                other => panic!("entry {i}: {other:?}"),
+            }
+        }
+        match r.next_entry()? {
+            Some(SnapshotEntry::Put {
+                key: k,
+                value: v,
+                expires_at_ms,
+            }) => {
+                assert_eq!(k, &key[..]);
+                assert_eq!(v.len(), MAX_VALUE_LEN);
+                assert!(v.iter().all(|&b| b == 0x76), "value bytes changed");
+                assert_eq!(expires_at_ms, Some(u64::MAX));
+            }
+            other => panic!("maximal entry: {:?}", other.map(|e| e.key().len())),
+        }
+        assert_eq!(r.next_entry()?, None);
+        assert_eq!(summary.n_blocks, 2, "the maximal entry sits alone");
+        Ok(())
+    }
+
+    /// A stream of one block holding `payload` as `n` entries, every
+    /// checksum right.
+    fn stream_with_block(payload: &[u8], n: u32) -> Vec<u8> {
+        let mut out = sample(SnapshotKind::Full)[..HEADER_LEN].to_vec();
+        let start = out.len();
+        out.push(TAG_BLOCK);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(payload);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        let mut trailer = vec![TAG_TRAILER];
+        trailer.extend_from_slice(&u64::from(n).to_le_bytes());
+        trailer.extend_from_slice(&1u64.to_le_bytes());
+        let crc = crc32c::crc32c(&trailer);
+        trailer.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&trailer);
+        out
+    }
+
+    /// The reader used to shift the tenth byte of a length varint past bit
+    /// 63 and drop the bits that fell off, so a length of 2^64 read as 0
+    /// and a stream the format forbids was accepted (the fuzz tests found
+    /// it). A varint whose value does not fit in 64 bits is `Corrupted`.
+    #[test]
+    fn overflowing_length_varint_is_corrupted() -> Result<()> {
+        let mut payload = vec![KIND_PUT];
+        payload.extend_from_slice(&[0x80; 9]);
+        payload.push(0x02);
+        payload.push(0);
+        let err = SnapshotReader::new(&stream_with_block(&payload, 1)[..])?
+            .skip_to_end()
+            .expect_err("a key length of 2^64");
+        match err {
+            Error::Corrupted { reason, .. } => assert!(
+                reason.contains("key length varint overflows 64 bits"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+
+        // The largest ten-byte varint that fits is read, and refused as
+        // too long a key, not as an overflow.
+        let mut payload = vec![KIND_PUT];
+        payload.extend_from_slice(&[0xff; 9]);
+        payload.push(0x01);
+        payload.push(0);
+        let err = SnapshotReader::new(&stream_with_block(&payload, 1)[..])?
+            .skip_to_end()
+            .expect_err("a key length of 2^64 - 1");
+        match err {
+            Error::Corrupted { reason, .. } => assert!(
+                reason.contains(&format!("key length {} exceeds", u64::MAX)),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+
+        // An overlong but fitting encoding of a length is still a length.
+        let payload = [KIND_PUT, 0x81, 0x80, 0x00, b'k', 0x80, 0x00];
+        let stream = stream_with_block(&payload, 1);
+        let mut r = SnapshotReader::new(&stream[..])?;
+        assert_eq!(
+            r.next_entry()?,
+            Some(SnapshotEntry::Put {
+                key: b"k",
+                value: b"",
+                expires_at_ms: None
+            })
+        );
+        assert_eq!(r.next_entry()?, None);
+        Ok(())
     }
 
     #[test]
