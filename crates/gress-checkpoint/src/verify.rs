@@ -25,7 +25,8 @@ struct CrcWriter<'a> {
 impl Write for CrcWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.cancel.is_some_and(|cancelled| cancelled()) {
-            let e = io::Error::new(io::ErrorKind::Interrupted, "upload cancelled");
+            // Not `Interrupted`: `write_all` would retry it forever.
+            let e = io::Error::other("upload cancelled");
             self.failed = Some((e.kind(), e.to_string()));
             return Err(e);
         }

@@ -200,14 +200,20 @@ impl fmt::Debug for Bytes {
 // ---------------------------------------------------------------------------
 // Manifests built from docs/format.md.
 
-const MAGIC_LINE: &str = "GRESS-CHECKPOINT-MANIFEST 1";
+const MAGIC_LINE: &str = "GRESS-CHECKPOINT-MANIFEST 2";
 const MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// The checksum of a manifest: over the first line, its newline, and the
+/// body.
+fn checksum(first: &str, body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(format!("{first}\n").as_bytes()), body)
+}
 
 /// The header the format puts in front of `body`.
 fn with_header(body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "{MAGIC_LINE}\n{:08x} {}\n",
-        crc32c::crc32c(body),
+        checksum(MAGIC_LINE, body),
         body.len()
     )
     .into_bytes();
@@ -295,7 +301,12 @@ fn valid_manifest(rng: &mut TestRng) -> (Value, String) {
             let path = match &area {
                 Area::Savepoint(sp) => format!("savepoints/{sp}/{file_name}"),
                 Area::Checkpoint => match rng.random_range(0..3) {
-                    0 => format!("shared/{}/{}", component(rng), component(rng)),
+                    0 => format!(
+                        "shared/{:020}/{}/{}",
+                        rng.random_range(0..=id),
+                        component(rng),
+                        component(rng)
+                    ),
                     1 if id > 0 => format!(
                         "checkpoints/{:020}/{name}/{file_name}",
                         rng.random_range(0..id)
@@ -393,7 +404,7 @@ fn assert_round_trip(m: &Manifest, body: &Value) {
 /// A string chosen to break a field: paths that escape or are malformed,
 /// names that are too long, text outside the allowed characters.
 fn hostile_string(rng: &mut TestRng) -> Value {
-    const STRINGS: [&str; 24] = [
+    const STRINGS: [&str; 27] = [
         "",
         ".",
         "..",
@@ -413,6 +424,9 @@ fn hostile_string(rng: &mut TestRng) -> Value {
         "checkpoints/x/b/f",
         "checkpoints/-1/b/f",
         "checkpoints/18446744073709551616/b/f",
+        "shared/00000000000000000099/k",
+        "shared/5/k",
+        "shared/k",
         "savepoints/sp/x",
         "savepoints/other/x",
         "manifests/x",
@@ -530,7 +544,7 @@ fn mutate_json(rng: &mut TestRng, root: &mut Value) {
 /// accept: another version, a checksum or length that is off, malformed,
 /// or at an extreme.
 fn mutate_header(rng: &mut TestRng, body: &[u8]) -> Vec<u8> {
-    let crc = crc32c::crc32c(body);
+    let crc = checksum(MAGIC_LINE, body);
     let len = body.len() as u64;
     let mut first = MAGIC_LINE.to_string();
     let mut crc_text = format!("{crc:08x}");
@@ -540,14 +554,14 @@ fn mutate_header(rng: &mut TestRng, body: &[u8]) -> Vec<u8> {
             first = pick(
                 rng,
                 &[
-                    "GRESS-CHECKPOINT-MANIFEST 2",
-                    "GRESS-CHECKPOINT-MANIFEST 01",
-                    "GRESS-CHECKPOINT-MANIFEST +1",
-                    "GRESS-CHECKPOINT-MANIFEST  1",
-                    "GRESS-CHECKPOINT-MANIFEST 1 ",
+                    "GRESS-CHECKPOINT-MANIFEST 1",
+                    "GRESS-CHECKPOINT-MANIFEST 02",
+                    "GRESS-CHECKPOINT-MANIFEST +2",
+                    "GRESS-CHECKPOINT-MANIFEST  2",
+                    "GRESS-CHECKPOINT-MANIFEST 2 ",
                     "GRESS-CHECKPOINT-MANIFEST",
-                    "gress-checkpoint-manifest 1",
-                    "GRESS-CHECKPOINT-MANIFEST 1\r",
+                    "gress-checkpoint-manifest 2",
+                    "GRESS-CHECKPOINT-MANIFEST 2\r",
                     "",
                 ],
             )
@@ -605,7 +619,15 @@ fn assert_in_bounds(bytes: &[u8], path: &str, m: &Manifest) {
     assert_eq!(first, MAGIC_LINE.as_bytes(), "magic and version");
     let second = std::str::from_utf8(second).expect("a text header");
     let (crc, len) = second.split_once(' ').expect("checksum and length");
-    assert_eq!(u32::from_str_radix(crc, 16), Ok(crc32c::crc32c(body)));
+    assert_eq!(u32::from_str_radix(crc, 16), Ok(checksum(MAGIC_LINE, body)));
+    assert!(
+        crc.len() == 8 && crc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "checksum {crc:?} is not 8 lower-case hex digits"
+    );
+    assert!(
+        !len.starts_with(['+', '0']) || len == "0",
+        "length {len:?} is not plain decimal"
+    );
     assert_eq!(len.parse::<u64>(), Ok(body.len() as u64));
 
     let savepoint_dir = path
@@ -633,15 +655,17 @@ fn assert_in_bounds(bytes: &[u8], path: &str, m: &Manifest) {
             match &savepoint_dir {
                 Some(dir) => assert!(f.path.starts_with(dir.as_str()), "path {}", f.path),
                 None => {
+                    // `shared/<owner>/...` or `checkpoints/<owner>/...`, the
+                    // owner 20 digits and not above the manifest's id.
                     let owner = f
                         .path
                         .strip_prefix("checkpoints/")
+                        .or_else(|| f.path.strip_prefix("shared/"))
                         .map(|rest| rest.split('/').next().unwrap_or(""));
                     assert!(
-                        f.path.starts_with("shared/")
-                            || owner
-                                .and_then(|o| o.parse::<u64>().ok())
-                                .is_some_and(|o| o <= m.id),
+                        owner.is_some_and(
+                            |o| o.len() == 20 && o.parse::<u64>().is_ok_and(|o| o <= m.id)
+                        ),
                         "path {} in checkpoint {}",
                         f.path,
                         m.id
