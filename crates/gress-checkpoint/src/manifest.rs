@@ -109,34 +109,55 @@ pub fn id_of_manifest_path(path: &str) -> Option<u64> {
     name.parse().ok()
 }
 
-/// Directory of checkpoint `id`'s private files.
-pub fn private_dir(id: u64) -> String {
-    format!("{PRIVATE}{id:020}/")
+/// The directory component naming who wrote a data file: the checkpoint
+/// id, then the fencing epoch of the manager that wrote it, so two
+/// managers never write the same path, even for the same id.
+pub fn writer_dir(id: u64, epoch: u64) -> String {
+    format!("{id:020}-{epoch:020}")
 }
 
-/// Path of a shared file first stored by checkpoint `owner` under `key`.
-pub fn shared_path(owner: u64, key: &str) -> String {
-    format!("{SHARED}{owner:020}/{key}")
+/// Directory of checkpoint `id`'s private files, written at `epoch`.
+pub fn private_dir(id: u64, epoch: u64) -> String {
+    format!("{PRIVATE}{}/", writer_dir(id, epoch))
 }
 
-/// The id of the checkpoint that wrote a data file: the 20-digit component
-/// after `shared/` or `checkpoints/`. `None` for any other path.
+/// Path of a shared file first stored by checkpoint `id` (at `epoch`)
+/// under `key`.
+pub fn shared_path(id: u64, epoch: u64, key: &str) -> String {
+    format!("{SHARED}{}/{key}", writer_dir(id, epoch))
+}
+
+/// The checkpoint id in a writer directory component, if it is one.
+fn id_of_writer_dir(dir: &str) -> Option<u64> {
+    let (id, epoch) = dir.split_once('-')?;
+    let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(id) || !digits(epoch) {
+        return None;
+    }
+    epoch.parse::<u64>().ok()?;
+    id.parse().ok()
+}
+
+/// The id of the checkpoint that wrote a data file, from its
+/// `shared/<id>-<epoch>/` or `checkpoints/<id>-<epoch>/` component. `None`
+/// for any other path.
 pub fn owner_of(path: &str) -> Option<u64> {
     let rest = path
         .strip_prefix(SHARED)
         .or_else(|| path.strip_prefix(PRIVATE))?;
-    let (owner, tail) = rest.split_once('/')?;
-    if owner.len() != 20 || !owner.bytes().all(|b| b.is_ascii_digit()) || tail.is_empty() {
+    let (dir, tail) = rest.split_once('/')?;
+    if tail.is_empty() {
         return None;
     }
-    owner.parse().ok()
+    id_of_writer_dir(dir)
 }
 
-/// The sharing key of a shared file's path (what follows its owner).
+/// The sharing key of a shared file's path (what follows its writer
+/// directory).
 pub fn key_of_shared(path: &str) -> Option<&str> {
     let rest = path.strip_prefix(SHARED)?;
-    let (owner, key) = rest.split_once('/')?;
-    (owner.len() == 20 && !key.is_empty()).then_some(key)
+    let (dir, key) = rest.split_once('/')?;
+    (id_of_writer_dir(dir).is_some() && !key.is_empty()).then_some(key)
 }
 
 /// True for the temporary files that storage writes leave behind when a
@@ -379,7 +400,9 @@ mod tests {
                 format: "memory-v1".into(),
                 files: vec![FileEntry {
                     name: "full-7.snap".into(),
-                    path: "checkpoints/00000000000000000007/counts/full-7.snap".into(),
+                    path:
+                        "checkpoints/00000000000000000007-00000000000000000001/counts/full-7.snap"
+                            .into(),
                     size: 10,
                     crc32c: 3,
                 }],
@@ -426,13 +449,18 @@ mod tests {
                 m.backends[0].files[0].path = "manifests/x".into()
             }),
             ("newer owner", |m| {
-                m.backends[0].files[0].path = "checkpoints/00000000000000000009/counts/x".into()
+                m.backends[0].files[0].path =
+                    "checkpoints/00000000000000000009-00000000000000000001/counts/x".into()
             }),
             ("newer shared owner", |m| {
-                m.backends[0].files[0].path = "shared/00000000000000000009/rocksdb/x.sst".into()
+                m.backends[0].files[0].path =
+                    "shared/00000000000000000009-00000000000000000001/rocksdb/x.sst".into()
             }),
             ("shared without owner", |m| {
                 m.backends[0].files[0].path = "shared/rocksdb/x.sst".into()
+            }),
+            ("owner without epoch", |m| {
+                m.backends[0].files[0].path = "checkpoints/00000000000000000007/counts/x".into()
             }),
             ("absurd size", |m| m.backends[0].files[0].size = u64::MAX),
             ("bad name", |m| m.backends[0].name = "a/b".into()),
@@ -485,14 +513,23 @@ mod tests {
 
     #[test]
     fn data_paths_name_their_owner() {
-        assert_eq!(owner_of(&shared_path(9, "rocksdb/ab/1.sst")), Some(9));
+        assert_eq!(owner_of(&shared_path(9, 2, "rocksdb/ab/1.sst")), Some(9));
         assert_eq!(
-            key_of_shared(&shared_path(9, "rocksdb/ab/1.sst")),
+            key_of_shared(&shared_path(9, 2, "rocksdb/ab/1.sst")),
             Some("rocksdb/ab/1.sst")
         );
-        assert_eq!(owner_of(&format!("{}x/y", private_dir(4))), Some(4));
+        assert_eq!(owner_of(&format!("{}x/y", private_dir(4, 3))), Some(4));
+        assert_ne!(
+            private_dir(4, 3),
+            private_dir(4, 5),
+            "epochs keep writers apart"
+        );
         assert_eq!(owner_of("shared/rocksdb/x.sst"), None);
-        assert_eq!(owner_of("checkpoints/00000000000000000004/"), None);
+        assert_eq!(owner_of("checkpoints/00000000000000000004/x"), None);
+        assert_eq!(
+            owner_of("checkpoints/00000000000000000004-00000000000000000001/"),
+            None
+        );
         assert_eq!(owner_of("manifests/00000000000000000004.manifest"), None);
         assert!(is_temporary(
             "manifests/00000000000000000004.manifest.tmp-1-2"

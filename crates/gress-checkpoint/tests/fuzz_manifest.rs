@@ -302,16 +302,21 @@ fn valid_manifest(rng: &mut TestRng) -> (Value, String) {
                 Area::Savepoint(sp) => format!("savepoints/{sp}/{file_name}"),
                 Area::Checkpoint => match rng.random_range(0..3) {
                     0 => format!(
-                        "shared/{:020}/{}/{}",
+                        "shared/{:020}-{:020}/{}/{}",
                         rng.random_range(0..=id),
+                        rng.random::<u64>(),
                         component(rng),
                         component(rng)
                     ),
                     1 if id > 0 => format!(
-                        "checkpoints/{:020}/{name}/{file_name}",
-                        rng.random_range(0..id)
+                        "checkpoints/{:020}-{:020}/{name}/{file_name}",
+                        rng.random_range(0..id),
+                        rng.random::<u64>()
                     ),
-                    _ => format!("checkpoints/{id:020}/{name}/{file_name}"),
+                    _ => format!(
+                        "checkpoints/{id:020}-{:020}/{name}/{file_name}",
+                        rng.random::<u64>()
+                    ),
                 },
             };
             let size = match rng.random_range(0..4) {
@@ -404,7 +409,7 @@ fn assert_round_trip(m: &Manifest, body: &Value) {
 /// A string chosen to break a field: paths that escape or are malformed,
 /// names that are too long, text outside the allowed characters.
 fn hostile_string(rng: &mut TestRng) -> Value {
-    const STRINGS: [&str; 27] = [
+    const STRINGS: [&str; 28] = [
         "",
         ".",
         "..",
@@ -424,8 +429,9 @@ fn hostile_string(rng: &mut TestRng) -> Value {
         "checkpoints/x/b/f",
         "checkpoints/-1/b/f",
         "checkpoints/18446744073709551616/b/f",
-        "shared/00000000000000000099/k",
-        "shared/5/k",
+        "shared/00000000000000000099-00000000000000000001/k",
+        "shared/00000000000000000001/k",
+        "shared/5-1/k",
         "shared/k",
         "savepoints/sp/x",
         "savepoints/other/x",
@@ -655,17 +661,21 @@ fn assert_in_bounds(bytes: &[u8], path: &str, m: &Manifest) {
             match &savepoint_dir {
                 Some(dir) => assert!(f.path.starts_with(dir.as_str()), "path {}", f.path),
                 None => {
-                    // `shared/<owner>/...` or `checkpoints/<owner>/...`, the
-                    // owner 20 digits and not above the manifest's id.
+                    // `shared/<id>-<epoch>/...` or `checkpoints/<id>-<epoch>/...`,
+                    // both 20 digits, the id not above the manifest's.
                     let owner = f
                         .path
                         .strip_prefix("checkpoints/")
                         .or_else(|| f.path.strip_prefix("shared/"))
                         .map(|rest| rest.split('/').next().unwrap_or(""));
+                    let id_of = |o: &str| {
+                        let (id, epoch) = o.split_once('-')?;
+                        (id.len() == 20 && epoch.len() == 20 && epoch.parse::<u64>().is_ok())
+                            .then(|| id.parse::<u64>().ok())
+                            .flatten()
+                    };
                     assert!(
-                        owner.is_some_and(
-                            |o| o.len() == 20 && o.parse::<u64>().is_ok_and(|o| o <= m.id)
-                        ),
+                        owner.and_then(id_of).is_some_and(|o| o <= m.id),
                         "path {} in checkpoint {}",
                         f.path,
                         m.id

@@ -246,8 +246,13 @@ impl Shared {
             .iter()
             .map(|f| Planned::Upload {
                 path: match &f.shared_key {
-                    Some(key) => shared_path(id, key),
-                    None => format!("{}{}/{}", private_dir(id), reg.name, f.name),
+                    Some(key) => shared_path(id, self.fence.epoch(), key),
+                    None => format!(
+                        "{}{}/{}",
+                        private_dir(id, self.fence.epoch()),
+                        reg.name,
+                        f.name
+                    ),
                 },
                 captured: f.clone(),
             })
@@ -374,7 +379,7 @@ impl PendingCheckpoint {
                     .to_string();
                 *planned = Planned::Upload {
                     captured,
-                    path: shared_path(self.id, &key),
+                    path: shared_path(self.id, self.shared.fence.epoch(), &key),
                 };
             }
         }

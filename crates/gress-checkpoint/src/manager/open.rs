@@ -70,18 +70,44 @@ impl CheckpointManager {
             .checked_add(1)
             .ok_or(Error::IdsExhausted { found: max_id })?;
 
+        report.restore_incomplete = read_intent(&*storage)?;
+        state.restore_incomplete = report.restore_incomplete.clone();
+        if let Some(target) = &report.restore_incomplete {
+            tracing::warn!(
+                target,
+                "a restore did not complete: restore before checkpointing"
+            );
+        }
+
+        // Checkpoints beyond retention, oldest first. A manifest that
+        // cannot be deleted stays a checkpoint, with all its files.
         let mut kept: BTreeMap<u64, _> = catalog.manifests().clone();
-        let mut doomed: Vec<String> = catalog.temporary().to_vec();
+        let mut dropped = Vec::new();
         while kept.len() > config.retain {
-            let Some((id, _)) = kept.pop_first() else {
+            let Some(oldest) = kept.pop_first() else {
                 break;
             };
-            doomed.push(manifest_path(id));
+            dropped.push(oldest);
+        }
+        if !dropped.is_empty() {
+            fence.check()?;
+        }
+        for (id, m) in dropped {
+            match storage.delete(&manifest_path(id)) {
+                Ok(()) => report.removed += 1,
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "could not delete an old checkpoint; keeping it");
+                    report.not_removed += 1;
+                    kept.insert(id, m);
+                }
+            }
         }
         for m in kept.values() {
             state.refs.add(m.paths());
         }
         state.retained = kept;
+
+        let mut doomed: Vec<String> = catalog.temporary().to_vec();
         for path in data {
             if is_temporary(&path) {
                 doomed.push(path);
@@ -97,20 +123,6 @@ impl CheckpointManager {
         }
         doomed.extend(savepoint_leftovers(&*storage, &mut report)?);
 
-        // Old manifests go before the files only they needed.
-        let (manifests, files): (Vec<String>, Vec<String>) = doomed
-            .into_iter()
-            .partition(|p| p.starts_with(crate::manifest::MANIFESTS));
-
-        report.restore_incomplete = read_intent(&*storage)?;
-        state.restore_incomplete = report.restore_incomplete.clone();
-        if let Some(target) = &report.restore_incomplete {
-            tracing::warn!(
-                target,
-                "a restore did not complete: restore before checkpointing"
-            );
-        }
-
         let shared = Arc::new(Shared {
             storage,
             config: RwLock::new(config),
@@ -123,10 +135,9 @@ impl CheckpointManager {
             closing: AtomicBool::new(false),
             report: Mutex::new(OpenReport::default()),
         });
-        let (removed_m, failed_m) = shared.delete_files(&manifests);
-        let (removed_f, failed_f) = shared.delete_files(&files);
-        report.removed = removed_m + removed_f;
-        report.not_removed = failed_m + failed_f;
+        let (removed, failed) = shared.delete_files(&doomed);
+        report.removed += removed;
+        report.not_removed += failed;
         if report.removed > 0 {
             tracing::info!(
                 removed = report.removed,

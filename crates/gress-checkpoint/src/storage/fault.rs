@@ -132,6 +132,15 @@ impl<S: Storage> FaultyStorage<S> {
         s.random = None;
     }
 
+    /// Disarms a crash armed with [`arm`](FaultyStorage::arm) that has not
+    /// happened yet.
+    pub fn disarm_crash(&self) {
+        let mut s = self.state.lock();
+        if matches!(s.fault, Some((_, FaultKind::Crash))) {
+            s.fault = None;
+        }
+    }
+
     /// Ends a simulated crash: calls reach the storage again (a new
     /// process).
     pub fn revive(&self) {
