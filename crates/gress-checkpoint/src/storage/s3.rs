@@ -386,16 +386,17 @@ impl Storage for S3Storage {
 
 /// A real S3 API on loopback for tests: `moto_server` from PyPI
 /// (`pip install 'moto[server]'`), started on a free port and stopped on
-/// drop.
+/// drop. Behind the `testing` feature.
+#[cfg(feature = "testing")]
 pub mod testing {
-    use std::io::{Read as _, Write as _};
+    use std::io::{self, Read as _, Write as _};
     use std::net::{TcpListener, TcpStream};
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
     use super::S3Config;
 
-    /// A running `moto_server`.
+    /// A running `moto_server`, in a process group of its own.
     #[derive(Debug)]
     pub struct MotoServer {
         child: Child,
@@ -404,29 +405,30 @@ pub mod testing {
 
     impl MotoServer {
         /// Starts `moto_server` on 127.0.0.1 and waits until it answers.
-        pub fn start() -> std::io::Result<Self> {
+        pub fn start() -> io::Result<Self> {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let child = Command::new("moto_server")
+            let mut command = Command::new("moto_server");
+            command
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot start moto_server (pip install 'moto[server]'): {e}"),
-                    )
-                })?;
+                .stderr(Stdio::null());
+            #[cfg(unix)]
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+            let child = command.spawn().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start moto_server (pip install 'moto[server]'): {e}"),
+                )
+            })?;
             let mut server = MotoServer { child, port };
             let deadline = Instant::now() + Duration::from_secs(60);
-            while server.request("GET", "/").is_err() {
+            while server.request("GET", "/", b"").is_err() {
                 if Instant::now() > deadline {
-                    return Err(std::io::Error::other("moto_server did not answer in 60 s"));
+                    return Err(io::Error::other("moto_server did not answer in 60 s"));
                 }
                 if let Some(status) = server.child.try_wait()? {
-                    return Err(std::io::Error::other(format!(
-                        "moto_server exited: {status}"
-                    )));
+                    return Err(io::Error::other(format!("moto_server exited: {status}")));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -438,18 +440,24 @@ pub mod testing {
             format!("http://127.0.0.1:{}", self.port)
         }
 
-        fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
+        /// Sends an unsigned request (moto does not check signatures) and
+        /// returns the whole response, head and body; a status other than
+        /// 2xx is an error carrying the status line.
+        pub fn request(&self, method: &str, path: &str, body: &[u8]) -> io::Result<String> {
             let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
             write!(
                 s,
-                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                self.port
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                self.port,
+                body.len()
             )?;
-            let mut response = String::new();
-            s.read_to_string(&mut response)?;
+            s.write_all(body)?;
+            let mut response = Vec::new();
+            s.read_to_end(&mut response)?;
+            let response = String::from_utf8_lossy(&response).into_owned();
             if !response.starts_with("HTTP/1.1 2") && !response.starts_with("HTTP/1.0 2") {
-                return Err(std::io::Error::other(
+                return Err(io::Error::other(
                     response.lines().next().unwrap_or("").to_string(),
                 ));
             }
@@ -457,14 +465,47 @@ pub mod testing {
         }
 
         /// Creates a bucket and returns a config for it.
-        pub fn bucket(&self, name: &str) -> std::io::Result<S3Config> {
-            self.request("PUT", &format!("/{name}"))?;
+        pub fn bucket(&self, name: &str) -> io::Result<S3Config> {
+            self.request("PUT", &format!("/{name}"), b"")?;
             Ok(S3Config::new(name).with_endpoint(self.endpoint(), "test", "test"))
+        }
+
+        /// Stops the server (SIGSTOP to its process group): connections are
+        /// still accepted by the kernel, but nothing answers, as with a hung
+        /// endpoint.
+        #[cfg(unix)]
+        pub fn freeze(&self) -> io::Result<()> {
+            self.signal("-STOP")
+        }
+
+        /// Lets a frozen server go on (SIGCONT).
+        #[cfg(unix)]
+        pub fn resume(&self) -> io::Result<()> {
+            self.signal("-CONT")
+        }
+
+        #[cfg(unix)]
+        fn signal(&self, signal: &str) -> io::Result<()> {
+            let group = format!("-{}", self.child.id());
+            let status = Command::new("kill")
+                .args([signal, "--", &group])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            match status.success() {
+                true => Ok(()),
+                false => Err(io::Error::other(format!(
+                    "kill {signal} -- {group}: {status}"
+                ))),
+            }
         }
     }
 
     impl Drop for MotoServer {
         fn drop(&mut self) {
+            #[cfg(unix)]
+            let _ = self.signal("-KILL");
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
