@@ -13,9 +13,17 @@ use gress_checkpoint::storage::s3::testing::MotoServer;
 use gress_checkpoint::{CheckpointConfig, Error, S3Config, S3Storage, Storage};
 use gress_state::MemoryStateBackend;
 
-type R = Result<(), Box<dyn std::error::Error>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type R = Result<(), BoxError>;
 
-fn bucket(server: &MotoServer, name: &str) -> Result<S3Config, Box<dyn std::error::Error>> {
+fn io_err(e: std::io::Error) -> Error {
+    Error::Invalid {
+        what: "test write",
+        reason: e.to_string().into(),
+    }
+}
+
+fn bucket(server: &MotoServer, name: &str) -> Result<S3Config, BoxError> {
     let mut config = server.bucket(name)?;
     config.part_size = 5 << 20;
     config.multipart_threshold = 5 << 20;
@@ -32,10 +40,7 @@ fn s3_storage_keeps_the_storage_contract() -> R {
     s3.put("shared/big", &mut |w| {
         // Written in odd-sized pieces, uploaded as 5 MiB parts.
         for chunk in big.chunks(777_777) {
-            w.write_all(chunk).map_err(|e| Error::Invalid {
-                what: "t",
-                reason: e.to_string().into(),
-            })?;
+            w.write_all(chunk).map_err(io_err)?;
         }
         Ok(())
     })?;
@@ -49,7 +54,11 @@ fn s3_storage_keeps_the_storage_contract() -> R {
     let err = s3
         .put_new("manifests/1", b"second")
         .expect_err("create-only put overwrote");
-    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(
+        matches!(&err, Error::Storage { source, .. }
+            if source.kind() == std::io::ErrorKind::AlreadyExists),
+        "{err:?}"
+    );
     assert_eq!(s3.read_all("manifests/1", 100)?, b"first");
 
     let listed: Vec<String> = s3.list("manifests/")?.into_iter().map(|o| o.path).collect();
@@ -61,10 +70,7 @@ fn s3_storage_keeps_the_storage_contract() -> R {
 
     // A failing writer leaves nothing behind, multipart or not.
     let failed = s3.put("shared/half", &mut |w| {
-        w.write_all(&big).map_err(|e| Error::Invalid {
-            what: "t",
-            reason: e.to_string().into(),
-        })?;
+        w.write_all(&big).map_err(io_err)?;
         Err(Error::Invalid {
             what: "test",
             reason: "stop".into(),
@@ -72,6 +78,59 @@ fn s3_storage_keeps_the_storage_contract() -> R {
     });
     assert!(failed.is_err());
     assert_eq!(s3.size("shared/half")?, None);
+    Ok(())
+}
+
+/// Every call of the storage, dropping it included, works from inside async
+/// code: within a current-thread runtime's `block_on`, and on a worker of a
+/// multi-thread runtime.
+#[test]
+fn s3_storage_works_inside_async_runtimes() -> R {
+    let server = MotoServer::start()?;
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = bucket(&server, "async-current")?;
+    current.block_on(async move { use_and_drop(config) })?;
+
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let config = bucket(&server, "async-multi")?;
+    let on_worker = multi.spawn(async move { use_and_drop(config) });
+    multi.block_on(on_worker)??;
+    Ok(())
+}
+
+/// Each storage call once, a failed multipart put and an unfinished reader
+/// included, then drops the storage.
+fn use_and_drop(config: S3Config) -> R {
+    let s3 = S3Storage::new(config)?;
+    let big: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
+    s3.put("big", &mut |w| w.write_all(&big).map_err(io_err))?;
+    s3.put("small", &mut |w| w.write_all(b"small").map_err(io_err))?;
+    let failed = s3.put("failed", &mut |w| {
+        w.write_all(&big).map_err(io_err)?;
+        Err(Error::Invalid {
+            what: "test",
+            reason: "stop".into(),
+        })
+    });
+    assert!(failed.is_err());
+    s3.put_new("manifest", b"m")?;
+    let mut back = Vec::new();
+    s3.open("big")?.read_to_end(&mut back)?;
+    assert!(back == big, "object came back different");
+    let mut unfinished = s3.open("big")?;
+    unfinished.read_exact(&mut [0; 10])?;
+    drop(unfinished);
+    let listed: Vec<String> = s3.list("")?.into_iter().map(|o| o.path).collect();
+    assert_eq!(listed, ["big", "manifest", "small"]);
+    assert_eq!(s3.size("small")?, Some(5));
+    s3.delete("small")?;
+    assert_eq!(s3.size("small")?, None);
+    drop(s3);
     Ok(())
 }
 

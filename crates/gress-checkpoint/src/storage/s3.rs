@@ -2,17 +2,25 @@
 //!
 //! Objects are immutable once written: `put` is a single PUT below the
 //! multipart threshold and a multipart upload above it (parts of
-//! `part_size`, memory bounded by one part), both visible whole or not at
-//! all; `put_new` is a create-only PUT (`If-None-Match: *`), so a manifest
-//! can never replace another.
+//! `part_size`, memory bounded by one part), both visible whole or not at all; `put_new` is a create-only
+//! PUT (`If-None-Match: *`), so a manifest can never replace another.
+//!
+//! The methods block, and may be called from any thread, inside an async
+//! runtime included: every request runs as a task on a private runtime and
+//! the caller waits for its answer on a channel, so no call enters, blocks
+//! on or drops a runtime on the caller's thread.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{BoxStream, ReadyChunks};
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path as StorePath;
 use object_store::{
     BackoffConfig, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
@@ -92,25 +100,108 @@ impl S3Config {
     }
 }
 
+/// The private runtime requests run on. Callers wait on a channel, never on
+/// the runtime, so they may themselves be inside any runtime.
+#[derive(Debug)]
+struct Io {
+    /// Taken only by `drop`, which shuts it down without blocking.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Io {
+    fn start() -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("gress-s3")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        Ok(Io {
+            runtime: Some(runtime),
+            handle,
+        })
+    }
+
+    /// Runs `fut` on the runtime and waits for its output; `None` if the
+    /// task ended without one (it panicked).
+    fn wait<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Option<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            // The receiver only goes away with a caller that stopped waiting.
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().ok()
+    }
+
+    /// Runs a request on the runtime and waits for its result.
+    fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> object_store::Result<T> {
+        self.wait(fut).unwrap_or_else(|| Err(lost_task()))
+    }
+
+    /// Runs `fut` on the runtime without waiting for it.
+    fn detach(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        drop(self.handle.spawn(fut));
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn lost_task() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "S3",
+        source: "the request's task ended without an answer".into(),
+    }
+}
+
+/// The `io::ErrorKind` that says what went wrong: not found, already there,
+/// refused, timed out, or the kind of the underlying I/O error.
+fn error_kind(e: &object_store::Error) -> io::ErrorKind {
+    match e {
+        object_store::Error::NotFound { .. } => return io::ErrorKind::NotFound,
+        object_store::Error::AlreadyExists { .. } => return io::ErrorKind::AlreadyExists,
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => {
+            return io::ErrorKind::PermissionDenied;
+        }
+        _ => {}
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = source {
+        if let Some(HttpErrorKind::Timeout) = e.downcast_ref::<HttpError>().map(HttpError::kind) {
+            return io::ErrorKind::TimedOut;
+        }
+        let io_kind = e.downcast_ref::<io::Error>().map(io::Error::kind);
+        if let Some(kind) = io_kind.filter(|k| *k != io::ErrorKind::Other) {
+            return kind;
+        }
+        source = e.source();
+    }
+    io::ErrorKind::Other
+}
+
+fn store_err(op: &'static str, path: &str, e: object_store::Error) -> Error {
+    Error::storage(op, path, io::Error::new(error_kind(&e), e))
+}
+
 /// A bucket (or a prefix in one) of S3-compatible object storage.
 #[derive(Debug)]
 pub struct S3Storage {
     store: Arc<AmazonS3>,
     prefix: String,
-    runtime: tokio::runtime::Runtime,
     multipart_threshold: usize,
     part_size: usize,
-}
-
-fn store_err(op: &'static str, path: &str, e: object_store::Error) -> Error {
-    let kind = match &e {
-        object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
-        object_store::Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => io::ErrorKind::PermissionDenied,
-        _ => io::ErrorKind::Other,
-    };
-    Error::storage(op, path, io::Error::new(kind, e))
+    io: Io,
 }
 
 impl S3Storage {
@@ -142,19 +233,15 @@ impl S3Storage {
         let store = builder
             .build()
             .map_err(|e| Error::invalid("s3 config", e.to_string()))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("gress-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::storage("starting the I/O runtime for", "s3", e))?;
+        let io =
+            Io::start().map_err(|e| Error::storage("starting the I/O runtime for", "s3", e))?;
         let prefix = config.prefix.trim_end_matches('/').to_string();
         Ok(S3Storage {
             store: Arc::new(store),
             prefix,
-            runtime,
             multipart_threshold: config.multipart_threshold.max(1),
             part_size: config.part_size,
+            io,
         })
     }
 
@@ -180,7 +267,8 @@ impl S3Storage {
 }
 
 /// Buffers written bytes into parts and uploads them; a small object is
-/// sent with one PUT when the writer is finished.
+/// sent with one PUT when the writer is finished. An upload not completed is
+/// aborted, so no part is left stored (and billed).
 struct UploadWriter<'a> {
     storage: &'a S3Storage,
     location: StorePath,
@@ -191,10 +279,23 @@ struct UploadWriter<'a> {
 }
 
 impl UploadWriter<'_> {
+    /// How many bytes the buffer takes before they are sent: while the
+    /// object may still go in one PUT, the threshold; then the next part.
+    fn buf_limit(&self) -> usize {
+        match self.upload {
+            None => self.storage.multipart_threshold.max(self.storage.part_size),
+            Some(_) => self.storage.part_size,
+        }
+    }
+
     fn send_part(&mut self) -> io::Result<()> {
-        let rt = &self.storage.runtime;
         if self.upload.is_none() {
-            let started = rt.block_on(self.storage.store.put_multipart(&self.location));
+            let store = self.storage.store.clone();
+            let location = self.location.clone();
+            let started = self
+                .storage
+                .io
+                .run(async move { store.put_multipart(&location).await });
             match started {
                 Ok(u) => self.upload = Some(u),
                 Err(e) => return Err(self.fail(store_err("starting upload of", self.path, e))),
@@ -202,56 +303,85 @@ impl UploadWriter<'_> {
         }
         let part = PutPayload::from(Bytes::from(std::mem::take(&mut self.buf)));
         let upload = self.upload.as_mut().expect("started above");
-        let sent = rt.block_on(upload.put_part(part));
-        self.buf = Vec::with_capacity(self.storage.part_size);
+        let sending = upload.put_part(part);
+        let sent = self.storage.io.run(sending);
+        self.buf = Vec::with_capacity(self.buf_limit());
         sent.map_err(|e| self.fail(store_err("uploading part of", self.path, e)))
     }
 
     fn fail(&mut self, e: Error) -> io::Error {
-        let message = e.to_string();
+        let failed = io::Error::new(kind_of(&e), e.to_string());
         self.failed = Some(e);
-        io::Error::other(message)
+        failed
     }
 
-    fn finish(mut self) -> Result<()> {
+    /// Sends what is buffered and makes the object visible.
+    fn finish(&mut self) -> Result<()> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let rt = &self.storage.runtime;
-        match self.upload.take() {
-            None => {
-                let payload = PutPayload::from(Bytes::from(std::mem::take(&mut self.buf)));
-                rt.block_on(self.storage.store.put(&self.location, payload))
-                    .map(drop)
-                    .map_err(|e| store_err("writing", self.path, e))
-            }
-            Some(mut upload) => {
-                if !self.buf.is_empty() {
-                    let part = PutPayload::from(Bytes::from(std::mem::take(&mut self.buf)));
-                    if let Err(e) = rt.block_on(upload.put_part(part)) {
-                        let _ = rt.block_on(upload.abort());
-                        return Err(store_err("uploading part of", self.path, e));
-                    }
-                }
-                rt.block_on(upload.complete())
-                    .map(drop)
-                    .map_err(|e| store_err("completing upload of", self.path, e))
-            }
+        if self.upload.is_none() {
+            let store = self.storage.store.clone();
+            let location = self.location.clone();
+            let payload = PutPayload::from(Bytes::from(std::mem::take(&mut self.buf)));
+            return self
+                .storage
+                .io
+                .run(async move { store.put(&location, payload).await })
+                .map(drop)
+                .map_err(|e| store_err("writing", self.path, e));
         }
+        if !self.buf.is_empty() && self.send_part().is_err() {
+            return Err(self.failed.take().expect("send_part records its error"));
+        }
+        let mut upload = self.upload.take().expect("checked above");
+        self.storage
+            .io
+            .run(async move { upload.complete().await })
+            .map(drop)
+            .map_err(|e| store_err("completing upload of", self.path, e))
+    }
+
+    /// Aborts the multipart upload, if one was started, and waits for it.
+    fn abort(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            let path = self.path.to_string();
+            self.storage
+                .io
+                .wait(async move { abort_upload(upload, &path).await });
+        }
+    }
+}
+
+async fn abort_upload(mut upload: Box<dyn MultipartUpload>, path: &str) {
+    if let Err(e) = upload.abort().await {
+        tracing::warn!(
+            path,
+            error = %e,
+            "could not abort an unfinished upload; its parts stay stored until \
+             the bucket's lifecycle rules remove them"
+        );
+    }
+}
+
+/// The `io::ErrorKind` an error carries, if it is a storage error.
+fn kind_of(e: &Error) -> io::ErrorKind {
+    match e {
+        Error::Storage { source, .. } => source.kind(),
+        _ => io::ErrorKind::Other,
     }
 }
 
 impl Write for UploadWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let threshold = if self.upload.is_some() {
-            self.storage.part_size
-        } else {
-            self.storage.multipart_threshold.max(self.storage.part_size)
-        };
-        let room = threshold.saturating_sub(self.buf.len()).max(1);
+        if let Some(e) = &self.failed {
+            return Err(io::Error::new(kind_of(e), e.to_string()));
+        }
+        let limit = self.buf_limit();
+        let room = limit.saturating_sub(self.buf.len()).max(1);
         let n = data.len().min(room);
         self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() >= threshold {
+        if self.buf.len() >= limit {
             self.send_part()?;
         }
         Ok(n)
@@ -264,29 +394,73 @@ impl Write for UploadWriter<'_> {
 
 impl Drop for UploadWriter<'_> {
     fn drop(&mut self) {
-        // An upload not completed is aborted, so no part is left billed.
-        if let Some(mut upload) = self.upload.take() {
-            let _ = self.storage.runtime.block_on(upload.abort());
+        // Reached with an upload only when the writer's callback panicked:
+        // abort without waiting.
+        if let Some(upload) = self.upload.take() {
+            let path = self.path.to_string();
+            self.storage
+                .io
+                .detach(async move { abort_upload(upload, &path).await });
         }
     }
 }
 
-/// A blocking reader over an object's byte stream.
+type ChunkStream = ReadyChunks<BoxStream<'static, object_store::Result<Bytes>>>;
+
+/// A blocking reader over an object's byte stream: each refill fetches, on
+/// the runtime, every chunk that has arrived (waiting for one if none has).
 struct StreamReader<'a> {
-    runtime: &'a tokio::runtime::Runtime,
-    stream: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    io: &'a Io,
+    /// `None` once the stream has ended or failed.
+    stream: Option<ChunkStream>,
+    pending: VecDeque<object_store::Result<Bytes>>,
     chunk: Bytes,
+    /// Repeated to every read after a failure, so a reader that goes on
+    /// never mistakes a failed stream for its end.
+    failed: Option<(io::ErrorKind, String)>,
     path: String,
+}
+
+impl StreamReader<'_> {
+    fn failure(&mut self, kind: io::ErrorKind, message: String) -> io::Error {
+        self.stream = None;
+        self.pending.clear();
+        self.failed = Some((kind, message.clone()));
+        io::Error::new(kind, message)
+    }
 }
 
 impl Read for StreamReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.chunk.is_empty() {
-            match self.runtime.block_on(self.stream.next()) {
-                None => return Ok(0),
+            if let Some((kind, message)) = &self.failed {
+                return Err(io::Error::new(*kind, message.clone()));
+            }
+            match self.pending.pop_front() {
                 Some(Ok(chunk)) => self.chunk = chunk,
                 Some(Err(e)) => {
-                    return Err(io::Error::other(format!("reading {}: {e}", self.path)));
+                    let message = format!("reading {}: {e}", self.path);
+                    return Err(self.failure(error_kind(&e), message));
+                }
+                None => {
+                    let Some(mut stream) = self.stream.take() else {
+                        return Ok(0);
+                    };
+                    let fetched = self.io.wait(async move {
+                        let batch = stream.next().await;
+                        (stream, batch)
+                    });
+                    match fetched {
+                        Some((stream, Some(batch))) => {
+                            self.stream = Some(stream);
+                            self.pending.extend(batch);
+                        }
+                        Some((_, None)) => return Ok(0),
+                        None => {
+                            let message = format!("reading {}: {}", self.path, lost_task());
+                            return Err(self.failure(io::ErrorKind::Other, message));
+                        }
+                    }
                 }
             }
         }
@@ -306,37 +480,43 @@ impl Storage for S3Storage {
             upload: None,
             failed: None,
         };
-        if let Err(e) = write(&mut w) {
-            return Err(w.failed.take().unwrap_or(e));
+        let result = match write(&mut w) {
+            Ok(()) => w.finish(),
+            Err(e) => Err(w.failed.take().unwrap_or(e)),
+        };
+        if result.is_err() {
+            w.abort();
         }
-        w.finish()
+        result
     }
 
     fn put_new(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        let store = self.store.clone();
         let location = self.location(path)?;
+        let payload = PutPayload::from(bytes.to_vec());
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        self.runtime
-            .block_on(
-                self.store
-                    .put_opts(&location, PutPayload::from(bytes.to_vec()), opts),
-            )
+        self.io
+            .run(async move { store.put_opts(&location, payload, opts).await })
             .map(drop)
             .map_err(|e| store_err("publishing", path, e))
     }
 
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send + '_>> {
+        let store = self.store.clone();
         let location = self.location(path)?;
         let got = self
-            .runtime
-            .block_on(self.store.get(&location))
+            .io
+            .run(async move { store.get(&location).await })
             .map_err(|e| store_err("opening", path, e))?;
         Ok(Box::new(StreamReader {
-            runtime: &self.runtime,
-            stream: got.into_stream(),
+            io: &self.io,
+            stream: Some(got.into_stream().ready_chunks(64)),
+            pending: VecDeque::new(),
             chunk: Bytes::new(),
+            failed: None,
             path: path.to_string(),
         }))
     }
@@ -350,9 +530,10 @@ impl Storage for S3Storage {
         } else {
             Some(self.location(dir)?)
         };
+        let store = self.store.clone();
         let metas: Vec<object_store::ObjectMeta> = self
-            .runtime
-            .block_on(self.store.list(location.as_ref()).try_collect())
+            .io
+            .run(async move { store.list(location.as_ref()).try_collect().await })
             .map_err(|e| store_err("listing", prefix, e))?;
         let mut out: Vec<ObjectMeta> = metas
             .into_iter()
@@ -367,8 +548,9 @@ impl Storage for S3Storage {
     }
 
     fn size(&self, path: &str) -> Result<Option<u64>> {
+        let store = self.store.clone();
         let location = self.location(path)?;
-        match self.runtime.block_on(self.store.head(&location)) {
+        match self.io.run(async move { store.head(&location).await }) {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_err("reading size of", path, e)),
@@ -376,8 +558,9 @@ impl Storage for S3Storage {
     }
 
     fn delete(&self, path: &str) -> Result<()> {
+        let store = self.store.clone();
         let location = self.location(path)?;
-        match self.runtime.block_on(self.store.delete(&location)) {
+        match self.io.run(async move { store.delete(&location).await }) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(store_err("deleting", path, e)),
         }
