@@ -11,6 +11,7 @@
 //! on or drops a runtime on the caller's thread.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, mpsc};
@@ -19,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, ReadyChunks};
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path as StorePath;
 use object_store::{
@@ -31,7 +32,18 @@ use super::{ObjectMeta, PutFn, Storage, check_path};
 use crate::error::{Error, Result};
 
 /// Where and how to reach the bucket.
-#[derive(Debug, Clone)]
+///
+/// What is left unset here comes from the standard AWS environment
+/// variables, read by [`S3Storage::new`] as `object_store`'s
+/// `AmazonS3Builder::from_env` reads them: `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` (or
+/// `AWS_DEFAULT_REGION`), `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`,
+/// `AWS_ENDPOINT_URL_S3`), `AWS_ALLOW_HTTP`, and the web-identity and
+/// container-credential variables. A field set here overrides its
+/// variables; explicit keys also set aside an `AWS_SESSION_TOKEN`, which
+/// belongs to other keys. With neither, the region is `us-east-1` and
+/// credentials come from the instance metadata service.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct S3Config {
     /// The bucket.
@@ -40,16 +52,18 @@ pub struct S3Config {
     /// bucket's root).
     pub prefix: String,
     /// Endpoint URL for S3-compatible services (e.g. `http://127.0.0.1:9000`);
-    /// `None` for AWS.
+    /// `None` for `AWS_ENDPOINT_URL`, or AWS itself.
     pub endpoint: Option<String>,
-    /// Region. Default `us-east-1`.
-    pub region: String,
-    /// Access key; `None` to take credentials from the environment.
+    /// Region; `None` for `AWS_REGION`, or `us-east-1`.
+    pub region: Option<String>,
+    /// Access key; `None` (with `secret_access_key`) for the environment's
+    /// credentials.
     pub access_key_id: Option<String>,
-    /// Secret key.
+    /// Secret key; set together with `access_key_id`.
     pub secret_access_key: Option<String>,
-    /// Allow plain HTTP (for local test servers). Default false.
-    pub allow_http: bool,
+    /// Allow plain HTTP (for local test servers); `None` for
+    /// `AWS_ALLOW_HTTP`, or false.
+    pub allow_http: Option<bool>,
     /// Objects larger than this are uploaded in parts. Default 8 MiB.
     pub multipart_threshold: usize,
     /// Size of each part (S3's minimum is 5 MiB). Default 8 MiB.
@@ -60,17 +74,38 @@ pub struct S3Config {
     pub retry_timeout: Duration,
 }
 
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "******"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout", &self.retry_timeout)
+            .finish()
+    }
+}
+
 impl S3Config {
-    /// A bucket on AWS, credentials from the environment.
+    /// A bucket; endpoint, region and credentials from the environment.
     pub fn new(bucket: impl Into<String>) -> Self {
         S3Config {
             bucket: bucket.into(),
             prefix: String::new(),
             endpoint: None,
-            region: "us-east-1".into(),
+            region: None,
             access_key_id: None,
             secret_access_key: None,
-            allow_http: false,
+            allow_http: None,
             multipart_threshold: 8 << 20,
             part_size: 8 << 20,
             max_retries: 3,
@@ -78,7 +113,8 @@ impl S3Config {
         }
     }
 
-    /// Uses an S3-compatible endpoint with static credentials.
+    /// Uses an S3-compatible endpoint with static credentials (plain HTTP
+    /// allowed if the URL says `http://`).
     pub fn with_endpoint(
         mut self,
         endpoint: impl Into<String>,
@@ -86,7 +122,7 @@ impl S3Config {
         secret_access_key: impl Into<String>,
     ) -> Self {
         let endpoint = endpoint.into();
-        self.allow_http = endpoint.starts_with("http://");
+        self.allow_http = Some(endpoint.starts_with("http://"));
         self.endpoint = Some(endpoint);
         self.access_key_id = Some(access_key_id.into());
         self.secret_access_key = Some(secret_access_key.into());
@@ -98,6 +134,31 @@ impl S3Config {
         self.prefix = prefix.into();
         self
     }
+
+    /// Sets the region.
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+}
+
+/// The `AWS_*` environment variables `object_store` knows, as
+/// `AmazonS3Builder::from_env` reads them, less those `skip` rejects.
+fn builder_from_env(skip: impl Fn(&AmazonS3ConfigKey) -> bool) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::new();
+    for (key, value) in std::env::vars_os() {
+        let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else {
+            continue;
+        };
+        if !key.starts_with("AWS_") {
+            continue;
+        }
+        match key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+            Ok(key) if !skip(&key) => builder = builder.with_config(key, value),
+            _ => {}
+        }
+    }
+    builder
 }
 
 /// The private runtime requests run on. Callers wait on a channel, never on
@@ -195,17 +256,29 @@ fn store_err(op: &'static str, path: &str, e: object_store::Error) -> Error {
 }
 
 /// A bucket (or a prefix in one) of S3-compatible object storage.
-#[derive(Debug)]
 pub struct S3Storage {
     store: Arc<AmazonS3>,
+    bucket: String,
     prefix: String,
     multipart_threshold: usize,
     part_size: usize,
     io: Io,
 }
 
+impl fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .finish_non_exhaustive()
+    }
+}
+
 impl S3Storage {
-    /// Connects to the bucket (no request is made until first use).
+    /// Connects to the bucket (no request is made until first use). Fails
+    /// with [`Error::Invalid`] on a bad configuration.
     pub fn new(config: S3Config) -> Result<Self> {
         if config.part_size < 5 << 20 {
             return Err(Error::invalid("part_size", "S3 parts are at least 5 MiB"));
@@ -213,19 +286,41 @@ impl S3Storage {
         if !config.prefix.is_empty() {
             check_path(config.prefix.trim_end_matches('/'))?;
         }
-        let mut builder = AmazonS3Builder::new()
-            .with_bucket_name(&config.bucket)
-            .with_region(&config.region)
-            .with_allow_http(config.allow_http)
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig::default(),
-                max_retries: config.max_retries,
-                retry_timeout: config.retry_timeout,
-            });
+        let keys = match (&config.access_key_id, &config.secret_access_key) {
+            (Some(id), Some(secret)) => Some((id, secret)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::invalid(
+                    "access_key_id",
+                    "set together with secret_access_key, or neither",
+                ));
+            }
+        };
+        let mut builder = builder_from_env(|key| match key {
+            AmazonS3ConfigKey::AccessKeyId
+            | AmazonS3ConfigKey::SecretAccessKey
+            | AmazonS3ConfigKey::Token => keys.is_some(),
+            AmazonS3ConfigKey::Endpoint | AmazonS3ConfigKey::S3Endpoint => {
+                config.endpoint.is_some()
+            }
+            _ => false,
+        })
+        .with_bucket_name(&config.bucket)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: config.max_retries,
+            retry_timeout: config.retry_timeout,
+        });
+        if let Some(region) = &config.region {
+            builder = builder.with_region(region);
+        }
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+        if let Some(allow_http) = config.allow_http {
+            builder = builder.with_allow_http(allow_http);
+        }
+        if let Some((id, secret)) = keys {
             builder = builder
                 .with_access_key_id(id)
                 .with_secret_access_key(secret);
@@ -235,10 +330,10 @@ impl S3Storage {
             .map_err(|e| Error::invalid("s3 config", e.to_string()))?;
         let io =
             Io::start().map_err(|e| Error::storage("starting the I/O runtime for", "s3", e))?;
-        let prefix = config.prefix.trim_end_matches('/').to_string();
         Ok(S3Storage {
             store: Arc::new(store),
-            prefix,
+            bucket: config.bucket,
+            prefix: config.prefix.trim_end_matches('/').to_string(),
             multipart_threshold: config.multipart_threshold.max(1),
             part_size: config.part_size,
             io,
@@ -647,10 +742,13 @@ pub mod testing {
             Ok(response)
         }
 
-        /// Creates a bucket and returns a config for it.
+        /// Creates a bucket and returns a config for it, with explicit
+        /// endpoint, keys and region, so the environment plays no part.
         pub fn bucket(&self, name: &str) -> io::Result<S3Config> {
             self.request("PUT", &format!("/{name}"), b"")?;
-            Ok(S3Config::new(name).with_endpoint(self.endpoint(), "test", "test"))
+            Ok(S3Config::new(name)
+                .with_endpoint(self.endpoint(), "test", "test")
+                .with_region("us-east-1"))
         }
 
         /// Stops the server (SIGSTOP to its process group): connections are
