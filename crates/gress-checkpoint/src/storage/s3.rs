@@ -8,7 +8,11 @@
 //! The methods block, and may be called from any thread, inside an async
 //! runtime included: every request runs as a task on a private runtime and
 //! the caller waits for its answer on a channel, so no call enters, blocks
-//! on or drops a runtime on the caller's thread.
+//! on or drops a runtime on the caller's thread. Every request is bounded by
+//! [`S3Config::request_timeout`] and retried at most
+//! [`S3Config::max_retries`] times, so an endpoint that stops answering
+//! gives an [`Error::Storage`] of kind [`io::ErrorKind::TimedOut`], never a
+//! hang.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -24,8 +28,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path as StorePath;
 use object_store::{
-    BackoffConfig, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig,
+    BackoffConfig, ClientConfigKey, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig,
 };
 
 use super::{ObjectMeta, PutFn, Storage, check_path};
@@ -68,9 +72,17 @@ pub struct S3Config {
     pub multipart_threshold: usize,
     /// Size of each part (S3's minimum is 5 MiB). Default 8 MiB.
     pub part_size: usize,
+    /// Time allowed for one HTTP request, from connecting to the end of the
+    /// response body. It must allow one part to be sent. A download that times out midway
+    /// resumes where it stopped (retries permitting). Default 30 s.
+    pub request_timeout: Duration,
+    /// Time allowed to establish a connection. Default 5 s.
+    pub connect_timeout: Duration,
     /// Retries of a failed request before the operation fails. Default 3.
     pub max_retries: usize,
-    /// Time after which a request is no longer retried. Default 30 s.
+    /// Time from a request's first attempt after which it is no longer
+    /// retried. An operation thus takes at most about `retry_timeout` plus
+    /// one `request_timeout` per request it makes. Default 30 s.
     pub retry_timeout: Duration,
 }
 
@@ -89,6 +101,8 @@ impl fmt::Debug for S3Config {
             .field("allow_http", &self.allow_http)
             .field("multipart_threshold", &self.multipart_threshold)
             .field("part_size", &self.part_size)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .field("max_retries", &self.max_retries)
             .field("retry_timeout", &self.retry_timeout)
             .finish()
@@ -108,6 +122,8 @@ impl S3Config {
             allow_http: None,
             multipart_threshold: 8 << 20,
             part_size: 8 << 20,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
             max_retries: 3,
             retry_timeout: Duration::from_secs(30),
         }
@@ -140,6 +156,11 @@ impl S3Config {
         self.region = Some(region.into());
         self
     }
+}
+
+/// A duration as `object_store` parses it from configuration.
+fn duration_value(d: Duration) -> String {
+    format!("{}ns", d.as_nanos())
 }
 
 /// The `AWS_*` environment variables `object_store` knows, as
@@ -283,6 +304,12 @@ impl S3Storage {
         if config.part_size < 5 << 20 {
             return Err(Error::invalid("part_size", "S3 parts are at least 5 MiB"));
         }
+        if config.request_timeout.is_zero() || config.connect_timeout.is_zero() {
+            return Err(Error::invalid(
+                "request_timeout",
+                "timeouts must be longer than zero",
+            ));
+        }
         if !config.prefix.is_empty() {
             check_path(config.prefix.trim_end_matches('/'))?;
         }
@@ -306,6 +333,14 @@ impl S3Storage {
             _ => false,
         })
         .with_bucket_name(&config.bucket)
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            duration_value(config.request_timeout),
+        )
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            duration_value(config.connect_timeout),
+        )
         .with_retry(RetryConfig {
             backoff: BackoffConfig::default(),
             max_retries: config.max_retries,
