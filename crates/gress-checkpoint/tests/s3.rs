@@ -80,6 +80,11 @@ fn s3_storage_keeps_the_storage_contract() -> R {
     });
     assert!(failed.is_err());
     assert_eq!(s3.size("shared/half")?, None);
+    let uploads = server.request("GET", "/contract?uploads", b"")?;
+    assert!(
+        !uploads.contains("<UploadId>"),
+        "upload left open: {uploads}"
+    );
     Ok(())
 }
 

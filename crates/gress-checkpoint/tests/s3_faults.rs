@@ -1,4 +1,6 @@
-//! S3 storage under faults, on `moto_server` (`pip install 'moto[server]'`).
+//! S3 storage under faults, on `moto_server` (`pip install 'moto[server]'`):
+//! an endpoint that stops answering, and a multipart upload whose completion
+//! is refused.
 
 use std::io::{ErrorKind, Read};
 use std::sync::{Arc, mpsc};
@@ -167,5 +169,48 @@ fn a_hung_endpoint_gives_timed_out_errors_then_recovers() -> R {
     );
     s3.delete("after/small")?;
     assert_eq!(s3.size("after/small")?, None);
+    Ok(())
+}
+
+/// A multipart put whose completion fails is an error, leaves nothing at
+/// its path, and aborts the upload, so no part stays stored. (The upload
+/// used to be left open when completion failed.) The completion is made to
+/// fail by replacing an uploaded part behind the writer's back.
+#[test]
+fn an_upload_whose_completion_fails_is_aborted() -> R {
+    let server = MotoServer::start()?;
+    let s3 = S3Storage::new(config(&server, "completion")?)?;
+    let data = bytes(10 << 20);
+    let result = s3.put("object", &mut |w| {
+        // Two parts of 5 MiB, both uploaded once written.
+        w.write_all(&data).map_err(io_err)?;
+        let uploads = server
+            .request("GET", "/completion?uploads", b"")
+            .map_err(io_err)?;
+        let id = uploads
+            .split_once("<UploadId>")
+            .and_then(|(_, rest)| rest.split_once("</UploadId>"))
+            .map(|(id, _)| id.to_string())
+            .expect("an upload in progress");
+        server
+            .request(
+                "PUT",
+                &format!("/completion/object?partNumber=1&uploadId={id}"),
+                b"tiny",
+            )
+            .map_err(io_err)?;
+        Ok(())
+    });
+    let err = result.expect_err("completed an upload whose part was replaced");
+    assert!(
+        matches!(err, Error::Storage { op, .. } if op == "completing upload of"),
+        "{err:?}"
+    );
+    assert_eq!(s3.size("object")?, None);
+    let uploads = server.request("GET", "/completion?uploads", b"")?;
+    assert!(
+        !uploads.contains("<UploadId>"),
+        "upload left open: {uploads}"
+    );
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Checkpoints in S3-compatible object storage, through `object_store`.
 //!
 //! Objects are immutable once written: `put` is a single PUT below the
-//! multipart threshold and a multipart upload above it (parts of
-//! `part_size`, memory bounded by one part), both visible whole or not at all; `put_new` is a create-only
+//! multipart threshold and a multipart upload above it (memory bounded by
+//! one part), both visible whole or not at all; `put_new` is a create-only
 //! PUT (`If-None-Match: *`), so a manifest can never replace another.
 //!
 //! The methods block, and may be called from any thread, inside an async
@@ -34,6 +34,15 @@ use object_store::{
 
 use super::{ObjectMeta, PutFn, Storage, check_path};
 use crate::error::{Error, Result};
+
+/// S3's smallest part (all but the last part of an upload).
+const MIN_PART_SIZE: u64 = 5 << 20;
+/// S3's largest part, and largest single PUT.
+const MAX_PART_SIZE: u64 = 5 << 30;
+/// S3's limit on the number of parts of one upload.
+const MAX_PARTS: usize = 10_000;
+/// The part size doubles after every this many parts.
+const PARTS_PER_DOUBLING: usize = 1_000;
 
 /// Where and how to reach the bucket.
 ///
@@ -68,12 +77,20 @@ pub struct S3Config {
     /// Allow plain HTTP (for local test servers); `None` for
     /// `AWS_ALLOW_HTTP`, or false.
     pub allow_http: Option<bool>,
-    /// Objects larger than this are uploaded in parts. Default 8 MiB.
+    /// Objects larger than this are uploaded in parts; at most 5 GiB, S3's
+    /// largest single PUT. Default 8 MiB.
     pub multipart_threshold: usize,
-    /// Size of each part (S3's minimum is 5 MiB). Default 8 MiB.
+    /// Size of the first 1,000 parts of an upload, from 5 MiB to 5 GiB.
+    /// Default 8 MiB. The size doubles every 1,000 parts (capped at 5 GiB),
+    /// so that S3's 10,000 parts hold at least 5 TiB whatever this is, more
+    /// than a checkpoint file may be ([`crate::manifest::MAX_FILE_SIZE`]).
+    /// An upload holds one part in memory: `part_size` bytes while it is
+    /// under 1,000 parts long, twice that under 2,000, and so on (with the
+    /// default, 1 GiB parts by the end of a 1 TiB object).
     pub part_size: usize,
     /// Time allowed for one HTTP request, from connecting to the end of the
-    /// response body. It must allow one part to be sent. A download that times out midway
+    /// response body. It must allow one part to be sent, and parts grow with
+    /// the object (see `part_size`). A download that times out midway
     /// resumes where it stopped (retries permitting). Default 30 s.
     pub request_timeout: Duration,
     /// Time allowed to establish a connection. Default 5 s.
@@ -156,6 +173,19 @@ impl S3Config {
         self.region = Some(region.into());
         self
     }
+}
+
+/// The size of part `part_idx` (from 0) of an upload whose first parts are
+/// `part_size` bytes: doubled every 1,000 parts, at most 5 GiB.
+fn nth_part_size(part_size: usize, part_idx: usize) -> u64 {
+    let doublings = (part_idx / PARTS_PER_DOUBLING).min(32) as u32;
+    (part_size as u64)
+        .saturating_mul(1 << doublings)
+        .min(MAX_PART_SIZE)
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// A duration as `object_store` parses it from configuration.
@@ -301,8 +331,18 @@ impl S3Storage {
     /// Connects to the bucket (no request is made until first use). Fails
     /// with [`Error::Invalid`] on a bad configuration.
     pub fn new(config: S3Config) -> Result<Self> {
-        if config.part_size < 5 << 20 {
-            return Err(Error::invalid("part_size", "S3 parts are at least 5 MiB"));
+        let part_size = config.part_size as u64;
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
+            return Err(Error::invalid(
+                "part_size",
+                "S3 parts are from 5 MiB to 5 GiB",
+            ));
+        }
+        if config.multipart_threshold as u64 > MAX_PART_SIZE {
+            return Err(Error::invalid(
+                "multipart_threshold",
+                "S3 takes at most 5 GiB in one PUT",
+            ));
         }
         if config.request_timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(Error::invalid(
@@ -405,6 +445,7 @@ struct UploadWriter<'a> {
     path: &'a str,
     buf: Vec<u8>,
     upload: Option<Box<dyn MultipartUpload>>,
+    n_parts: usize,
     failed: Option<Error>,
 }
 
@@ -414,11 +455,18 @@ impl UploadWriter<'_> {
     fn buf_limit(&self) -> usize {
         match self.upload {
             None => self.storage.multipart_threshold.max(self.storage.part_size),
-            Some(_) => self.storage.part_size,
+            Some(_) => to_usize(nth_part_size(self.storage.part_size, self.n_parts)),
         }
     }
 
     fn send_part(&mut self) -> io::Result<()> {
+        if self.n_parts >= MAX_PARTS {
+            let e = io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "the object needs more than S3's 10,000 parts",
+            );
+            return Err(self.fail(Error::storage("uploading part of", self.path, e)));
+        }
         if self.upload.is_none() {
             let store = self.storage.store.clone();
             let location = self.location.clone();
@@ -435,6 +483,7 @@ impl UploadWriter<'_> {
         let upload = self.upload.as_mut().expect("started above");
         let sending = upload.put_part(part);
         let sent = self.storage.io.run(sending);
+        self.n_parts += 1;
         self.buf = Vec::with_capacity(self.buf_limit());
         sent.map_err(|e| self.fail(store_err("uploading part of", self.path, e)))
     }
@@ -465,10 +514,18 @@ impl UploadWriter<'_> {
             return Err(self.failed.take().expect("send_part records its error"));
         }
         let mut upload = self.upload.take().expect("checked above");
+        let path = self.path.to_string();
         self.storage
             .io
-            .run(async move { upload.complete().await })
-            .map(drop)
+            .run(async move {
+                match upload.complete().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        abort_upload(upload, &path).await;
+                        Err(e)
+                    }
+                }
+            })
             .map_err(|e| store_err("completing upload of", self.path, e))
     }
 
@@ -608,6 +665,7 @@ impl Storage for S3Storage {
             path,
             buf: Vec::new(),
             upload: None,
+            n_parts: 0,
             failed: None,
         };
         let result = match write(&mut w) {
@@ -825,5 +883,35 @@ pub mod testing {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The part-size schedule keeps every part within S3's 5 MiB..5 GiB and
+    /// lets S3's 10,000 parts hold a checkpoint file of the largest size a
+    /// manifest accepts, whatever part size is configured.
+    #[test]
+    fn part_sizes_reach_the_largest_file_within_s3_limits() {
+        for base in [5 << 20, 8 << 20, 64 << 20, 1 << 30, 5 << 30] {
+            let mut total = 0u64;
+            for idx in 0..MAX_PARTS {
+                let size = nth_part_size(base, idx);
+                assert!(
+                    (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&size),
+                    "part {idx} of {size} bytes with base {base}"
+                );
+                assert!(size >= nth_part_size(base, idx.saturating_sub(1)));
+                total += size;
+            }
+            assert!(
+                total >= crate::manifest::MAX_FILE_SIZE,
+                "base {base}: 10,000 parts hold only {total} bytes"
+            );
+        }
+        assert_eq!(nth_part_size(8 << 20, 999), 8 << 20);
+        assert_eq!(nth_part_size(8 << 20, 1_000), 16 << 20);
     }
 }
