@@ -8,7 +8,10 @@ fn memory(cfg: &SuiteConfig) -> gress_state::Result<Fixture> {
     if let Some(ttl) = cfg.default_ttl {
         config = config.with_ttl(ttl);
     }
-    Ok(Fixture::new(MemoryStateBackend::new(config)?))
+    Ok(Fixture::checkpointable(
+        MemoryStateBackend::new(config)?,
+        None,
+    ))
 }
 
 gress_testkit::conformance_suite!(memory);

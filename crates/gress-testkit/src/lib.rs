@@ -17,7 +17,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gress_state::{ManualClock, Result, StateBackend};
+use gress_state::{Checkpointable, ManualClock, Result, StateBackend};
 
 pub mod conformance;
 pub mod model;
@@ -48,6 +48,9 @@ pub const START_MS: u64 = 1_767_225_600_000;
 pub struct Fixture {
     /// The backend under test.
     pub backend: Arc<dyn StateBackend>,
+    /// The same backend as a [`Checkpointable`], when it is one: the model
+    /// test then also captures, commits, abandons and restores checkpoints.
+    pub checkpoints: Option<Arc<dyn Checkpointable>>,
     guard: Option<Box<dyn Any + Send>>,
 }
 
@@ -64,6 +67,7 @@ impl Fixture {
     pub fn new(backend: impl StateBackend + 'static) -> Self {
         Fixture {
             backend: Arc::new(backend),
+            checkpoints: None,
             guard: None,
         }
     }
@@ -73,7 +77,22 @@ impl Fixture {
     pub fn with_guard(backend: impl StateBackend + 'static, guard: impl Any + Send) -> Self {
         Fixture {
             backend: Arc::new(backend),
+            checkpoints: None,
             guard: Some(Box::new(guard)),
+        }
+    }
+
+    /// A fixture of a backend that checkpoints, keeping `guard` (if any)
+    /// alive until after it is dropped.
+    pub fn checkpointable(
+        backend: impl Checkpointable + 'static,
+        guard: Option<Box<dyn Any + Send>>,
+    ) -> Self {
+        let backend = Arc::new(backend);
+        Fixture {
+            backend: backend.clone(),
+            checkpoints: Some(backend),
+            guard,
         }
     }
 }
@@ -150,6 +169,11 @@ macro_rules! conformance_suite {
             #[test]
             fn model_based_property_test() {
                 $crate::model::check_against_model(&$factory, 64);
+            }
+
+            #[test]
+            fn model_based_checkpoint_test() {
+                $crate::model::check_checkpoints_against_model(&$factory, 256);
             }
         }
     };

@@ -8,6 +8,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
+use gress_state::checkpoint::{
+    Capture, CaptureKind, CaptureMode, CheckpointFiles, Checkpointable, FileSource,
+};
 use gress_state::{Clock, KeyRange, StateBackend, WriteBatch};
 
 use crate::{BackendFactory, SuiteConfig};
@@ -33,6 +36,14 @@ pub enum ModelOp {
     Snapshot,
     /// Restore the n-th remembered snapshot (modulo how many exist)
     Restore(usize),
+    /// Take a checkpoint capture, incremental (`true`) or full
+    Capture(bool),
+    /// Write out and commit the n-th capture in flight
+    CommitCapture(usize),
+    /// Drop the n-th capture in flight without committing it
+    AbandonCapture(usize),
+    /// Restore the n-th committed checkpoint from its files
+    RestoreCheckpoint(usize),
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
@@ -57,6 +68,10 @@ fn op() -> impl Strategy<Value = ModelOp> {
         1 => vec(prop_oneof![Just(0x00u8), Just(b'a'), Just(0xFF)], 0..2).prop_map(ModelOp::ScanPrefix),
         1 => Just(ModelOp::Snapshot),
         1 => any::<usize>().prop_map(ModelOp::Restore),
+        2 => any::<bool>().prop_map(ModelOp::Capture),
+        2 => any::<usize>().prop_map(ModelOp::CommitCapture),
+        1 => any::<usize>().prop_map(ModelOp::AbandonCapture),
+        1 => any::<usize>().prop_map(ModelOp::RestoreCheckpoint),
     ]
 }
 
@@ -85,6 +100,10 @@ fn run_ops(
     let clock = &cfg.clock;
     let mut model = Model::new();
     let mut snapshots: Vec<(Vec<u8>, Model)> = Vec::new();
+    let mut checkpoints = Checkpoints::default();
+    if let Some(c) = &fixture.checkpoints {
+        c.claim_checkpoints(OWNER).map_err(fail)?;
+    }
     let expiry = |now: u64, ttl: Option<u64>| ttl.or(default_ttl).map(|t| now + t);
 
     for op in ops {
@@ -148,11 +167,28 @@ fn run_ops(
                 }
                 let (bytes, saved) = &snapshots[i % snapshots.len()];
                 b.restore(bytes).map_err(fail)?;
-                model = saved
-                    .iter()
-                    .filter(|(_, (_, exp))| exp.is_none_or(|at| now < at))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                model = unexpired(saved, now);
+            }
+            ModelOp::Capture(incremental) => {
+                let Some(c) = &fixture.checkpoints else {
+                    continue;
+                };
+                checkpoints.capture(&**c, *incremental, &model)?;
+            }
+            ModelOp::CommitCapture(i) => checkpoints.commit(*i)?,
+            ModelOp::AbandonCapture(i) => {
+                if !checkpoints.pending.is_empty() {
+                    let i = i % checkpoints.pending.len();
+                    checkpoints.pending.remove(i);
+                }
+            }
+            ModelOp::RestoreCheckpoint(i) => {
+                let Some(c) = &fixture.checkpoints else {
+                    continue;
+                };
+                if let Some(saved) = checkpoints.restore(&**c, *i)? {
+                    model = unexpired(&saved, now);
+                }
             }
         }
     }
@@ -164,6 +200,194 @@ fn run_ops(
         .map_err(fail)?;
     prop_assert_eq!(all, live(&model, now), "final state");
     Ok(())
+}
+
+fn unexpired(saved: &Model, now: u64) -> Model {
+    saved
+        .iter()
+        .filter(|(_, (_, exp))| exp.is_none_or(|at| now < at))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The owner the model test claims backends as.
+const OWNER: u64 = 7;
+
+/// A capture in flight, with the model at its cut.
+struct InFlight {
+    id: u64,
+    capture: Box<dyn Capture>,
+    model: Model,
+}
+
+/// A committed checkpoint: its whole chain of files, and the model at its
+/// cut.
+struct Committed {
+    format: &'static str,
+    files: Vec<(String, Vec<u8>)>,
+    model: Model,
+}
+
+/// Captures taken, in flight and committed, as a checkpoint manager would
+/// keep them (files in memory instead of storage).
+#[derive(Default)]
+struct Checkpoints {
+    next_id: u64,
+    pending: Vec<InFlight>,
+    committed: BTreeMap<u64, Committed>,
+}
+
+impl Checkpoints {
+    fn capture(
+        &mut self,
+        backend: &dyn Checkpointable,
+        incremental: bool,
+        model: &Model,
+    ) -> Result<(), TestCaseError> {
+        self.next_id += 1;
+        let mode = if incremental {
+            CaptureMode::Incremental
+        } else {
+            CaptureMode::Full
+        };
+        let capture = backend.capture(OWNER, mode, self.next_id).map_err(fail)?;
+        prop_assert!(
+            mode == CaptureMode::Incremental || capture.kind() == CaptureKind::Complete,
+            "a full capture request answered with a delta"
+        );
+        self.pending.push(InFlight {
+            id: self.next_id,
+            capture,
+            model: model.clone(),
+        });
+        Ok(())
+    }
+
+    /// Writes the capture's files out (later than its cut, as a manager
+    /// does) and commits it on top of its base.
+    fn commit(&mut self, i: usize) -> Result<(), TestCaseError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let InFlight {
+            id,
+            mut capture,
+            model,
+        } = self.pending.remove(i % self.pending.len());
+        let mut files = match (capture.kind(), capture.base()) {
+            (CaptureKind::Complete, None) => Vec::new(),
+            (CaptureKind::Delta, Some(base)) => match self.committed.get(&base) {
+                Some(c) => c.files.clone(),
+                None => {
+                    return Err(TestCaseError::fail(format!(
+                        "capture {id} is a delta on {base}, which was never committed"
+                    )));
+                }
+            },
+            (kind, base) => {
+                return Err(TestCaseError::fail(format!(
+                    "capture {id}: kind {kind:?} with base {base:?}"
+                )));
+            }
+        };
+        for f in capture.files().to_vec() {
+            let bytes = match &f.source {
+                FileSource::Stream => {
+                    let mut out = Vec::new();
+                    capture.write_stream(&f.name, &mut out).map_err(fail)?;
+                    out
+                }
+                FileSource::Local(path) => std::fs::read(path).map_err(fail)?,
+            };
+            files.retain(|(name, _)| *name != f.name);
+            files.push((f.name.clone(), bytes));
+        }
+        let format = capture.format();
+        capture.committed();
+        self.committed.insert(
+            id,
+            Committed {
+                format,
+                files,
+                model,
+            },
+        );
+        Ok(())
+    }
+
+    /// Restores the `i`-th committed checkpoint; returns the model at its
+    /// cut.
+    fn restore(
+        &self,
+        backend: &dyn Checkpointable,
+        i: usize,
+    ) -> Result<Option<Model>, TestCaseError> {
+        let Some((_, c)) = self.committed.iter().nth(i % self.committed.len().max(1)) else {
+            return Ok(None);
+        };
+        backend
+            .restore_checkpoint(c.format, &MemoryFiles(&c.files))
+            .map_err(fail)?;
+        Ok(Some(c.model.clone()))
+    }
+}
+
+/// A checkpoint's files held in memory.
+struct MemoryFiles<'a>(&'a [(String, Vec<u8>)]);
+
+impl CheckpointFiles for MemoryFiles<'_> {
+    fn names(&self) -> Vec<String> {
+        self.0.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn open(&self, name: &str) -> gress_state::Result<Box<dyn std::io::Read + '_>> {
+        let (_, bytes) = self.0.iter().find(|(n, _)| n == name).ok_or_else(|| {
+            gress_state::Error::invalid_argument("name", format!("no file {name}"))
+        })?;
+        Ok(Box::new(&bytes[..]))
+    }
+
+    fn fetch_all(&self, dir: &std::path::Path) -> gress_state::Result<()> {
+        for (name, bytes) in self.0 {
+            std::fs::write(dir.join(name), bytes)
+                .map_err(|e| gress_state::Error::io(format!("writing {name}"), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Steps weighted toward checkpoints: captures taken, committed out of
+/// order, abandoned and restored between writes to a few keys.
+fn checkpoint_op() -> impl Strategy<Value = ModelOp> {
+    let key = || vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'c')], 1..2);
+    prop_oneof![
+        4 => (key(), value()).prop_map(|(k, v)| ModelOp::Put(k, v)),
+        1 => (key(), value(), 1u64..40).prop_map(|(k, v, t)| ModelOp::PutTtl(k, v, t)),
+        2 => key().prop_map(ModelOp::Delete),
+        1 => (0u64..25).prop_map(ModelOp::Advance),
+        3 => Just(ModelOp::Capture(true)),
+        1 => Just(ModelOp::Capture(false)),
+        4 => any::<usize>().prop_map(ModelOp::CommitCapture),
+        1 => any::<usize>().prop_map(ModelOp::AbandonCapture),
+        1 => any::<usize>().prop_map(ModelOp::RestoreCheckpoint),
+        1 => key().prop_map(ModelOp::Get),
+    ]
+}
+
+/// Runs `cases` random sequences of checkpoint captures, commits in any
+/// order, abandons and restores against a backend that checkpoints (a
+/// no-op for one that does not); panics with the shrunk failing sequence
+/// if a restored checkpoint differs from the state at its cut.
+pub fn check_checkpoints_against_model(factory: &dyn BackendFactory, cases: u32) {
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (proptest::option::of(1u64..60), vec(checkpoint_op(), 1..120));
+    if let Err(e) = runner.run(&strategy, |(ttl, ops)| run_ops(factory, ttl, &ops)) {
+        panic!("backend checkpoints disagree with the model: {e}");
+    }
 }
 
 /// Runs `cases` random sequences against backends from `factory`; panics
