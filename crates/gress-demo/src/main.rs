@@ -252,8 +252,6 @@ fn write_snapshot(backend: &dyn StateBackend, path: &Path) -> Result<gress_state
         .sync_all()
         .context("syncing snapshot")?;
     fs::rename(&tmp, path).context("renaming snapshot into place")?;
-    File::open(dir)?
-        .sync_all()
-        .context("syncing snapshot directory")?;
+    gress_state::fsutil::sync_dir(dir).context("syncing snapshot directory")?;
     Ok(summary)
 }
