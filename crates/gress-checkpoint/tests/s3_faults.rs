@@ -214,3 +214,55 @@ fn an_upload_whose_completion_fails_is_aborted() -> R {
     );
     Ok(())
 }
+
+/// A checkpoint manager on a hung endpoint used to block a checkpoint for
+/// minutes and `stop_periodic` with it. Now, with short request timeouts,
+/// a checkpoint fails with a storage error, stopping periodic checkpoints
+/// and dropping the manager return promptly, and once the endpoint answers
+/// again checkpoints commit and restore.
+#[test]
+fn a_manager_on_a_hung_endpoint_fails_fast_and_recovers() -> R {
+    use gress_checkpoint::{CheckpointConfig, CheckpointManager, Metadata};
+    use gress_state::{MemoryStateBackend, StateBackend};
+
+    let server = MotoServer::start()?;
+    let s3: Arc<dyn Storage> = Arc::new(S3Storage::new(config(&server, "manager-hang")?)?);
+    let state = Arc::new(MemoryStateBackend::default());
+    let settings = CheckpointConfig::default()
+        .with_interval(Duration::from_millis(20))
+        .with_checkpoint_timeout(Duration::from_secs(5))
+        .with_lease(None);
+    let m = Arc::new(CheckpointManager::open(s3.clone(), settings.clone())?);
+    m.register("s", state.clone())?;
+    state.put(b"k", b"1")?;
+    m.trigger_checkpoint(Metadata::new())?;
+    m.start_periodic(Metadata::new)?;
+
+    server.freeze()?;
+    let (tx, rx) = mpsc::channel();
+    let manager = m.clone();
+    std::thread::spawn(move || {
+        manager.stop_periodic();
+        let result = manager.trigger_checkpoint(Metadata::new()).map(drop);
+        let _ = tx.send(result);
+    });
+    let stuck = rx
+        .recv_timeout(HANG)
+        .map_err(|_| "stop_periodic or a checkpoint hung on a frozen endpoint")?;
+    let err = stuck.expect_err("a checkpoint committed to a frozen endpoint");
+    assert!(
+        matches!(err, Error::Storage { .. } | Error::Busy { .. }),
+        "{err:?}"
+    );
+    server.resume()?;
+
+    state.put(b"k", b"2")?;
+    let committed = m.trigger_checkpoint(Metadata::new())?;
+    drop(m);
+    let fresh = Arc::new(MemoryStateBackend::default());
+    let m = CheckpointManager::open(s3, settings)?;
+    m.register("s", fresh.clone())?;
+    assert_eq!(m.restore_latest()?.id, committed.info.id);
+    assert_eq!(fresh.get(b"k")?.as_deref(), Some(&b"2"[..]));
+    Ok(())
+}
