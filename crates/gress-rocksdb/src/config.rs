@@ -70,9 +70,6 @@ pub struct RocksDbConfig {
     pub ttl_enabled: bool,
     /// TTL of a plain put when `ttl_enabled`. Default 1 hour.
     pub default_ttl: Duration,
-    /// Keep the files a checkpoint manager needs for incremental
-    /// checkpoints (hard-linked SSTs). Default true.
-    pub enable_incremental_checkpoints: bool,
     /// Write a write-ahead log. With it off, writes since the last memtable
     /// flush are lost on a crash (recover from a checkpoint instead).
     /// Default true.
@@ -112,7 +109,6 @@ impl RocksDbConfig {
             enable_statistics: true,
             ttl_enabled: false,
             default_ttl: Duration::from_secs(3600),
-            enable_incremental_checkpoints: true,
             wal: true,
             sync_writes: false,
             bound_memory: false,
