@@ -23,6 +23,7 @@ use rocksdb::{
 };
 
 use gress_state::error::closed;
+use gress_state::fsutil::sync_dir;
 use gress_state::{Error, Result};
 
 use crate::config::RocksDbConfig;
@@ -302,9 +303,7 @@ impl Root {
             .map_err(|e| io("writing", e))?;
         f.sync_all().map_err(|e| io("syncing", e))?;
         fs::rename(&tmp, &live).map_err(|e| io("renaming", e))?;
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing the directory of", e))
+        sync_dir(&self.path).map_err(|e| io("syncing the directory of", e))
     }
 
     /// Database directories other than `keep` (left by a restore that never
