@@ -140,7 +140,7 @@ impl RocksDbStateBackend {
                         .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
                 }
                 let db = engine.open(&root, &dir, true)?;
-                root.set_live(&name)?;
+                root.set_live_synced(&name)?;
                 (name, db)
             }
         };
@@ -174,7 +174,7 @@ impl RocksDbStateBackend {
         let ttl_dropped = Arc::new(AtomicU64::new(0));
         let engine = Engine::new(&config, &ttl_dropped);
         let db = engine.open_copy(&root, &dir)?;
-        root.set_live(&name)?;
+        root.set_live_synced(&name)?;
         Self::assemble(config, root, engine, ttl_dropped, name, db)
     }
 
@@ -223,6 +223,13 @@ impl RocksDbStateBackend {
     }
 
     /// Makes `db` (in directory `name`, fully written) the live database.
+    ///
+    /// The rename of `LIVE` is the commit point. An error before it leaves
+    /// the old database live and deletes the new one. Once it happened, the
+    /// switch is done and this returns `Ok`: if the directory fsync that
+    /// makes it durable fails, that is logged, and the old database's
+    /// directory is kept (after a power loss `LIVE` may still name it) until
+    /// the next open removes whichever database `LIVE` does not name.
     pub(crate) fn switch_to(&self, db: Db, name: &str) -> Result<()> {
         let _one_switch = self.switch_lock.lock();
         let Some(current) = self.state.load_full() else {
@@ -233,17 +240,28 @@ impl RocksDbStateBackend {
             db.retire();
             return Err(e);
         }
-        let new = Arc::new(db);
+        let durable = match self.root.sync() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(
+                    path = %self.root.path.display(),
+                    live = name,
+                    error = %e,
+                    "restore committed, but the directory fsync that makes it durable failed; \
+                     the replaced database is kept until the next open"
+                );
+                false
+            }
+        };
         let prev = self
             .state
-            .compare_and_swap(&Some(Arc::clone(&current)), Some(new));
-        if !prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, &current)) {
-            // Closed meanwhile; the switch is on disk and holds at the next
-            // open.
-            return Err(Error::Closed);
+            .compare_and_swap(&Some(Arc::clone(&current)), Some(Arc::new(db)));
+        // If the backend was closed meanwhile, the new database is closed
+        // right here; `LIVE` names it, so it is the state at the next open.
+        if durable && prev.as_ref().is_none_or(|p| Arc::ptr_eq(p, &current)) {
+            // Deleted once the calls and scans still reading it are done.
+            current.retire();
         }
-        // Deleted once the calls and scans still reading it are done.
-        current.retire();
         Ok(())
     }
 
@@ -751,5 +769,55 @@ impl StateBackend for RocksDbStateBackend {
 impl Drop for RocksDbStateBackend {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::faults::DIR_SYNC_FAILS;
+
+    fn small(path: &Path) -> RocksDbConfig {
+        let mut c = RocksDbConfig::new(path);
+        c.write_buffer_size = 1 << 20;
+        c.block_cache_size = 1 << 20;
+        c
+    }
+
+    /// A restore whose directory fsync failed after `LIVE` had been renamed
+    /// used to report the error and delete the new database, although
+    /// `LIVE` already named it, so the next open found its live database
+    /// missing. Once the rename happened the restore is done: it returns
+    /// `Ok`, keeps the old database's directory (a power loss could still
+    /// leave `LIVE` naming it), and the next open removes that directory.
+    #[test]
+    fn directory_fsync_failure_after_the_rename_keeps_the_restore() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temp dir", e))?;
+        let path = dir.path().join("state");
+        let backend = RocksDbStateBackend::open(small(&path))?;
+        backend.put(b"k", b"before")?;
+        let source = gress_state::MemoryStateBackend::default();
+        source.put(b"k", b"restored")?;
+        let snapshot = source.snapshot()?;
+
+        DIR_SYNC_FAILS.set(true);
+        let restored = backend.restore(&snapshot);
+        DIR_SYNC_FAILS.set(false);
+        restored?;
+        assert_eq!(backend.get(b"k")?.as_deref(), Some(&b"restored"[..]));
+        let live =
+            std::fs::read_to_string(path.join("LIVE")).map_err(|e| Error::io("reading LIVE", e))?;
+        assert_eq!(live, "db-000002\n");
+        assert!(
+            path.join("db-000001").is_dir(),
+            "the replaced database was deleted before its replacement was durable"
+        );
+        backend.close()?;
+        drop(backend);
+
+        let reopened = RocksDbStateBackend::open(small(&path))?;
+        assert_eq!(reopened.get(b"k")?.as_deref(), Some(&b"restored"[..]));
+        assert!(!path.join("db-000001").exists(), "stale database kept");
+        Ok(())
     }
 }

@@ -292,18 +292,47 @@ impl Root {
         }
     }
 
-    /// Makes `name` the live database: temp file, fsync, rename, fsync of
-    /// the directory. The rename is the commit point of a restore.
+    /// Points `LIVE` at `name`: fsyncs the directory (so the entry of the
+    /// database directory `name` is durable before `LIVE` can name it),
+    /// writes `LIVE.tmp`, fsyncs it and renames it over `LIVE`. The rename
+    /// is the commit point of a restore: on `Err`, `LIVE` still names the
+    /// database it named before. The rename becomes durable only with
+    /// [`Root::sync`].
     pub(crate) fn set_live(&self, name: &str) -> Result<()> {
         let live = self.path.join(LIVE);
         let tmp = self.path.join(format!("{LIVE}.tmp"));
         let io = |what: &str, e| Error::io(format!("{what} {}", live.display()), e);
-        let mut f = File::create(&tmp).map_err(|e| io("writing", e))?;
-        f.write_all(format!("{name}\n").as_bytes())
-            .map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
-        fs::rename(&tmp, &live).map_err(|e| io("renaming", e))?;
-        sync_dir(&self.path).map_err(|e| io("syncing the directory of", e))
+        sync_dir(&self.path).map_err(|e| io("syncing the directory of", e))?;
+        let written = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(format!("{name}\n").as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(|e| io("writing", e));
+        let renamed = written.and_then(|()| fs::rename(&tmp, &live).map_err(|e| io("renaming", e)));
+        if renamed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        renamed
+    }
+
+    /// Fsyncs the backend's directory, making a [`Root::set_live`] durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        #[cfg(test)]
+        if faults::DIR_SYNC_FAILS.with(std::cell::Cell::get) {
+            return Err(Error::io(
+                format!("syncing {}", self.path.display()),
+                std::io::Error::other("injected fault"),
+            ));
+        }
+        sync_dir(&self.path).map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+    }
+
+    /// [`Root::set_live`], then [`Root::sync`], for a database made live
+    /// when nothing else was.
+    pub(crate) fn set_live_synced(&self, name: &str) -> Result<()> {
+        self.set_live(name)?;
+        self.sync()
     }
 
     /// Database directories other than `keep` (left by a restore that never
@@ -323,6 +352,15 @@ impl Root {
             }
         }
         Ok(out)
+    }
+}
+
+/// Faults that unit tests inject into the directory steps.
+#[cfg(test)]
+pub(crate) mod faults {
+    thread_local! {
+        /// Makes [`super::Root::sync`] fail on this thread.
+        pub(crate) static DIR_SYNC_FAILS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 }
 
