@@ -101,6 +101,18 @@ fn with_stored<R>(value: &[u8], expiry: Option<u64>, f: impl FnOnce(&[u8]) -> R)
     })
 }
 
+/// Removes a database directory that a failed restore created; a failure to
+/// remove it is logged (the next open removes it).
+pub(crate) fn discard_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the directory of a failed restore");
+        }
+    }
+}
+
 fn decode(stored: &[u8]) -> Result<StoredValue<'_>> {
     StoredValue::decode(stored)
 }
@@ -262,6 +274,7 @@ impl RocksDbStateBackend {
             // Deleted once the calls and scans still reading it are done.
             current.retire();
         }
+        self.metrics.add(Counter::Restore, 1);
         Ok(())
     }
 
@@ -274,6 +287,27 @@ impl RocksDbStateBackend {
                 .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
         }
         Ok((name, dir))
+    }
+
+    /// Streams the full snapshot `input` into a new database beside the
+    /// live one. On `Err` nothing of it is left on disk.
+    pub(crate) fn stage_snapshot(
+        &self,
+        input: &mut dyn Read,
+    ) -> Result<(String, Db, RestoreSummary)> {
+        let (name, dir) = self.new_db_dir()?;
+        let db = self
+            .engine
+            .open(&self.root, &dir, true)
+            .inspect_err(|_| discard_dir(&dir))?;
+        match self.load_snapshot(&db, input) {
+            Ok(summary) => Ok((name, db, summary)),
+            Err(e) => {
+                // Deleted as `db` is dropped here.
+                db.retire();
+                Err(e)
+            }
+        }
     }
 
     fn get_one(&self, db: &DB, key: &[u8], now: &mut Option<u64>) -> Result<Option<Vec<u8>>> {
@@ -715,17 +749,8 @@ impl StateBackend for RocksDbStateBackend {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let (name, dir) = self.new_db_dir()?;
-        let db = self.engine.open(&self.root, &dir, true)?;
-        let summary = match self.load_snapshot(&db, input) {
-            Ok(summary) => summary,
-            Err(e) => {
-                db.retire();
-                return Err(e);
-            }
-        };
+        let (name, db, summary) = self.stage_snapshot(input)?;
         self.switch_to(db, &name)?;
-        self.metrics.add(Counter::Restore, 1);
         Ok(summary)
     }
 

@@ -108,6 +108,8 @@ impl Engine {
 
     /// Opens (creating if asked) the database in `dir` of `root`.
     pub(crate) fn open(&self, root: &Root, dir: &Path, create: bool) -> Result<Db> {
+        // First, so that a closed backend creates no directory.
+        let lock = root.lock()?;
         let mut opts = self.opts.clone();
         opts.create_if_missing(create);
         let mut meta_opts = Options::default();
@@ -124,7 +126,7 @@ impl Engine {
             dir: dir.to_path_buf(),
             id,
             retired: Default::default(),
-            _lock: root.lock()?,
+            _lock: lock,
         })
     }
 
