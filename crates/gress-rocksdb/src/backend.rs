@@ -34,6 +34,7 @@ use gress_state::{
 use crate::config::RocksDbConfig;
 use crate::db::{Db, Engine, Root, db_name, parse_db_name, write_options};
 use crate::error;
+use crate::ttl_filter::{OpenRead, TtlState};
 
 /// A restore writes to RocksDB in batches of about this many bytes.
 const RESTORE_BATCH_BYTES: usize = 4 << 20;
@@ -68,7 +69,8 @@ pub struct RocksDbStateBackend {
     /// an allocation in RocksDB's C API.
     read_opts: ReadOptions,
     prefix_len: Option<usize>,
-    ttl_dropped: Arc<AtomicU64>,
+    /// Shared with the TTL compaction filter: open readers, drop count.
+    ttl_state: Arc<TtlState>,
 }
 
 impl fmt::Debug for RocksDbStateBackend {
@@ -122,8 +124,8 @@ impl RocksDbStateBackend {
     pub fn open(config: RocksDbConfig) -> Result<Self> {
         config.validate()?;
         let root = Root::open(&config.path, config.create_if_missing)?;
-        let ttl_dropped = Arc::new(AtomicU64::new(0));
-        let engine = Engine::new(&config, &ttl_dropped);
+        let ttl_state = Arc::new(TtlState::default());
+        let engine = Engine::new(&config, &ttl_state);
         let (name, db) = match root.live()? {
             Some(name) => {
                 let dir = root.path.join(&name);
@@ -156,7 +158,7 @@ impl RocksDbStateBackend {
                 (name, db)
             }
         };
-        Self::assemble(config, root, engine, ttl_dropped, name, db)
+        Self::assemble(config, root, engine, ttl_state, name, db)
     }
 
     /// Opens a backend on a copy of a checkpoint made by
@@ -183,18 +185,18 @@ impl RocksDbStateBackend {
                 .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
         }
         crate::checkpoint::materialize(checkpoint, &dir)?;
-        let ttl_dropped = Arc::new(AtomicU64::new(0));
-        let engine = Engine::new(&config, &ttl_dropped);
+        let ttl_state = Arc::new(TtlState::default());
+        let engine = Engine::new(&config, &ttl_state);
         let db = engine.open_copy(&root, &dir)?;
         root.set_live_synced(&name)?;
-        Self::assemble(config, root, engine, ttl_dropped, name, db)
+        Self::assemble(config, root, engine, ttl_state, name, db)
     }
 
     fn assemble(
         config: RocksDbConfig,
         root: Root,
         engine: Engine,
-        ttl_dropped: Arc<AtomicU64>,
+        ttl_state: Arc<TtlState>,
         live: String,
         db: Db,
     ) -> Result<Self> {
@@ -220,7 +222,7 @@ impl RocksDbStateBackend {
             write_opts: write_options(&config),
             read_opts: ReadOptions::default(),
             prefix_len: config.prefix_len,
-            ttl_dropped,
+            ttl_state,
         })
     }
 
@@ -459,7 +461,7 @@ impl RocksDbStateBackend {
         }
         m.insert(
             "ttl_dropped_by_compaction".to_string(),
-            self.ttl_dropped.load(Ordering::Relaxed),
+            self.ttl_state.dropped.load(Ordering::Relaxed),
         );
         m
     }
@@ -560,7 +562,8 @@ type RawIter<'a> = rocksdb::DBRawIteratorWithThreadMode<'a, DB>;
 /// A scan's iterator: live entries in key order.
 struct Scan {
     cell: ScanCell,
-    now_ms: u64,
+    /// The scan's time, held against TTL compaction while the scan lives.
+    read: OpenRead,
     started: bool,
     done: bool,
 }
@@ -572,7 +575,7 @@ impl Iterator for Scan {
         if self.done {
             return None;
         }
-        let now = self.now_ms;
+        let now = self.read.now_ms;
         let started = std::mem::replace(&mut self.started, true);
         let item = self.cell.with_dependent_mut(|_, it| {
             if started {
@@ -706,13 +709,16 @@ impl StateBackend for RocksDbStateBackend {
         let local = self.metrics.local();
         let timer = local.start(Op::Scan);
         let db = self.current()?;
+        // Registered before the iterator exists, so no compaction drops an
+        // entry live at the scan's time while it runs.
+        let read = self.ttl_state.start_read(&*self.clock);
         let ro = self.scan_read_options(&range);
         let cell = ScanCell::new(db, |db| db.db().raw_iterator_opt(ro));
         local.add(Counter::Scan, 1);
         local.finish(timer);
         Ok(Box::new(Scan {
             cell,
-            now_ms: self.clock.now_ms(),
+            read,
             started: false,
             done: false,
         }))
@@ -720,6 +726,8 @@ impl StateBackend for RocksDbStateBackend {
 
     fn snapshot_to(&self, out: &mut dyn Write) -> Result<SnapshotSummary> {
         let db = self.current()?;
+        let read = self.ttl_state.start_read(&*self.clock);
+        let now = read.now_ms;
         // A RocksDB snapshot: a consistent point in time that writers do
         // not wait for.
         let snap = db.db().snapshot();
@@ -728,7 +736,6 @@ impl StateBackend for RocksDbStateBackend {
         ro.set_total_order_seek(true);
         let mut it = snap.raw_iterator_opt(ro);
         it.seek_to_first();
-        let now = self.clock.now_ms();
         let mut writer = SnapshotWriter::new(out, SnapshotKind::Full, now)?;
         while it.valid() {
             if let (Some(k), Some(v)) = (it.key(), it.value()) {
@@ -741,6 +748,7 @@ impl StateBackend for RocksDbStateBackend {
         }
         it.status().map_err(error::engine)?;
         let summary = writer.finish()?;
+        drop(read);
         self.metrics.add(Counter::Snapshot, 1);
         Ok(summary)
     }

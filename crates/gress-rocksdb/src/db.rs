@@ -15,7 +15,6 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, SliceTransform,
@@ -28,7 +27,7 @@ use gress_state::{Error, Result};
 
 use crate::config::RocksDbConfig;
 use crate::error;
-use crate::ttl_filter::TtlFilterFactory;
+use crate::ttl_filter::{TtlFilterFactory, TtlState};
 
 /// Column family of the backend's own records.
 pub(crate) const META_CF: &str = "gress-meta";
@@ -97,8 +96,8 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub(crate) fn new(config: &RocksDbConfig, ttl_dropped: &Arc<AtomicU64>) -> Self {
-        let (opts, cache, wbm) = build_options(config, ttl_dropped);
+    pub(crate) fn new(config: &RocksDbConfig, ttl: &Arc<TtlState>) -> Self {
+        let (opts, cache, wbm) = build_options(config, ttl);
         Engine {
             opts,
             _cache: cache,
@@ -385,7 +384,7 @@ pub(crate) fn write_options(config: &RocksDbConfig) -> WriteOptions {
 
 pub(crate) fn build_options(
     config: &RocksDbConfig,
-    ttl_dropped: &Arc<AtomicU64>,
+    ttl: &Arc<TtlState>,
 ) -> (Options, Option<Cache>, Option<WriteBufferManager>) {
     let mut opts = Options::default();
     opts.create_if_missing(config.create_if_missing);
@@ -448,7 +447,8 @@ pub(crate) fn build_options(
 
     opts.set_compaction_filter_factory(TtlFilterFactory {
         clock: Arc::clone(&config.clock),
-        dropped: Arc::clone(ttl_dropped),
+        state: Arc::clone(ttl),
+        grace_ms: u64::try_from(config.ttl_compaction_grace.as_millis()).unwrap_or(u64::MAX),
     });
     if config.ttl_enabled {
         // Files untouched by writes are still rewritten, and so filtered,
