@@ -356,15 +356,6 @@ impl Root {
     }
 }
 
-/// Faults that unit tests inject into the directory steps.
-#[cfg(test)]
-pub(crate) mod faults {
-    thread_local! {
-        /// Makes [`super::Root::sync`] fail on this thread.
-        pub(crate) static DIR_SYNC_FAILS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-}
-
 /// `db-000007` → 7.
 pub(crate) fn parse_db_name(name: &str) -> Option<u64> {
     let n = name.strip_prefix("db-")?;
@@ -457,4 +448,13 @@ pub(crate) fn build_options(
         opts.set_periodic_compaction_seconds(secs);
     }
     (opts, cache, wbm)
+}
+
+/// Faults that unit tests inject into the directory steps.
+#[cfg(test)]
+pub(crate) mod faults {
+    thread_local! {
+        /// Makes [`super::Root::sync`] fail on this thread.
+        pub(crate) static DIR_SYNC_FAILS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 }
