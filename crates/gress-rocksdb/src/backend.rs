@@ -38,6 +38,8 @@ use crate::ttl_filter::{OpenRead, TtlState};
 
 /// A restore writes to RocksDB in batches of about this many bytes.
 const RESTORE_BATCH_BYTES: usize = 4 << 20;
+/// How long a write stalled by RocksDB waits before it tries again.
+const STALL_RETRY: Duration = Duration::from_millis(1);
 
 /// Persistent state in RocksDB, for state larger than RAM.
 ///
@@ -71,6 +73,9 @@ pub struct RocksDbStateBackend {
     prefix_len: Option<usize>,
     /// Shared with the TTL compaction filter: open readers, drop count.
     ttl_state: Arc<TtlState>,
+    /// Microseconds writers waited out RocksDB write stalls here (RocksDB
+    /// counts only the waits it does itself).
+    stall_waited_us: AtomicU64,
 }
 
 impl fmt::Debug for RocksDbStateBackend {
@@ -219,10 +224,15 @@ impl RocksDbStateBackend {
             ttl: TtlPolicy::new(config.ttl_enabled, config.default_ttl)?,
             clock: config.clock.clone(),
             metrics: MetricsRecorder::new(config.latency_sample_every),
-            write_opts: write_options(&config),
+            write_opts: {
+                let mut opts = write_options(&config);
+                opts.set_no_slowdown(true);
+                opts
+            },
             read_opts: ReadOptions::default(),
             prefix_len: config.prefix_len,
             ttl_state,
+            stall_waited_us: AtomicU64::new(0),
         })
     }
 
@@ -337,8 +347,36 @@ impl RocksDbStateBackend {
         let expiry = self.ttl.expiry(ttl, || self.clock.now_ms())?;
         let guard = self.state.load();
         let db = guard.as_ref().ok_or_else(closed)?;
-        with_stored(value, expiry, |v| db.db().put_opt(key, v, &self.write_opts))
-            .map_err(error::engine)
+        loop {
+            match with_stored(value, expiry, |v| db.db().put_opt(key, v, &self.write_opts)) {
+                Err(e) if self.waited_out_stall(&e)? => {}
+                done => return done.map_err(error::engine),
+            }
+        }
+    }
+
+    /// For a write that failed with `e`: if RocksDB stalled it (writes go
+    /// with `no_slowdown`), waits a moment and returns `true` for another
+    /// try; `false` for any other error.
+    ///
+    /// A writer that waits inside RocksDB holds its write queue, and when
+    /// the disk fills up meanwhile, RocksDB's automatic recovery waits for
+    /// that queue while the writer waits for the recovery: neither ever
+    /// returns (facebook/rocksdb#9876). Waiting here instead keeps
+    /// RocksDB's throttling (its write credit refills every millisecond)
+    /// without holding the queue.
+    fn waited_out_stall(&self, e: &rocksdb::Error) -> Result<bool> {
+        if !error::is_write_stall(e) {
+            return Ok(false);
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let waited = Instant::now();
+        std::thread::sleep(STALL_RETRY);
+        let us = u64::try_from(waited.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stall_waited_us.fetch_add(us, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// A RocksDB property of the data column family, e.g.
@@ -431,6 +469,9 @@ impl RocksDbStateBackend {
         for (name, t) in tickers {
             m.insert(name.to_string(), db.opts.get_ticker_count(t));
         }
+        if let Some(us) = m.get_mut("stall_micros") {
+            *us += self.stall_waited_us.load(Ordering::Relaxed);
+        }
         // Seeks that a (prefix) filter answered: SST files skipped, and
         // files the filter could not rule out.
         let sum = |a, b| db.opts.get_ticker_count(a) + db.opts.get_ticker_count(b);
@@ -464,6 +505,53 @@ impl RocksDbStateBackend {
             self.ttl_state.dropped.load(Ordering::Relaxed),
         );
         m
+    }
+
+    /// `batch` as a RocksDB batch of stored values, with its numbers of
+    /// puts and deletes.
+    fn encode_batch(&self, batch: &WriteBatch) -> Result<(rocksdb::WriteBatch, u64, u64)> {
+        let mut now = None;
+        // Room for every key and value plus RocksDB's per-record framing.
+        let mut wb =
+            rocksdb::WriteBatch::with_capacity_bytes(batch.byte_len() + batch.len() * (9 + 12));
+        let (mut n_puts, mut n_deletes) = (0, 0);
+        for op in batch.ops() {
+            match op {
+                BatchOp::Put { key, value, ttl } => {
+                    let expiry = self
+                        .ttl
+                        .expiry(ttl, || *now.get_or_insert_with(|| self.clock.now_ms()))?;
+                    with_stored(value, expiry, |v| wb.put(key, v));
+                    n_puts += 1;
+                }
+                BatchOp::Delete { key } => {
+                    wb.delete(key);
+                    n_deletes += 1;
+                }
+            }
+        }
+        Ok((wb, n_puts, n_deletes))
+    }
+
+    /// Writes `wb` to the new database `db` of a restore, waiting out
+    /// stalls like every other write, and empties it.
+    fn write_staged(&self, db: &Db, wb: &mut rocksdb::WriteBatch) -> Result<()> {
+        // The new database is invisible until the switch and flushed just
+        // before it, so the WAL would only slow the load down.
+        let mut staged = WriteOptions::default();
+        staged.disable_wal(true);
+        staged.set_no_slowdown(true);
+        loop {
+            // A copy, since a write consumes its batch, stalled or not.
+            let copy = rocksdb::WriteBatch::from_data(wb.data());
+            match db.db().write_opt(copy, &staged) {
+                Ok(()) => break,
+                Err(e) if self.waited_out_stall(&e)? => {}
+                Err(e) => return Err(error::engine(e)),
+            }
+        }
+        wb.clear();
+        Ok(())
     }
 
     /// Read options for a scan of `range`.
@@ -508,10 +596,6 @@ impl RocksDbStateBackend {
         let mut summary = RestoreSummary::default();
         let mut wb = rocksdb::WriteBatch::default();
         let mut value_buf = Vec::new();
-        // The new database is invisible until the switch and flushed just
-        // before it, so the WAL would only slow the load down.
-        let mut staged = WriteOptions::default();
-        staged.disable_wal(true);
         while let Some(entry) = reader.next_entry()? {
             let SnapshotEntry::Put {
                 key,
@@ -534,12 +618,10 @@ impl RocksDbStateBackend {
             wb.put(key, &value_buf);
             summary.n_entries_restored += 1;
             if wb.size_in_bytes() >= RESTORE_BATCH_BYTES {
-                db.db()
-                    .write_opt(std::mem::take(&mut wb), &staged)
-                    .map_err(error::engine)?;
+                self.write_staged(db, &mut wb)?;
             }
         }
-        db.db().write_opt(wb, &staged).map_err(error::engine)?;
+        self.write_staged(db, &mut wb)?;
         db.db().flush().map_err(error::engine)?;
         summary.n_entries_read = reader.entries_read();
         summary.n_bytes = reader.bytes_read();
@@ -663,9 +745,12 @@ impl StateBackend for RocksDbStateBackend {
         self.metrics.measure(Op::Delete, Counter::Delete, || {
             let guard = self.state.load();
             let db = guard.as_ref().ok_or_else(closed)?;
-            db.db()
-                .delete_opt(key, &self.write_opts)
-                .map_err(error::engine)
+            loop {
+                match db.db().delete_opt(key, &self.write_opts) {
+                    Err(e) if self.waited_out_stall(&e)? => {}
+                    done => return done.map_err(error::engine),
+                }
+            }
         })
     }
 
@@ -675,29 +760,16 @@ impl StateBackend for RocksDbStateBackend {
         batch.validate()?;
         let guard = self.state.load();
         let db = guard.as_ref().ok_or_else(closed)?;
-        let mut now = None;
-        // Room for every key and value plus RocksDB's per-record framing.
-        let mut wb =
-            rocksdb::WriteBatch::with_capacity_bytes(batch.byte_len() + batch.len() * (9 + 12));
-        let (mut n_puts, mut n_deletes) = (0, 0);
-        for op in batch.ops() {
-            match op {
-                BatchOp::Put { key, value, ttl } => {
-                    let expiry = self
-                        .ttl
-                        .expiry(ttl, || *now.get_or_insert_with(|| self.clock.now_ms()))?;
-                    with_stored(value, expiry, |v| wb.put(key, v));
-                    n_puts += 1;
-                }
-                BatchOp::Delete { key } => {
-                    wb.delete(key);
-                    n_deletes += 1;
-                }
+        let (mut wb, n_puts, n_deletes) = self.encode_batch(batch)?;
+        loop {
+            match db.db().write_opt(wb, &self.write_opts) {
+                Ok(()) => break,
+                // The batch was consumed: encode it again (expiries from
+                // the clock of this try).
+                Err(e) if self.waited_out_stall(&e)? => wb = self.encode_batch(batch)?.0,
+                Err(e) => return Err(error::engine(e)),
             }
         }
-        db.db()
-            .write_opt(wb, &self.write_opts)
-            .map_err(error::engine)?;
         local.add(Counter::Put, n_puts);
         local.add(Counter::Delete, n_deletes);
         local.add(Counter::Batch, 1);

@@ -35,6 +35,9 @@ const META_FORMAT: &[u8] = b"format";
 const META_DB_ID: &[u8] = b"db-id";
 /// Version of the on-disk layout this build reads and writes.
 pub const LAYOUT_VERSION: u32 = 1;
+/// Write buffer of [`META_CF`]: the smallest `write_buffer_size` a config
+/// may have, so the data column family's is always the largest.
+const META_WRITE_BUFFER_SIZE: usize = 64 << 10;
 const LIVE: &str = "LIVE";
 const LOCK: &str = "LOCK";
 
@@ -113,6 +116,11 @@ impl Engine {
         opts.create_if_missing(create);
         let mut meta_opts = Options::default();
         meta_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        // After a disk-full error RocksDB resumes by itself once the free
+        // space reaches the largest write buffer of any column family;
+        // RocksDB's default of 64 MiB here would set that bar for every
+        // configuration. The column family holds two small records.
+        meta_opts.set_write_buffer_size(META_WRITE_BUFFER_SIZE);
         let cfs = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone()),
             ColumnFamilyDescriptor::new(META_CF, meta_opts),
