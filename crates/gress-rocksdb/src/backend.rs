@@ -34,9 +34,12 @@ use gress_state::{
 use crate::config::RocksDbConfig;
 use crate::db::{Db, Engine, Root, db_name, parse_db_name, write_options};
 use crate::error;
+use crate::ttl_filter::{OpenRead, TtlState};
 
 /// A restore writes to RocksDB in batches of about this many bytes.
 const RESTORE_BATCH_BYTES: usize = 4 << 20;
+/// How long a write stalled by RocksDB waits before it tries again.
+const STALL_RETRY: Duration = Duration::from_millis(1);
 
 /// Persistent state in RocksDB, for state larger than RAM.
 ///
@@ -68,7 +71,11 @@ pub struct RocksDbStateBackend {
     /// an allocation in RocksDB's C API.
     read_opts: ReadOptions,
     prefix_len: Option<usize>,
-    ttl_dropped: Arc<AtomicU64>,
+    /// Shared with the TTL compaction filter: open readers, drop count.
+    ttl_state: Arc<TtlState>,
+    /// Microseconds writers waited out RocksDB write stalls here (RocksDB
+    /// counts only the waits it does itself).
+    stall_waited_us: AtomicU64,
 }
 
 impl fmt::Debug for RocksDbStateBackend {
@@ -101,6 +108,18 @@ fn with_stored<R>(value: &[u8], expiry: Option<u64>, f: impl FnOnce(&[u8]) -> R)
     })
 }
 
+/// Removes a database directory that a failed restore created; a failure to
+/// remove it is logged (the next open removes it).
+pub(crate) fn discard_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the directory of a failed restore");
+        }
+    }
+}
+
 fn decode(stored: &[u8]) -> Result<StoredValue<'_>> {
     StoredValue::decode(stored)
 }
@@ -110,8 +129,8 @@ impl RocksDbStateBackend {
     pub fn open(config: RocksDbConfig) -> Result<Self> {
         config.validate()?;
         let root = Root::open(&config.path, config.create_if_missing)?;
-        let ttl_dropped = Arc::new(AtomicU64::new(0));
-        let engine = Engine::new(&config, &ttl_dropped);
+        let ttl_state = Arc::new(TtlState::default());
+        let engine = Engine::new(&config, &ttl_state);
         let (name, db) = match root.live()? {
             Some(name) => {
                 let dir = root.path.join(&name);
@@ -140,11 +159,11 @@ impl RocksDbStateBackend {
                         .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
                 }
                 let db = engine.open(&root, &dir, true)?;
-                root.set_live(&name)?;
+                root.set_live_synced(&name)?;
                 (name, db)
             }
         };
-        Self::assemble(config, root, engine, ttl_dropped, name, db)
+        Self::assemble(config, root, engine, ttl_state, name, db)
     }
 
     /// Opens a backend on a copy of a checkpoint made by
@@ -171,18 +190,18 @@ impl RocksDbStateBackend {
                 .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
         }
         crate::checkpoint::materialize(checkpoint, &dir)?;
-        let ttl_dropped = Arc::new(AtomicU64::new(0));
-        let engine = Engine::new(&config, &ttl_dropped);
+        let ttl_state = Arc::new(TtlState::default());
+        let engine = Engine::new(&config, &ttl_state);
         let db = engine.open_copy(&root, &dir)?;
-        root.set_live(&name)?;
-        Self::assemble(config, root, engine, ttl_dropped, name, db)
+        root.set_live_synced(&name)?;
+        Self::assemble(config, root, engine, ttl_state, name, db)
     }
 
     fn assemble(
         config: RocksDbConfig,
         root: Root,
         engine: Engine,
-        ttl_dropped: Arc<AtomicU64>,
+        ttl_state: Arc<TtlState>,
         live: String,
         db: Db,
     ) -> Result<Self> {
@@ -205,10 +224,15 @@ impl RocksDbStateBackend {
             ttl: TtlPolicy::new(config.ttl_enabled, config.default_ttl)?,
             clock: config.clock.clone(),
             metrics: MetricsRecorder::new(config.latency_sample_every),
-            write_opts: write_options(&config),
+            write_opts: {
+                let mut opts = write_options(&config);
+                opts.set_no_slowdown(true);
+                opts
+            },
             read_opts: ReadOptions::default(),
             prefix_len: config.prefix_len,
-            ttl_dropped,
+            ttl_state,
+            stall_waited_us: AtomicU64::new(0),
         })
     }
 
@@ -223,6 +247,13 @@ impl RocksDbStateBackend {
     }
 
     /// Makes `db` (in directory `name`, fully written) the live database.
+    ///
+    /// The rename of `LIVE` is the commit point. An error before it leaves
+    /// the old database live and deletes the new one. Once it happened, the
+    /// switch is done and this returns `Ok`: if the directory fsync that
+    /// makes it durable fails, that is logged, and the old database's
+    /// directory is kept (after a power loss `LIVE` may still name it) until
+    /// the next open removes whichever database `LIVE` does not name.
     pub(crate) fn switch_to(&self, db: Db, name: &str) -> Result<()> {
         let _one_switch = self.switch_lock.lock();
         let Some(current) = self.state.load_full() else {
@@ -233,17 +264,29 @@ impl RocksDbStateBackend {
             db.retire();
             return Err(e);
         }
-        let new = Arc::new(db);
+        let durable = match self.root.sync() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(
+                    path = %self.root.path.display(),
+                    live = name,
+                    error = %e,
+                    "restore committed, but the directory fsync that makes it durable failed; \
+                     the replaced database is kept until the next open"
+                );
+                false
+            }
+        };
         let prev = self
             .state
-            .compare_and_swap(&Some(Arc::clone(&current)), Some(new));
-        if !prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, &current)) {
-            // Closed meanwhile; the switch is on disk and holds at the next
-            // open.
-            return Err(Error::Closed);
+            .compare_and_swap(&Some(Arc::clone(&current)), Some(Arc::new(db)));
+        // If the backend was closed meanwhile, the new database is closed
+        // right here; `LIVE` names it, so it is the state at the next open.
+        if durable && prev.as_ref().is_none_or(|p| Arc::ptr_eq(p, &current)) {
+            // Deleted once the calls and scans still reading it are done.
+            current.retire();
         }
-        // Deleted once the calls and scans still reading it are done.
-        current.retire();
+        self.metrics.add(Counter::Restore, 1);
         Ok(())
     }
 
@@ -256,6 +299,27 @@ impl RocksDbStateBackend {
                 .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
         }
         Ok((name, dir))
+    }
+
+    /// Streams the full snapshot `input` into a new database beside the
+    /// live one. On `Err` nothing of it is left on disk.
+    pub(crate) fn stage_snapshot(
+        &self,
+        input: &mut dyn Read,
+    ) -> Result<(String, Db, RestoreSummary)> {
+        let (name, dir) = self.new_db_dir()?;
+        let db = self
+            .engine
+            .open(&self.root, &dir, true)
+            .inspect_err(|_| discard_dir(&dir))?;
+        match self.load_snapshot(&db, input) {
+            Ok(summary) => Ok((name, db, summary)),
+            Err(e) => {
+                // Deleted as `db` is dropped here.
+                db.retire();
+                Err(e)
+            }
+        }
     }
 
     fn get_one(&self, db: &DB, key: &[u8], now: &mut Option<u64>) -> Result<Option<Vec<u8>>> {
@@ -283,8 +347,36 @@ impl RocksDbStateBackend {
         let expiry = self.ttl.expiry(ttl, || self.clock.now_ms())?;
         let guard = self.state.load();
         let db = guard.as_ref().ok_or_else(closed)?;
-        with_stored(value, expiry, |v| db.db().put_opt(key, v, &self.write_opts))
-            .map_err(error::engine)
+        loop {
+            match with_stored(value, expiry, |v| db.db().put_opt(key, v, &self.write_opts)) {
+                Err(e) if self.waited_out_stall(&e)? => {}
+                done => return done.map_err(error::engine),
+            }
+        }
+    }
+
+    /// For a write that failed with `e`: if RocksDB stalled it (writes go
+    /// with `no_slowdown`), waits a moment and returns `true` for another
+    /// try; `false` for any other error.
+    ///
+    /// A writer that waits inside RocksDB holds its write queue, and when
+    /// the disk fills up meanwhile, RocksDB's automatic recovery waits for
+    /// that queue while the writer waits for the recovery: neither ever
+    /// returns (facebook/rocksdb#9876). Waiting here instead keeps
+    /// RocksDB's throttling (its write credit refills every millisecond)
+    /// without holding the queue.
+    fn waited_out_stall(&self, e: &rocksdb::Error) -> Result<bool> {
+        if !error::is_write_stall(e) {
+            return Ok(false);
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let waited = Instant::now();
+        std::thread::sleep(STALL_RETRY);
+        let us = u64::try_from(waited.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stall_waited_us.fetch_add(us, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// A RocksDB property of the data column family, e.g.
@@ -377,6 +469,9 @@ impl RocksDbStateBackend {
         for (name, t) in tickers {
             m.insert(name.to_string(), db.opts.get_ticker_count(t));
         }
+        if let Some(us) = m.get_mut("stall_micros") {
+            *us += self.stall_waited_us.load(Ordering::Relaxed);
+        }
         // Seeks that a (prefix) filter answered: SST files skipped, and
         // files the filter could not rule out.
         let sum = |a, b| db.opts.get_ticker_count(a) + db.opts.get_ticker_count(b);
@@ -407,9 +502,56 @@ impl RocksDbStateBackend {
         }
         m.insert(
             "ttl_dropped_by_compaction".to_string(),
-            self.ttl_dropped.load(Ordering::Relaxed),
+            self.ttl_state.dropped.load(Ordering::Relaxed),
         );
         m
+    }
+
+    /// `batch` as a RocksDB batch of stored values, with its numbers of
+    /// puts and deletes.
+    fn encode_batch(&self, batch: &WriteBatch) -> Result<(rocksdb::WriteBatch, u64, u64)> {
+        let mut now = None;
+        // Room for every key and value plus RocksDB's per-record framing.
+        let mut wb =
+            rocksdb::WriteBatch::with_capacity_bytes(batch.byte_len() + batch.len() * (9 + 12));
+        let (mut n_puts, mut n_deletes) = (0, 0);
+        for op in batch.ops() {
+            match op {
+                BatchOp::Put { key, value, ttl } => {
+                    let expiry = self
+                        .ttl
+                        .expiry(ttl, || *now.get_or_insert_with(|| self.clock.now_ms()))?;
+                    with_stored(value, expiry, |v| wb.put(key, v));
+                    n_puts += 1;
+                }
+                BatchOp::Delete { key } => {
+                    wb.delete(key);
+                    n_deletes += 1;
+                }
+            }
+        }
+        Ok((wb, n_puts, n_deletes))
+    }
+
+    /// Writes `wb` to the new database `db` of a restore, waiting out
+    /// stalls like every other write, and empties it.
+    fn write_staged(&self, db: &Db, wb: &mut rocksdb::WriteBatch) -> Result<()> {
+        // The new database is invisible until the switch and flushed just
+        // before it, so the WAL would only slow the load down.
+        let mut staged = WriteOptions::default();
+        staged.disable_wal(true);
+        staged.set_no_slowdown(true);
+        loop {
+            // A copy, since a write consumes its batch, stalled or not.
+            let copy = rocksdb::WriteBatch::from_data(wb.data());
+            match db.db().write_opt(copy, &staged) {
+                Ok(()) => break,
+                Err(e) if self.waited_out_stall(&e)? => {}
+                Err(e) => return Err(error::engine(e)),
+            }
+        }
+        wb.clear();
+        Ok(())
     }
 
     /// Read options for a scan of `range`.
@@ -454,10 +596,6 @@ impl RocksDbStateBackend {
         let mut summary = RestoreSummary::default();
         let mut wb = rocksdb::WriteBatch::default();
         let mut value_buf = Vec::new();
-        // The new database is invisible until the switch and flushed just
-        // before it, so the WAL would only slow the load down.
-        let mut staged = WriteOptions::default();
-        staged.disable_wal(true);
         while let Some(entry) = reader.next_entry()? {
             let SnapshotEntry::Put {
                 key,
@@ -480,12 +618,10 @@ impl RocksDbStateBackend {
             wb.put(key, &value_buf);
             summary.n_entries_restored += 1;
             if wb.size_in_bytes() >= RESTORE_BATCH_BYTES {
-                db.db()
-                    .write_opt(std::mem::take(&mut wb), &staged)
-                    .map_err(error::engine)?;
+                self.write_staged(db, &mut wb)?;
             }
         }
-        db.db().write_opt(wb, &staged).map_err(error::engine)?;
+        self.write_staged(db, &mut wb)?;
         db.db().flush().map_err(error::engine)?;
         summary.n_entries_read = reader.entries_read();
         summary.n_bytes = reader.bytes_read();
@@ -508,7 +644,8 @@ type RawIter<'a> = rocksdb::DBRawIteratorWithThreadMode<'a, DB>;
 /// A scan's iterator: live entries in key order.
 struct Scan {
     cell: ScanCell,
-    now_ms: u64,
+    /// The scan's time, held against TTL compaction while the scan lives.
+    read: OpenRead,
     started: bool,
     done: bool,
 }
@@ -520,7 +657,7 @@ impl Iterator for Scan {
         if self.done {
             return None;
         }
-        let now = self.now_ms;
+        let now = self.read.now_ms;
         let started = std::mem::replace(&mut self.started, true);
         let item = self.cell.with_dependent_mut(|_, it| {
             if started {
@@ -608,9 +745,12 @@ impl StateBackend for RocksDbStateBackend {
         self.metrics.measure(Op::Delete, Counter::Delete, || {
             let guard = self.state.load();
             let db = guard.as_ref().ok_or_else(closed)?;
-            db.db()
-                .delete_opt(key, &self.write_opts)
-                .map_err(error::engine)
+            loop {
+                match db.db().delete_opt(key, &self.write_opts) {
+                    Err(e) if self.waited_out_stall(&e)? => {}
+                    done => return done.map_err(error::engine),
+                }
+            }
         })
     }
 
@@ -620,29 +760,16 @@ impl StateBackend for RocksDbStateBackend {
         batch.validate()?;
         let guard = self.state.load();
         let db = guard.as_ref().ok_or_else(closed)?;
-        let mut now = None;
-        // Room for every key and value plus RocksDB's per-record framing.
-        let mut wb =
-            rocksdb::WriteBatch::with_capacity_bytes(batch.byte_len() + batch.len() * (9 + 12));
-        let (mut n_puts, mut n_deletes) = (0, 0);
-        for op in batch.ops() {
-            match op {
-                BatchOp::Put { key, value, ttl } => {
-                    let expiry = self
-                        .ttl
-                        .expiry(ttl, || *now.get_or_insert_with(|| self.clock.now_ms()))?;
-                    with_stored(value, expiry, |v| wb.put(key, v));
-                    n_puts += 1;
-                }
-                BatchOp::Delete { key } => {
-                    wb.delete(key);
-                    n_deletes += 1;
-                }
+        let (mut wb, n_puts, n_deletes) = self.encode_batch(batch)?;
+        loop {
+            match db.db().write_opt(wb, &self.write_opts) {
+                Ok(()) => break,
+                // The batch was consumed: encode it again (expiries from
+                // the clock of this try).
+                Err(e) if self.waited_out_stall(&e)? => wb = self.encode_batch(batch)?.0,
+                Err(e) => return Err(error::engine(e)),
             }
         }
-        db.db()
-            .write_opt(wb, &self.write_opts)
-            .map_err(error::engine)?;
         local.add(Counter::Put, n_puts);
         local.add(Counter::Delete, n_deletes);
         local.add(Counter::Batch, 1);
@@ -654,13 +781,16 @@ impl StateBackend for RocksDbStateBackend {
         let local = self.metrics.local();
         let timer = local.start(Op::Scan);
         let db = self.current()?;
+        // Registered before the iterator exists, so no compaction drops an
+        // entry live at the scan's time while it runs.
+        let read = self.ttl_state.start_read(&*self.clock);
         let ro = self.scan_read_options(&range);
         let cell = ScanCell::new(db, |db| db.db().raw_iterator_opt(ro));
         local.add(Counter::Scan, 1);
         local.finish(timer);
         Ok(Box::new(Scan {
             cell,
-            now_ms: self.clock.now_ms(),
+            read,
             started: false,
             done: false,
         }))
@@ -668,6 +798,8 @@ impl StateBackend for RocksDbStateBackend {
 
     fn snapshot_to(&self, out: &mut dyn Write) -> Result<SnapshotSummary> {
         let db = self.current()?;
+        let read = self.ttl_state.start_read(&*self.clock);
+        let now = read.now_ms;
         // A RocksDB snapshot: a consistent point in time that writers do
         // not wait for.
         let snap = db.db().snapshot();
@@ -676,7 +808,6 @@ impl StateBackend for RocksDbStateBackend {
         ro.set_total_order_seek(true);
         let mut it = snap.raw_iterator_opt(ro);
         it.seek_to_first();
-        let now = self.clock.now_ms();
         let mut writer = SnapshotWriter::new(out, SnapshotKind::Full, now)?;
         while it.valid() {
             if let (Some(k), Some(v)) = (it.key(), it.value()) {
@@ -689,6 +820,7 @@ impl StateBackend for RocksDbStateBackend {
         }
         it.status().map_err(error::engine)?;
         let summary = writer.finish()?;
+        drop(read);
         self.metrics.add(Counter::Snapshot, 1);
         Ok(summary)
     }
@@ -697,17 +829,8 @@ impl StateBackend for RocksDbStateBackend {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let (name, dir) = self.new_db_dir()?;
-        let db = self.engine.open(&self.root, &dir, true)?;
-        let summary = match self.load_snapshot(&db, input) {
-            Ok(summary) => summary,
-            Err(e) => {
-                db.retire();
-                return Err(e);
-            }
-        };
+        let (name, db, summary) = self.stage_snapshot(input)?;
         self.switch_to(db, &name)?;
-        self.metrics.add(Counter::Restore, 1);
         Ok(summary)
     }
 
@@ -751,5 +874,55 @@ impl StateBackend for RocksDbStateBackend {
 impl Drop for RocksDbStateBackend {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::faults::DIR_SYNC_FAILS;
+
+    fn small(path: &Path) -> RocksDbConfig {
+        let mut c = RocksDbConfig::new(path);
+        c.write_buffer_size = 1 << 20;
+        c.block_cache_size = 1 << 20;
+        c
+    }
+
+    /// A restore whose directory fsync failed after `LIVE` had been renamed
+    /// used to report the error and delete the new database, although
+    /// `LIVE` already named it, so the next open found its live database
+    /// missing. Once the rename happened the restore is done: it returns
+    /// `Ok`, keeps the old database's directory (a power loss could still
+    /// leave `LIVE` naming it), and the next open removes that directory.
+    #[test]
+    fn directory_fsync_failure_after_the_rename_keeps_the_restore() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temp dir", e))?;
+        let path = dir.path().join("state");
+        let backend = RocksDbStateBackend::open(small(&path))?;
+        backend.put(b"k", b"before")?;
+        let source = gress_state::MemoryStateBackend::default();
+        source.put(b"k", b"restored")?;
+        let snapshot = source.snapshot()?;
+
+        DIR_SYNC_FAILS.set(true);
+        let restored = backend.restore(&snapshot);
+        DIR_SYNC_FAILS.set(false);
+        restored?;
+        assert_eq!(backend.get(b"k")?.as_deref(), Some(&b"restored"[..]));
+        let live =
+            std::fs::read_to_string(path.join("LIVE")).map_err(|e| Error::io("reading LIVE", e))?;
+        assert_eq!(live, "db-000002\n");
+        assert!(
+            path.join("db-000001").is_dir(),
+            "the replaced database was deleted before its replacement was durable"
+        );
+        backend.close()?;
+        drop(backend);
+
+        let reopened = RocksDbStateBackend::open(small(&path))?;
+        assert_eq!(reopened.get(b"k")?.as_deref(), Some(&b"restored"[..]));
+        assert!(!path.join("db-000001").exists(), "stale database kept");
+        Ok(())
     }
 }

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use gress_state::checkpoint::{
     Capture, CaptureKind, CaptureMode, CapturedFile, CheckpointFiles, Checkpointable, FileSource,
-    PreparedRestore,
+    PreparedRestore, SNAPSHOT_FORMAT,
 };
 use gress_state::{Error, Result, StateBackend};
 
-use crate::backend::RocksDbStateBackend;
+use crate::backend::{RocksDbStateBackend, discard_dir};
 use crate::db::Db;
 use crate::error;
 
@@ -116,9 +116,6 @@ impl Drop for PreparedRocksRestore<'_> {
 }
 
 impl Checkpointable for RocksDbStateBackend {
-    /// A native checkpoint. With [`CaptureMode::Incremental`] its SST files
-    /// are offered for sharing with other checkpoints; with
-    /// [`CaptureMode::Full`] every file is stored anew.
     fn claim_checkpoints(&self, owner: u64) -> Result<()> {
         let mut claimed = self.checkpoint_owner.lock();
         match *claimed {
@@ -145,6 +142,10 @@ impl Checkpointable for RocksDbStateBackend {
         None
     }
 
+    /// A native checkpoint. With [`CaptureMode::Incremental`] its SST files
+    /// are offered for sharing with other checkpoints; with
+    /// [`CaptureMode::Full`] every file is stored anew. Refused unless
+    /// `owner` has claimed the backend.
     fn capture(
         &self,
         owner: u64,
@@ -190,33 +191,67 @@ impl Checkpointable for RocksDbStateBackend {
         }))
     }
 
+    /// Accepts [`ROCKSDB_CHECKPOINT_FORMAT`] (the files are fetched into a
+    /// new database directory and opened) and [`SNAPSHOT_FORMAT`] (the one
+    /// snapshot file is streamed into a new database). Either way the new
+    /// database sits beside the live one until the commit; on `Err`, or
+    /// when the prepared restore is dropped, it is deleted.
     fn prepare_restore(
         &self,
         format: &str,
         files: &dyn CheckpointFiles,
     ) -> Result<Box<dyn PreparedRestore + '_>> {
-        if format != ROCKSDB_CHECKPOINT_FORMAT {
-            return Err(Error::UnsupportedFormat {
-                found: format!("checkpoint format {format}").into(),
-                supported: ROCKSDB_CHECKPOINT_FORMAT.into(),
-            });
-        }
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
+        let staged = match format {
+            ROCKSDB_CHECKPOINT_FORMAT => {
+                if self.is_closed() {
+                    return Err(Error::Closed);
+                }
+                self.stage_checkpoint(files)?
+            }
+            SNAPSHOT_FORMAT => {
+                let names = files.names();
+                let [name] = names.as_slice() else {
+                    return Err(Error::invalid_argument(
+                        "files",
+                        format!("{} files for checkpoint format {format}", names.len()),
+                    ));
+                };
+                if self.is_closed() {
+                    return Err(Error::Closed);
+                }
+                let mut input = files.open(name)?;
+                let (name, db, _summary) = self.stage_snapshot(&mut input)?;
+                (name, db)
+            }
+            other => {
+                return Err(Error::UnsupportedFormat {
+                    found: format!("checkpoint format {other}").into(),
+                    supported: format!("{ROCKSDB_CHECKPOINT_FORMAT} or {SNAPSHOT_FORMAT}").into(),
+                });
+            }
+        };
+        let (name, db) = staged;
+        Ok(Box::new(PreparedRocksRestore {
+            backend: self,
+            db: Some(db),
+            name,
+        }))
+    }
+}
+
+impl RocksDbStateBackend {
+    /// Fetches a native checkpoint's files into a new database directory
+    /// and opens it. On `Err` nothing of it is left on disk.
+    fn stage_checkpoint(&self, files: &dyn CheckpointFiles) -> Result<(String, Db)> {
         let (name, dir) = self.new_db_dir()?;
-        let fetched = std::fs::create_dir_all(&dir)
+        let opened = std::fs::create_dir(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
             .and_then(|()| files.fetch_all(&dir))
             .and_then(|()| self.engine.open_copy(&self.root, &dir));
-        match fetched {
-            Ok(db) => Ok(Box::new(PreparedRocksRestore {
-                backend: self,
-                db: Some(db),
-                name,
-            })),
+        match opened {
+            Ok(db) => Ok((name, db)),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                discard_dir(&dir);
                 Err(e)
             }
         }

@@ -3,6 +3,7 @@
 use std::fs;
 use std::path::Path;
 
+use gress_state::fsutil::sync_dir;
 use gress_state::{Error, Result};
 
 /// Fills the empty or missing directory `to` with the files of the
@@ -66,7 +67,5 @@ pub(crate) fn materialize(from: &Path, to: &Path) -> Result<()> {
                 .map_err(io(format!("syncing {}", dst.display())))?;
         }
     }
-    fs::File::open(to)
-        .and_then(|d| d.sync_all())
-        .map_err(io(format!("syncing {}", to.display())))
+    sync_dir(to).map_err(io(format!("syncing {}", to.display())))
 }

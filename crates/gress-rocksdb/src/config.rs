@@ -70,9 +70,14 @@ pub struct RocksDbConfig {
     pub ttl_enabled: bool,
     /// TTL of a plain put when `ttl_enabled`. Default 1 hour.
     pub default_ttl: Duration,
-    /// Keep the files a checkpoint manager needs for incremental
-    /// checkpoints (hard-linked SSTs). Default true.
-    pub enable_incremental_checkpoints: bool,
+    /// How long after its expiry an entry may still be kept on disk:
+    /// compaction drops only entries that expired at least this long before
+    /// both the clock's time and the start of the oldest open scan or
+    /// snapshot. Reads hide an entry from its expiry on regardless; the
+    /// grace only keeps a clock that steps forward by less than this, and
+    /// back, from losing entries that are live again. Default 5 minutes;
+    /// at most 30 days.
+    pub ttl_compaction_grace: Duration,
     /// Write a write-ahead log. With it off, writes since the last memtable
     /// flush are lost on a crash (recover from a checkpoint instead).
     /// Default true.
@@ -112,7 +117,7 @@ impl RocksDbConfig {
             enable_statistics: true,
             ttl_enabled: false,
             default_ttl: Duration::from_secs(3600),
-            enable_incremental_checkpoints: true,
+            ttl_compaction_grace: Duration::from_secs(300),
             wal: true,
             sync_writes: false,
             bound_memory: false,
@@ -246,6 +251,12 @@ impl RocksDbConfig {
             return Err(Error::invalid_config(
                 "block_cache_size",
                 "must hold at least one memtable (write_buffer_size) when bound_memory is on",
+            ));
+        }
+        if self.ttl_compaction_grace > Duration::from_secs(30 * 86_400) {
+            return Err(Error::invalid_config(
+                "ttl_compaction_grace",
+                format!("{:?} is longer than 30 days", self.ttl_compaction_grace),
             ));
         }
         gress_state::ttl::TtlPolicy::new(self.ttl_enabled, self.default_ttl)?;

@@ -15,7 +15,6 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, SliceTransform,
@@ -23,11 +22,12 @@ use rocksdb::{
 };
 
 use gress_state::error::closed;
+use gress_state::fsutil::sync_dir;
 use gress_state::{Error, Result};
 
 use crate::config::RocksDbConfig;
 use crate::error;
-use crate::ttl_filter::TtlFilterFactory;
+use crate::ttl_filter::{TtlFilterFactory, TtlState};
 
 /// Column family of the backend's own records.
 pub(crate) const META_CF: &str = "gress-meta";
@@ -35,6 +35,9 @@ const META_FORMAT: &[u8] = b"format";
 const META_DB_ID: &[u8] = b"db-id";
 /// Version of the on-disk layout this build reads and writes.
 pub const LAYOUT_VERSION: u32 = 1;
+/// Write buffer of [`META_CF`]: the smallest `write_buffer_size` a config
+/// may have, so the data column family's is always the largest.
+const META_WRITE_BUFFER_SIZE: usize = 64 << 10;
 const LIVE: &str = "LIVE";
 const LOCK: &str = "LOCK";
 
@@ -96,8 +99,8 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub(crate) fn new(config: &RocksDbConfig, ttl_dropped: &Arc<AtomicU64>) -> Self {
-        let (opts, cache, wbm) = build_options(config, ttl_dropped);
+    pub(crate) fn new(config: &RocksDbConfig, ttl: &Arc<TtlState>) -> Self {
+        let (opts, cache, wbm) = build_options(config, ttl);
         Engine {
             opts,
             _cache: cache,
@@ -107,10 +110,17 @@ impl Engine {
 
     /// Opens (creating if asked) the database in `dir` of `root`.
     pub(crate) fn open(&self, root: &Root, dir: &Path, create: bool) -> Result<Db> {
+        // First, so that a closed backend creates no directory.
+        let lock = root.lock()?;
         let mut opts = self.opts.clone();
         opts.create_if_missing(create);
         let mut meta_opts = Options::default();
         meta_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        // After a disk-full error RocksDB resumes by itself once the free
+        // space reaches the largest write buffer of any column family;
+        // RocksDB's default of 64 MiB here would set that bar for every
+        // configuration. The column family holds two small records.
+        meta_opts.set_write_buffer_size(META_WRITE_BUFFER_SIZE);
         let cfs = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone()),
             ColumnFamilyDescriptor::new(META_CF, meta_opts),
@@ -123,7 +133,7 @@ impl Engine {
             dir: dir.to_path_buf(),
             id,
             retired: Default::default(),
-            _lock: root.lock()?,
+            _lock: lock,
         })
     }
 
@@ -291,20 +301,47 @@ impl Root {
         }
     }
 
-    /// Makes `name` the live database: temp file, fsync, rename, fsync of
-    /// the directory. The rename is the commit point of a restore.
+    /// Points `LIVE` at `name`: fsyncs the directory (so the entry of the
+    /// database directory `name` is durable before `LIVE` can name it),
+    /// writes `LIVE.tmp`, fsyncs it and renames it over `LIVE`. The rename
+    /// is the commit point of a restore: on `Err`, `LIVE` still names the
+    /// database it named before. The rename becomes durable only with
+    /// [`Root::sync`].
     pub(crate) fn set_live(&self, name: &str) -> Result<()> {
         let live = self.path.join(LIVE);
         let tmp = self.path.join(format!("{LIVE}.tmp"));
         let io = |what: &str, e| Error::io(format!("{what} {}", live.display()), e);
-        let mut f = File::create(&tmp).map_err(|e| io("writing", e))?;
-        f.write_all(format!("{name}\n").as_bytes())
-            .map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
-        fs::rename(&tmp, &live).map_err(|e| io("renaming", e))?;
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing the directory of", e))
+        sync_dir(&self.path).map_err(|e| io("syncing the directory of", e))?;
+        let written = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(format!("{name}\n").as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(|e| io("writing", e));
+        let renamed = written.and_then(|()| fs::rename(&tmp, &live).map_err(|e| io("renaming", e)));
+        if renamed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        renamed
+    }
+
+    /// Fsyncs the backend's directory, making a [`Root::set_live`] durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        #[cfg(test)]
+        if faults::DIR_SYNC_FAILS.with(std::cell::Cell::get) {
+            return Err(Error::io(
+                format!("syncing {}", self.path.display()),
+                std::io::Error::other("injected fault"),
+            ));
+        }
+        sync_dir(&self.path).map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+    }
+
+    /// [`Root::set_live`], then [`Root::sync`], for a database made live
+    /// when nothing else was.
+    pub(crate) fn set_live_synced(&self, name: &str) -> Result<()> {
+        self.set_live(name)?;
+        self.sync()
     }
 
     /// Database directories other than `keep` (left by a restore that never
@@ -346,7 +383,7 @@ pub(crate) fn write_options(config: &RocksDbConfig) -> WriteOptions {
 
 pub(crate) fn build_options(
     config: &RocksDbConfig,
-    ttl_dropped: &Arc<AtomicU64>,
+    ttl: &Arc<TtlState>,
 ) -> (Options, Option<Cache>, Option<WriteBufferManager>) {
     let mut opts = Options::default();
     opts.create_if_missing(config.create_if_missing);
@@ -409,7 +446,8 @@ pub(crate) fn build_options(
 
     opts.set_compaction_filter_factory(TtlFilterFactory {
         clock: Arc::clone(&config.clock),
-        dropped: Arc::clone(ttl_dropped),
+        state: Arc::clone(ttl),
+        grace_ms: u64::try_from(config.ttl_compaction_grace.as_millis()).unwrap_or(u64::MAX),
     });
     if config.ttl_enabled {
         // Files untouched by writes are still rewritten, and so filtered,
@@ -418,4 +456,13 @@ pub(crate) fn build_options(
         opts.set_periodic_compaction_seconds(secs);
     }
     (opts, cache, wbm)
+}
+
+/// Faults that unit tests inject into the directory steps.
+#[cfg(test)]
+pub(crate) mod faults {
+    thread_local! {
+        /// Makes [`super::Root::sync`] fail on this thread.
+        pub(crate) static DIR_SYNC_FAILS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 }

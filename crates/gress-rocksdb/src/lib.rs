@@ -47,7 +47,9 @@ pub mod raw {
         crate::db::build_options(config, &Default::default()).0
     }
 
-    /// The write options the backend writes with (WAL, sync).
+    /// The write options the backend writes with (WAL, sync), except
+    /// `no_slowdown`: the backend sets it and waits out write stalls
+    /// itself, retrying every millisecond.
     pub fn write_options(config: &RocksDbConfig) -> rocksdb::WriteOptions {
         crate::db::write_options(config)
     }

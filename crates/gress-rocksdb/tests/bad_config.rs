@@ -26,6 +26,9 @@ fn invalid_fields_are_named() {
             c.ttl_enabled = true;
             c.default_ttl = Duration::ZERO;
         }),
+        ("ttl_compaction_grace", |c| {
+            c.ttl_compaction_grace = Duration::from_secs(31 * 86_400)
+        }),
         ("block_cache_size", |c| {
             c.bound_memory = true;
             c.block_cache_size = 1 << 20;

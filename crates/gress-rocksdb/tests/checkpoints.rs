@@ -257,3 +257,48 @@ fn incremental_rocksdb_checkpoints_on_s3() -> R {
     }
     Ok(())
 }
+
+/// A RocksDB backend is captured only by the one manager that claimed it:
+/// a capture by an owner that has not claimed it is refused, a second
+/// owner's claim and captures are refused while the first holds it, and a
+/// release (by the holder only) hands it over. Two managers registering
+/// one backend meet the same rule.
+#[test]
+fn only_the_claiming_owner_captures() -> R {
+    use gress_state::checkpoint::{CaptureMode, Checkpointable};
+    use gress_state::{Error, Result};
+    fn refused<T>(r: Result<T>) -> bool {
+        matches!(r, Err(Error::InvalidArgument { .. }))
+    }
+    let dir = tempfile::tempdir()?;
+    let backend = Arc::new(RocksDbStateBackend::open(config(&dir.path().join("db")))?);
+    backend.put(b"k", b"v")?;
+
+    assert!(refused(backend.capture(1, CaptureMode::Full, 1)));
+    backend.claim_checkpoints(1)?;
+    backend.claim_checkpoints(1)?;
+    assert!(refused(backend.claim_checkpoints(2)));
+    assert!(refused(backend.capture(2, CaptureMode::Full, 2)));
+    let capture = backend.capture(1, CaptureMode::Incremental, 3)?;
+    assert_eq!(capture.base(), None);
+    assert!(capture.files().iter().any(|f| f.name == "CURRENT"));
+    drop(capture);
+
+    backend.release_checkpoints(2);
+    assert!(backend.capture(1, CaptureMode::Full, 4).is_ok());
+    backend.release_checkpoints(1);
+    assert!(refused(backend.capture(1, CaptureMode::Full, 5)));
+    backend.claim_checkpoints(2)?;
+    assert!(backend.capture(2, CaptureMode::Full, 6).is_ok());
+    assert!(refused(backend.capture(1, CaptureMode::Full, 7)));
+    backend.release_checkpoints(2);
+
+    let first =
+        CheckpointManager::open(storage(&dir.path().join("a")), CheckpointConfig::default())?;
+    let second =
+        CheckpointManager::open(storage(&dir.path().join("b")), CheckpointConfig::default())?;
+    first.register("state", backend.clone())?;
+    assert!(second.register("state", backend.clone()).is_err());
+    first.trigger_checkpoint(meta(1))?;
+    Ok(())
+}
