@@ -12,7 +12,10 @@ fn rocksdb(cfg: &SuiteConfig) -> gress_state::Result<Fixture> {
     if let Some(ttl) = cfg.default_ttl {
         config = config.with_ttl(ttl);
     }
-    Ok(Fixture::with_guard(RocksDbStateBackend::open(config)?, dir))
+    Ok(Fixture::checkpointable(
+        RocksDbStateBackend::open(config)?,
+        Some(Box::new(dir)),
+    ))
 }
 
 gress_testkit::conformance_suite!(rocksdb);
