@@ -1,0 +1,831 @@
+//! Configuring and running a job.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gress_checkpoint::{CheckpointConfig, CheckpointManager, LocalStorage, Metadata, Storage};
+use gress_state::checkpoint::Checkpointable;
+use gress_state::{Clock, MemoryConfig, MemoryStateBackend, SystemClock};
+use parking_lot::Mutex;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::Concatenate;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::commit::{CommitRecord, Token, acks, committer, latest_commit, listen};
+use crate::data::Item;
+use crate::error::{Error, Result};
+use crate::keys::DEFAULT_KEY_GROUPS;
+use crate::source::{PartitionReader, Poll, Source};
+use crate::state::StateStore;
+use crate::stream::DataStream;
+use crate::worker::{Checkpoints, Shared, WorkerState, upload_thread};
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where a job keeps its checkpoints: every worker's under
+/// `workers/<index>/`, the job's commit records under `commits/`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CheckpointStorage {
+    /// A local directory (or one every process of the job can reach).
+    Local(PathBuf),
+    /// S3-compatible object storage.
+    S3(gress_checkpoint::S3Config),
+}
+
+impl CheckpointStorage {
+    /// The storage under `sub` (`""` for the root).
+    pub fn open(&self, sub: &str) -> Result<Arc<dyn Storage>> {
+        Ok(match self {
+            CheckpointStorage::Local(root) => {
+                let dir = if sub.is_empty() {
+                    root.clone()
+                } else {
+                    root.join(sub)
+                };
+                Arc::new(LocalStorage::new(dir)?)
+            }
+            CheckpointStorage::S3(config) => {
+                let mut config = config.clone();
+                if !sub.is_empty() {
+                    let prefix = config.prefix.trim_end_matches('/');
+                    config.prefix = if prefix.is_empty() {
+                        sub.to_string()
+                    } else {
+                        format!("{prefix}/{sub}")
+                    };
+                }
+                Arc::new(gress_checkpoint::S3Storage::new(config)?)
+            }
+        })
+    }
+}
+
+/// Makes each worker's state backend: called once per worker with its
+/// index. A job runs on either backend by changing only this.
+#[derive(Clone)]
+pub struct BackendFactory(
+    Arc<dyn Fn(usize) -> gress_state::Result<Arc<dyn Checkpointable>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for BackendFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendFactory")
+    }
+}
+
+impl BackendFactory {
+    /// Uses `make(worker_index)`.
+    pub fn new(
+        make: impl Fn(usize) -> gress_state::Result<Arc<dyn Checkpointable>> + Send + Sync + 'static,
+    ) -> Self {
+        BackendFactory(Arc::new(make))
+    }
+
+    /// A memory backend per worker.
+    pub fn memory() -> Self {
+        BackendFactory::new(|_| {
+            Ok(Arc::new(MemoryStateBackend::new(MemoryConfig::default())?)
+                as Arc<dyn Checkpointable>)
+        })
+    }
+}
+
+/// How a source divides its input into epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochPolicy {
+    /// `n` records of every partition per epoch: the same epochs in every
+    /// run, so a replay after recovery repeats exactly (watermarks and late
+    /// records included).
+    Records(u64),
+    /// Whatever arrives in this much time: lower latency for slow
+    /// sources; epochs (and so watermark steps) may differ after a replay.
+    Interval(Duration),
+}
+
+/// How and where a job runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JobConfig {
+    /// The job's name; recorded in every checkpoint and commit.
+    pub job_id: String,
+    /// Worker threads per process.
+    pub workers: usize,
+    /// This process's index among `hosts` (several processes only).
+    pub process: usize,
+    /// `host:port` of every process, in process order; empty for one
+    /// process.
+    pub hosts: Vec<String>,
+    /// Where checkpoints go; `None` runs without checkpoints (no recovery,
+    /// output visible at once).
+    pub checkpoints: Option<CheckpointStorage>,
+    /// How epochs are cut; every epoch is a checkpoint.
+    pub epoch: EpochPolicy,
+    /// Epochs read ahead of the newest settled one, at most: the
+    /// backpressure.
+    pub max_epochs_in_flight: u64,
+    /// Key groups, fixed when the job is created.
+    pub key_groups: u16,
+    /// Each worker's state backend.
+    pub backend: BackendFactory,
+    /// Bytes of decoded state each worker keeps in its cache.
+    pub cache_bytes: usize,
+    /// The clock of processing time and state TTL.
+    pub clock: Arc<dyn Clock>,
+    /// Settings of each worker's checkpoint manager (lease, timeouts).
+    pub checkpoint: CheckpointConfig,
+}
+
+impl JobConfig {
+    /// One worker, memory state, no checkpoints, epochs of 1,000 records
+    /// per partition.
+    pub fn new(job_id: impl Into<String>) -> Self {
+        JobConfig {
+            job_id: job_id.into(),
+            workers: 1,
+            process: 0,
+            hosts: Vec::new(),
+            checkpoints: None,
+            epoch: EpochPolicy::Records(1000),
+            max_epochs_in_flight: 4,
+            key_groups: DEFAULT_KEY_GROUPS,
+            backend: BackendFactory::memory(),
+            cache_bytes: 64 << 20,
+            clock: Arc::new(SystemClock),
+            checkpoint: CheckpointConfig::default(),
+        }
+    }
+
+    /// Sets the worker threads of this process.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Checkpoints into a local directory.
+    pub fn with_checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.checkpoints = Some(CheckpointStorage::Local(dir.into()));
+        self
+    }
+
+    /// Checkpoints into `storage`.
+    pub fn with_checkpoints(mut self, storage: CheckpointStorage) -> Self {
+        self.checkpoints = Some(storage);
+        self
+    }
+
+    /// Uses `backend` for every worker's state.
+    pub fn with_backend(mut self, backend: BackendFactory) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Sets the epoch policy.
+    pub fn with_epochs(mut self, epoch: EpochPolicy) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    /// Runs as process `process` of the processes at `hosts`.
+    pub fn with_cluster(mut self, process: usize, hosts: Vec<String>) -> Self {
+        self.process = process;
+        self.hosts = hosts;
+        self
+    }
+
+    /// Sets the clock (processing time, state TTL).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the number of key groups.
+    pub fn with_key_groups(mut self, key_groups: u16) -> Self {
+        self.key_groups = key_groups;
+        self
+    }
+
+    /// Takes over checkpoint locations held by a process that may still run.
+    pub fn with_take_over(mut self, take_over: bool) -> Self {
+        self.checkpoint.take_over = take_over;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.workers == 0 {
+            return Err(Error::invalid("workers", "at least one"));
+        }
+        if self.key_groups == 0 {
+            return Err(Error::invalid("key_groups", "at least one"));
+        }
+        if !self.hosts.is_empty() && self.process >= self.hosts.len() {
+            return Err(Error::invalid(
+                "process",
+                format!("{} of {} hosts", self.process, self.hosts.len()),
+            ));
+        }
+        if matches!(self.epoch, EpochPolicy::Records(0)) {
+            return Err(Error::invalid("epoch", "at least one record per epoch"));
+        }
+        if self.max_epochs_in_flight == 0 {
+            return Err(Error::invalid("max_epochs_in_flight", "at least one"));
+        }
+        let total = self.workers * self.hosts.len().max(1);
+        if total > usize::from(self.key_groups) {
+            return Err(Error::invalid(
+                "key_groups",
+                format!(
+                    "{} key groups for {total} workers: each worker needs one",
+                    self.key_groups
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobReport {
+    /// The newest epoch committed when the run ended.
+    pub last_committed: Option<u64>,
+    /// The committed epoch the run recovered from.
+    pub recovered_from: Option<u64>,
+    /// Records applied by keyed operators, over this process's workers.
+    pub records_in: u64,
+    /// Records written to sinks, over this process's workers.
+    pub records_out: u64,
+    /// Epochs whose state was cut, per worker summed.
+    pub epochs_cut: u64,
+    /// Time from start to end.
+    pub elapsed: Duration,
+}
+
+/// Builds one worker's dataflow: sources, then operators on the streams
+/// they return.
+pub struct JobBuilder<'s> {
+    scope: Scope<'s, u64>,
+    shared: Shared,
+    config: Arc<JobConfig>,
+    /// Offsets recorded with the restored checkpoint.
+    offsets: Metadata,
+    first_epoch: u64,
+    tokens: Vec<StreamVec<'s, u64, Token>>,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for JobBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobBuilder")
+            .field("worker", &self.worker_index())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'s> JobBuilder<'s> {
+    /// This worker's index among all workers of the job.
+    pub fn worker_index(&self) -> usize {
+        self.shared.borrow().index
+    }
+
+    /// The number of workers of the job.
+    pub fn workers(&self) -> usize {
+        self.shared.borrow().peers
+    }
+
+    /// The committed epoch this run recovered from.
+    pub fn recovered_from(&self) -> Option<u64> {
+        self.first_epoch.checked_sub(1)
+    }
+
+    /// Reads `source`; records have no event time (watermarks stay at 0
+    /// until the source ends).
+    pub fn source<S: Source>(
+        &mut self,
+        name: &str,
+        source: S,
+    ) -> Result<DataStream<'s, S::Record>> {
+        self.source_inner(name, source, None)
+    }
+
+    /// Reads `source`, with event time `time(record)` (ms) and watermarks
+    /// `max_out_of_orderness` behind the latest event time of each
+    /// partition.
+    pub fn source_with_event_time<S: Source>(
+        &mut self,
+        name: &str,
+        source: S,
+        time: impl Fn(&S::Record) -> u64 + 'static,
+        max_out_of_orderness: Duration,
+    ) -> Result<DataStream<'s, S::Record>> {
+        self.source_inner(
+            name,
+            source,
+            Some((Box::new(time), max_out_of_orderness.as_millis() as u64)),
+        )
+    }
+
+    fn source_inner<S: Source>(
+        &mut self,
+        name: &str,
+        mut source: S,
+        time: Option<(Box<dyn Fn(&S::Record) -> u64>, u64)>,
+    ) -> Result<DataStream<'s, S::Record>> {
+        if self.names.iter().any(|n| n == name) {
+            return Err(Error::invalid(
+                "source",
+                format!("two sources named `{name}`"),
+            ));
+        }
+        self.names.push(name.to_string());
+        let (index, peers) = {
+            let s = self.shared.borrow();
+            (s.index, s.peers)
+        };
+        let mut readers = Vec::new();
+        for p in (0..source.partitions()).filter(|p| p % peers == index) {
+            let key = format!("offset/{name}/{p}");
+            let offset = match self.offsets.get(&key) {
+                Some(v) => v.parse().map_err(|_| Error::Recovery {
+                    epoch: self.first_epoch.saturating_sub(1),
+                    reason: format!("offset `{v}` of {key} is not a number").into(),
+                })?,
+                None => 0,
+            };
+            readers.push(PartitionState {
+                partition: p,
+                reader: source.open(p, offset)?,
+                ended: false,
+                max_time: 0,
+                read_in_epoch: 0,
+            });
+        }
+        self.shared.borrow_mut().register_source();
+        let (data, tokens) = source_operator(
+            self.scope,
+            name,
+            readers,
+            time,
+            Rc::clone(&self.shared),
+            &self.config,
+            self.first_epoch,
+        );
+        self.tokens.push(tokens);
+        Ok(DataStream {
+            inner: data,
+            shared: Rc::clone(&self.shared),
+        })
+    }
+}
+
+struct PartitionState<T> {
+    partition: usize,
+    reader: Box<dyn PartitionReader<T>>,
+    ended: bool,
+    max_time: u64,
+    read_in_epoch: u64,
+}
+
+/// Records read per activation at most, so other operators get their turn.
+const BATCH: usize = 4096;
+
+/// The source operator: records and watermarks out of one output, and one
+/// token per epoch (for the acks) out of the other.
+fn source_operator<'s, T: crate::Data>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    mut parts: Vec<PartitionState<T>>,
+    time: Option<(Box<dyn Fn(&T) -> u64>, u64)>,
+    shared: Shared,
+    config: &JobConfig,
+    first_epoch: u64,
+) -> (StreamVec<'s, u64, Item<T>>, StreamVec<'s, u64, Token>) {
+    let mut builder = OperatorBuilder::new(format!("Source({name})"), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address);
+    let (data_out, data) = builder.new_output::<Vec<Item<T>>>();
+    let (token_out, tokens) = builder.new_output::<Vec<Token>>();
+    let mut data_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Item<T>>>>::from(data_out);
+    let mut token_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Token>>>::from(token_out);
+    let policy = config.epoch;
+    let in_flight = config.max_epochs_in_flight;
+    let name = name.to_string();
+    shared.borrow_mut().listeners.push(activator.clone());
+    builder.build(move |mut caps: Vec<Capability<u64>>| {
+        let mut token_cap = caps.pop();
+        let mut data_cap = caps.pop();
+        for cap in data_cap.iter_mut().chain(token_cap.iter_mut()) {
+            cap.downgrade(&first_epoch);
+        }
+        let mut epoch_started = Instant::now();
+        let mut buf: Vec<T> = Vec::new();
+        activator.activate();
+        move |_frontiers| {
+            let (Some(dcap), Some(tcap)) = (&mut data_cap, &mut token_cap) else {
+                return;
+            };
+            let epoch = *dcap.time();
+            let (error, finished, settled, index, peers) = {
+                let s = shared.borrow();
+                (s.error.is_some(), s.finished, s.settled, s.index, s.peers)
+            };
+            let all_ended = parts.iter().all(|p| p.ended);
+            if error || (finished && all_ended) {
+                data_cap = None;
+                token_cap = None;
+                return;
+            }
+            if epoch >= settled + in_flight {
+                // Backpressure: the listener wakes this source.
+                return;
+            }
+            let mut out = data_out.activate();
+            let mut session = out.session(&*dcap);
+            let mut idle = true;
+            let mut failed = None;
+            for part in parts.iter_mut().filter(|p| !p.ended) {
+                let want = match policy {
+                    EpochPolicy::Records(n) => {
+                        n.saturating_sub(part.read_in_epoch).min(BATCH as u64)
+                    }
+                    EpochPolicy::Interval(_) => BATCH as u64,
+                };
+                if want == 0 {
+                    continue;
+                }
+                buf.clear();
+                match part.reader.poll(want as usize, &mut buf) {
+                    Ok(Poll::End) => part.ended = true,
+                    Ok(Poll::Ready) => idle = false,
+                    Ok(Poll::Idle) => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                part.read_in_epoch += buf.len() as u64;
+                for record in buf.drain(..) {
+                    let t = match &time {
+                        Some((f, _)) => {
+                            let t = f(&record);
+                            part.max_time = part.max_time.max(t);
+                            t
+                        }
+                        None => 0,
+                    };
+                    session.give(Item::Rec {
+                        time: t,
+                        kg: 0,
+                        data: record,
+                    });
+                }
+            }
+            drop(session);
+            if let Some(e) = failed {
+                shared.borrow_mut().fail(Error::Source {
+                    source_name: name.clone(),
+                    reason: e.to_string(),
+                });
+                drop(out);
+                data_cap = None;
+                token_cap = None;
+                return;
+            }
+            let epoch_over = match policy {
+                EpochPolicy::Records(n) => parts.iter().all(|p| p.ended || p.read_in_epoch >= n),
+                EpochPolicy::Interval(d) => epoch_started.elapsed() >= d,
+            } || parts.iter().all(|p| p.ended);
+            if !epoch_over {
+                drop(out);
+                if idle {
+                    activator.activate_after(Duration::from_millis(5));
+                } else {
+                    activator.activate();
+                }
+                return;
+            }
+            // Close the epoch: watermarks to every worker, offsets, token.
+            let wm = parts
+                .iter()
+                .map(|p| match (&time, p.ended) {
+                    (_, true) => u64::MAX,
+                    (Some((_, bound)), false) => p.max_time.saturating_sub(*bound),
+                    (None, false) => 0,
+                })
+                .min()
+                .unwrap_or(u64::MAX);
+            {
+                let mut session = out.session(&*dcap);
+                for to in 0..peers as u32 {
+                    session.give(Item::Wm {
+                        to,
+                        from: index as u32,
+                        wm,
+                    });
+                }
+            }
+            drop(out);
+            let offsets: Metadata = parts
+                .iter()
+                .map(|p| {
+                    (
+                        format!("offset/{name}/{}", p.partition),
+                        p.reader.offset().to_string(),
+                    )
+                })
+                .collect();
+            shared.borrow_mut().source_done(epoch, offsets);
+            token_out.activate().session(&*tcap).give(Token {
+                finished: parts.iter().all(|p| p.ended),
+            });
+            for p in parts.iter_mut() {
+                p.read_in_epoch = 0;
+            }
+            dcap.downgrade(&(epoch + 1));
+            tcap.downgrade(&(epoch + 1));
+            epoch_started = Instant::now();
+            activator.activate();
+        }
+    });
+    (data, tokens)
+}
+
+impl<'s> JobBuilder<'s> {
+    /// Wires the acks, the committer and the listener after the user's
+    /// dataflow.
+    fn finish(
+        self,
+        storage: Option<Arc<dyn Storage>>,
+        slot: Arc<Mutex<Option<timely::scheduling::SyncActivator>>>,
+    ) -> Result<()> {
+        if self.tokens.is_empty() {
+            return Err(Error::invalid("job", "no source"));
+        }
+        let tokens = self.scope.concatenate(self.tokens);
+        let acks = acks(tokens, Rc::clone(&self.shared), slot);
+        let settled = committer(acks, Rc::clone(&self.shared), storage);
+        listen(settled, self.shared);
+        Ok(())
+    }
+}
+
+/// Runs a job: `build` is called on every worker to build the same
+/// dataflow. With checkpoints configured, the job first recovers from the
+/// newest committed epoch (state, source offsets, sink output), then
+/// commits an epoch at a time; finite sources end the job once their last
+/// epoch is committed.
+pub fn run<F>(config: JobConfig, build: F) -> Result<JobReport>
+where
+    F: Fn(&mut JobBuilder<'_>) -> Result<()> + Send + Sync + 'static,
+{
+    config.validate()?;
+    let communication = if !config.hosts.is_empty() {
+        timely::CommunicationConfig::Cluster {
+            threads: config.workers,
+            process: config.process,
+            addresses: config.hosts.clone(),
+            report: false,
+            zerocopy: false,
+        }
+    } else if config.workers > 1 {
+        timely::CommunicationConfig::Process(config.workers)
+    } else {
+        timely::CommunicationConfig::Thread
+    };
+    let timely_config = timely::Config {
+        communication,
+        worker: timely::WorkerConfig::default(),
+    };
+    let started = Instant::now();
+    let abort = Arc::new(AtomicBool::new(false));
+    let config = Arc::new(config);
+    let build = Arc::new(build);
+    let worker_abort = Arc::clone(&abort);
+    let guards = timely::execute(timely_config, move |worker| {
+        let result = run_worker(worker, &config, &*build, &worker_abort);
+        if result.is_err() {
+            worker_abort.store(true, Ordering::Release);
+        }
+        result
+    })
+    .map_err(Error::Worker)?;
+    let mut report = JobReport::default();
+    let mut first_error = None;
+    for outcome in guards.join() {
+        match outcome {
+            Ok(Ok(w)) => {
+                report.records_in += w.records_in;
+                report.records_out += w.records_out;
+                report.epochs_cut += w.epochs_cut;
+                report.last_committed = report.last_committed.max(w.last_committed);
+                report.recovered_from = w.recovered_from;
+            }
+            Ok(Err(e)) => {
+                if first_error.is_none() || matches!(first_error, Some(Error::Worker(_))) {
+                    first_error = Some(e);
+                }
+            }
+            Err(panic) => {
+                first_error.get_or_insert(Error::Worker(format!("a worker panicked: {panic}")));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// One worker's part of a run.
+struct WorkerReport {
+    records_in: u64,
+    records_out: u64,
+    epochs_cut: u64,
+    last_committed: Option<u64>,
+    recovered_from: Option<u64>,
+}
+
+fn run_worker<F>(
+    worker: &mut timely::worker::Worker,
+    config: &Arc<JobConfig>,
+    build: &F,
+    abort: &AtomicBool,
+) -> Result<WorkerReport>
+where
+    F: Fn(&mut JobBuilder<'_>) -> Result<()>,
+{
+    let index = worker.index();
+    let peers = worker.peers();
+    let root = config
+        .checkpoints
+        .as_ref()
+        .map(|c| c.open(""))
+        .transpose()?;
+    let commit = match &root {
+        Some(root) => latest_commit(&**root)?,
+        None => None,
+    };
+    if let Some(c) = &commit {
+        check_commit(c, config, peers)?;
+    }
+    let backend = (config.backend.0)(index)?;
+    let mut offsets = Metadata::new();
+    let slot: Arc<Mutex<Option<timely::scheduling::SyncActivator>>> = Arc::new(Mutex::new(None));
+    let checkpoints = match &config.checkpoints {
+        None => {
+            clear(&*backend)?;
+            None
+        }
+        Some(storage) => {
+            let manager = CheckpointManager::open(
+                storage.open(&format!("workers/{index:05}"))?,
+                config
+                    .checkpoint
+                    .clone()
+                    .with_retain(config.max_epochs_in_flight as usize + 3)
+                    .with_max_in_flight(config.max_epochs_in_flight as usize + 1),
+            )?;
+            manager.register("state", Arc::clone(&backend))?;
+            match &commit {
+                Some(c) => {
+                    let id = c.checkpoints[index];
+                    let info = manager.restore(id).map_err(|e| Error::Recovery {
+                        epoch: c.epoch,
+                        reason: format!("worker {index}'s checkpoint {id}: {e}").into(),
+                    })?;
+                    let epoch = info
+                        .metadata
+                        .get("epoch")
+                        .and_then(|e| e.parse::<u64>().ok());
+                    if epoch != Some(c.epoch) {
+                        return Err(Error::Recovery {
+                            epoch: c.epoch,
+                            reason: format!(
+                                "worker {index}'s checkpoint {id} is of epoch {epoch:?}"
+                            )
+                            .into(),
+                        });
+                    }
+                    offsets = info.metadata;
+                    tracing::info!(worker = index, epoch = c.epoch, "recovered");
+                }
+                None => clear(&*backend)?,
+            }
+            let (uploads, results, failures) = upload_thread(index, Arc::clone(&slot));
+            Some(Checkpoints {
+                manager: Rc::new(manager),
+                uploads,
+                results,
+                failures,
+            })
+        }
+    };
+    let first_epoch = commit.as_ref().map_or(0, |c| c.epoch + 1);
+    let store = StateStore::new(
+        Arc::clone(&backend),
+        config.cache_bytes,
+        Arc::clone(&config.clock),
+    );
+    let shared: Shared = Rc::new(RefCell::new(WorkerState::new(
+        index,
+        peers,
+        config.key_groups,
+        config.job_id.clone(),
+        store,
+        checkpoints,
+        first_epoch,
+        commit.as_ref().map(|c| c.epoch),
+    )));
+    let built = worker.dataflow::<u64, _, _>(|scope| {
+        let mut builder = JobBuilder {
+            scope,
+            shared: Rc::clone(&shared),
+            config: Arc::clone(config),
+            offsets,
+            first_epoch,
+            tokens: Vec::new(),
+            names: Vec::new(),
+        };
+        build(&mut builder)?;
+        builder.finish(root.clone(), slot)
+    });
+    if let Err(e) = built {
+        abort.store(true, Ordering::Release);
+        return Err(e);
+    }
+    loop {
+        if let Some(e) = shared.borrow_mut().error.take() {
+            abort.store(true, Ordering::Release);
+            return Err(e);
+        }
+        if abort.load(Ordering::Acquire) {
+            return Err(Error::Worker(
+                "stopped because another worker failed".into(),
+            ));
+        }
+        if !worker.step_or_park(Some(Duration::from_millis(50))) {
+            break;
+        }
+    }
+    let s = shared.borrow();
+    let committed = s.committed;
+    for sink in &s.sinks {
+        sink.borrow_mut().commit_to(committed)?;
+    }
+    Ok(WorkerReport {
+        records_in: s.records_in,
+        records_out: s.records_out,
+        epochs_cut: s.epochs_cut,
+        last_committed: committed,
+        recovered_from: first_epoch.checked_sub(1),
+    })
+}
+
+/// Empties a backend: a job that starts without a committed epoch starts
+/// from nothing, whatever a previous run left in a persistent backend.
+fn clear(backend: &dyn Checkpointable) -> Result<()> {
+    let mut empty = Vec::new();
+    gress_state::snapshot::SnapshotWriter::new(&mut empty, gress_state::SnapshotKind::Full, 0)?
+        .finish()?;
+    backend.restore(&empty)?;
+    Ok(())
+}
+
+fn check_commit(c: &CommitRecord, config: &JobConfig, peers: usize) -> Result<()> {
+    let refuse = |reason: String| Error::Recovery {
+        epoch: c.epoch,
+        reason: reason.into(),
+    };
+    if c.job != config.job_id {
+        return Err(refuse(format!(
+            "the checkpoints belong to job `{}`, not `{}`",
+            c.job, config.job_id
+        )));
+    }
+    if c.key_groups != config.key_groups {
+        return Err(refuse(format!(
+            "the job has {} key groups; this run asks for {} (fixed when a job is created)",
+            c.key_groups, config.key_groups
+        )));
+    }
+    if c.workers != peers || c.checkpoints.len() != peers {
+        return Err(refuse(format!(
+            "committed with {} workers, restarted with {peers}; restore with the same number",
+            c.workers
+        )));
+    }
+    Ok(())
+}

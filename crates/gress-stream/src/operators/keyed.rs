@@ -1,0 +1,327 @@
+//! The runtime of every keyed operator: records exchanged by key group,
+//! applied one epoch at a time in order, watermarks combined over the
+//! upstream operator instances, timers fired, and the worker's cut
+//! respected.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::context::{ProcessingContext, Timer};
+use crate::data::{Data, Item, Key, route};
+use crate::error::{Error, Result};
+use crate::keys::{TimeDomain, groups_of, name_id};
+use crate::timers::TimerService;
+use crate::worker::Shared;
+
+/// Main or side output of a keyed operator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Either<A, B> {
+    /// The main output.
+    Main(A),
+    /// The side output.
+    Side(B),
+}
+
+/// What a keyed operator does with each record of a key and each timer.
+pub trait KeyedProcessFunction<K, V>: 'static {
+    /// Records of the main output.
+    type Out: Data;
+    /// Records of the side output (`()` if unused).
+    type Side: Data;
+
+    /// Called for each record, in the order records arrive within an epoch.
+    fn on_record(
+        &mut self,
+        ctx: &mut ProcessingContext<'_, K, Self::Out, Self::Side>,
+        value: V,
+    ) -> Result<()>;
+
+    /// Called for each timer that fires: event-time timers in time order
+    /// once the watermark passes them, processing-time ones once the clock
+    /// does (checked at the end of every epoch).
+    fn on_timer(
+        &mut self,
+        ctx: &mut ProcessingContext<'_, K, Self::Out, Self::Side>,
+        timer: Timer,
+    ) -> Result<()> {
+        let _ = (ctx, timer);
+        Ok(())
+    }
+}
+
+type Out<O, S> = Item<Either<O, S>>;
+
+/// Builds a keyed operator over `input`; `upstreams` is the number of
+/// upstream operator instances whose watermarks combine.
+pub(crate) fn keyed_operator<'s, K, V, F>(
+    input: StreamVec<'s, u64, Item<(K, V)>>,
+    name: &str,
+    upstreams: usize,
+    mut function: F,
+    shared: Shared,
+) -> StreamVec<'s, u64, Out<F::Out, F::Side>>
+where
+    K: Key,
+    V: Data,
+    F: KeyedProcessFunction<K, V>,
+{
+    let (peers, key_groups, index) = {
+        let s = shared.borrow();
+        (s.peers, s.key_groups, s.index)
+    };
+    let scope = input.scope();
+    let op_name = name.to_string();
+    let op = name_id(name);
+    let pact = Exchange::new(move |item: &Item<(K, V)>| route(item, peers, key_groups));
+    input.unary_frontier::<CapacityContainerBuilder<Vec<Out<F::Out, F::Side>>>, _, _, _>(
+        pact,
+        name,
+        move |initial: Capability<u64>, info| {
+            let first_epoch = *initial.time();
+            drop(initial);
+            let activator = scope.activator_for(info.address);
+            let mut timers = TimerService::new(op);
+            {
+                let mut s = shared.borrow_mut();
+                s.register_stateful();
+                let groups = groups_of(index, peers, key_groups);
+                let backend = s.store.backend().clone();
+                if let Err(e) = timers.load(&*backend, groups) {
+                    s.fail(e);
+                }
+            }
+            let mut next_done = shared.borrow().next_cut.max(first_epoch);
+            let mut buffers: BTreeMap<u64, (Capability<u64>, Vec<Item<(K, V)>>)> = BTreeMap::new();
+            let mut wm_from: HashMap<u32, u64> = HashMap::new();
+            let mut watermark = 0u64;
+            let mut outs: Vec<(u64, F::Out)> = Vec::new();
+            let mut sides: Vec<(u64, F::Side)> = Vec::new();
+            let mut key_bytes = Vec::new();
+            let mut ns = Vec::new();
+            let mut scratch = Vec::new();
+            let mut wms = Vec::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&epoch) = cap.least() else {
+                        return;
+                    };
+                    let entry = match buffers.entry(epoch) {
+                        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            let Some(cap) = cap.retain_least(output.output_index()) else {
+                                return;
+                            };
+                            v.insert((cap, Vec::new()))
+                        }
+                    };
+                    for batch in data {
+                        entry.1.append(batch);
+                    }
+                });
+                loop {
+                    let Some((&epoch, _)) = buffers.first_key_value() else {
+                        break;
+                    };
+                    if frontier.less_equal(&epoch) {
+                        break;
+                    }
+                    let mut s = shared.borrow_mut();
+                    if s.error.is_some() {
+                        return;
+                    }
+                    // Epochs with nothing for this instance are done too.
+                    while next_done < epoch {
+                        s.operator_done(next_done);
+                        next_done += 1;
+                    }
+                    if !s.may_apply(epoch, &activator) {
+                        break;
+                    }
+                    let Some((cap, items)) = buffers.remove(&epoch) else {
+                        break;
+                    };
+                    let s = &mut *s;
+                    let result = apply_epoch(
+                        &mut function,
+                        Epoch {
+                            epoch,
+                            items,
+                            op,
+                            op_name: &op_name,
+                            upstreams,
+                        },
+                        &mut Scratch {
+                            timers: &mut timers,
+                            wm_from: &mut wm_from,
+                            watermark: &mut watermark,
+                            outs: &mut outs,
+                            sides: &mut sides,
+                            key_bytes: &mut key_bytes,
+                            ns: &mut ns,
+                            scratch: &mut scratch,
+                            wms: &mut wms,
+                        },
+                        &mut s.store,
+                        &mut s.records_in,
+                    );
+                    if let Err(e) = result {
+                        s.fail(Error::Operator {
+                            operator: op_name.clone(),
+                            reason: e.to_string(),
+                        });
+                        return;
+                    }
+                    let mut session = output.session(&cap);
+                    for (time, o) in outs.drain(..) {
+                        session.give(Item::Rec {
+                            time,
+                            kg: 0,
+                            data: Either::Main(o),
+                        });
+                    }
+                    for (time, o) in sides.drain(..) {
+                        session.give(Item::Rec {
+                            time,
+                            kg: 0,
+                            data: Either::Side(o),
+                        });
+                    }
+                    for to in 0..peers as u32 {
+                        session.give(Item::Wm {
+                            to,
+                            from: index as u32,
+                            wm: watermark,
+                        });
+                    }
+                    drop(session);
+                    s.operator_done(epoch);
+                    next_done = epoch + 1;
+                }
+                // Past every epoch below the frontier with nothing buffered.
+                if buffers.is_empty()
+                    && let Some(&f) = frontier.frontier().first()
+                {
+                    let mut s = shared.borrow_mut();
+                    while next_done < f && s.error.is_none() {
+                        s.operator_done(next_done);
+                        next_done += 1;
+                    }
+                }
+            }
+        },
+    )
+}
+
+struct Epoch<'a, K, V> {
+    epoch: u64,
+    items: Vec<Item<(K, V)>>,
+    op: u32,
+    op_name: &'a str,
+    upstreams: usize,
+}
+
+struct Scratch<'a, O, S> {
+    timers: &'a mut TimerService,
+    wm_from: &'a mut HashMap<u32, u64>,
+    watermark: &'a mut u64,
+    outs: &'a mut Vec<(u64, O)>,
+    sides: &'a mut Vec<(u64, S)>,
+    key_bytes: &'a mut Vec<u8>,
+    ns: &'a mut Vec<u8>,
+    scratch: &'a mut Vec<u8>,
+    wms: &'a mut Vec<(u32, u64)>,
+}
+
+/// Applies one epoch: its records, then its watermarks, then the timers
+/// that are due.
+fn apply_epoch<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
+    function: &mut F,
+    epoch: Epoch<'_, K, V>,
+    sc: &mut Scratch<'_, F::Out, F::Side>,
+    store: &mut crate::state::StateStore,
+    records_in: &mut u64,
+) -> Result<()> {
+    sc.wms.clear();
+    for item in epoch.items {
+        match item {
+            Item::Rec {
+                time,
+                kg,
+                data: (key, value),
+            } => {
+                *records_in += 1;
+                sc.key_bytes.clear();
+                postcard::to_io(&key, &mut *sc.key_bytes).map_err(|e| Error::codec("key", e))?;
+                sc.ns.clear();
+                let mut ctx = ProcessingContext {
+                    key: &key,
+                    key_bytes: sc.key_bytes,
+                    kg,
+                    ns: sc.ns,
+                    time,
+                    watermark: *sc.watermark,
+                    epoch: epoch.epoch,
+                    store,
+                    timers: sc.timers,
+                    out: sc.outs,
+                    side: sc.sides,
+                    scratch: sc.scratch,
+                    op: epoch.op,
+                    op_name: epoch.op_name,
+                };
+                function.on_record(&mut ctx, value)?;
+            }
+            Item::Wm { from, wm, .. } => sc.wms.push((from, wm)),
+        }
+    }
+    for &(from, wm) in sc.wms.iter() {
+        let slot = sc.wm_from.entry(from).or_insert(0);
+        *slot = (*slot).max(wm);
+    }
+    if sc.wm_from.len() >= epoch.upstreams {
+        let combined = sc.wm_from.values().copied().min().unwrap_or(0);
+        *sc.watermark = (*sc.watermark).max(combined);
+    }
+    let now = store.now_ms();
+    for (domain, due) in [
+        (TimeDomain::EventTime, *sc.watermark),
+        (TimeDomain::ProcessingTime, now),
+    ] {
+        while let Some(t) = sc.timers.pop_due(store, domain, due) {
+            let key: K = postcard::from_bytes(&t.key).map_err(|e| Error::codec("timer key", e))?;
+            sc.key_bytes.clear();
+            sc.key_bytes.extend_from_slice(&t.key);
+            sc.ns.clear();
+            sc.ns.extend_from_slice(&t.ns);
+            let timer = Timer {
+                time: t.time,
+                domain,
+                namespace: t.ns,
+            };
+            let mut ctx = ProcessingContext {
+                key: &key,
+                key_bytes: sc.key_bytes,
+                kg: t.kg,
+                ns: sc.ns,
+                time: timer.time,
+                watermark: *sc.watermark,
+                epoch: epoch.epoch,
+                store,
+                timers: sc.timers,
+                out: sc.outs,
+                side: sc.sides,
+                scratch: sc.scratch,
+                op: epoch.op,
+                op_name: epoch.op_name,
+            };
+            function.on_timer(&mut ctx, timer)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Operators with state.
+
+pub mod keyed;

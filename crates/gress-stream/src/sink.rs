@@ -1,0 +1,188 @@
+//! Sinks that make output visible only for committed epochs.
+//!
+//! A sink first writes each epoch's output as pending (durable, not
+//! visible), then makes it visible when the job commits that epoch. At
+//! start it is told the newest committed epoch: pending output up to it is
+//! made visible (its commit may have been cut short by a crash), later
+//! pending output is discarded. So after any number of crashes the visible
+//! output is exactly that of the committed epochs, once.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::data::Data;
+use crate::error::{Error, Result};
+
+/// Where a job's output goes.
+pub trait Sink<T>: 'static {
+    /// Prepares worker `worker`'s part; `committed` is the newest committed
+    /// epoch of the job: make output up to it visible, discard the rest.
+    fn open(&mut self, worker: usize, committed: Option<u64>) -> Result<()>;
+    /// Writes `records`, the whole output of `epoch`, durable but not yet
+    /// visible.
+    fn write_epoch(&mut self, epoch: u64, records: Vec<T>) -> Result<()>;
+    /// Makes every written epoch up to `epoch` visible.
+    fn commit(&mut self, epoch: u64) -> Result<()>;
+}
+
+/// Files of JSON lines: one per epoch and worker, written under
+/// `pending/` and renamed into `committed/` when the epoch commits.
+#[derive(Debug)]
+pub struct FileSink {
+    dir: PathBuf,
+    worker: usize,
+    written: BTreeSet<u64>,
+}
+
+impl FileSink {
+    /// Output under `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FileSink {
+            dir: dir.into(),
+            worker: 0,
+            written: BTreeSet::new(),
+        }
+    }
+
+    fn name(&self, epoch: u64) -> String {
+        format!("{epoch:020}-{:05}.jsonl", self.worker)
+    }
+
+    fn fail(&self, what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+        Error::Sink {
+            sink: self.dir.display().to_string(),
+            reason: format!("{what} {}: {e}", path.display()),
+        }
+    }
+
+    fn publish(&self, epoch: u64) -> Result<()> {
+        let name = self.name(epoch);
+        let from = self.dir.join("pending").join(&name);
+        let to = self.dir.join("committed").join(&name);
+        if to.exists() {
+            // Committed before a crash that came before the pending file
+            // was gone: nothing left to do.
+            let _ = fs::remove_file(&from);
+            return Ok(());
+        }
+        fs::rename(&from, &to).map_err(|e| self.fail("committing", &from, e))?;
+        gress_state::fsutil::sync_dir(&self.dir.join("committed"))
+            .map_err(|e| self.fail("syncing", &to, e))
+    }
+
+    /// The committed output files, in epoch order.
+    pub fn committed_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir.join("committed"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+}
+
+impl<T: Data + Serialize> Sink<T> for FileSink {
+    fn open(&mut self, worker: usize, committed: Option<u64>) -> Result<()> {
+        self.worker = worker;
+        for sub in ["pending", "committed"] {
+            let d = self.dir.join(sub);
+            fs::create_dir_all(&d).map_err(|e| self.fail("creating", &d, e))?;
+        }
+        let suffix = format!("-{:05}.jsonl", self.worker);
+        let pending = self.dir.join("pending");
+        for entry in fs::read_dir(&pending).map_err(|e| self.fail("listing", &pending, e))? {
+            let entry = entry.map_err(|e| self.fail("listing", &pending, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(epoch) = name
+                .strip_suffix(&suffix)
+                .and_then(|e| e.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if committed.is_some_and(|c| epoch <= c) {
+                self.publish(epoch)?;
+            } else {
+                fs::remove_file(entry.path())
+                    .map_err(|e| self.fail("discarding", &entry.path(), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_epoch(&mut self, epoch: u64, records: Vec<T>) -> Result<()> {
+        let path = self.dir.join("pending").join(self.name(epoch));
+        let file = File::create(&path).map_err(|e| self.fail("creating", &path, e))?;
+        let mut out = BufWriter::new(file);
+        for record in &records {
+            serde_json::to_writer(&mut out, record).map_err(|e| self.fail("writing", &path, e))?;
+            out.write_all(b"\n")
+                .map_err(|e| self.fail("writing", &path, e))?;
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| self.fail("writing", &path, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| self.fail("syncing", &path, e))?;
+        self.written.insert(epoch);
+        Ok(())
+    }
+
+    fn commit(&mut self, epoch: u64) -> Result<()> {
+        while let Some(&e) = self.written.first() {
+            if e > epoch {
+                break;
+            }
+            self.publish(e)?;
+            self.written.remove(&e);
+        }
+        Ok(())
+    }
+}
+
+/// Collects committed output in memory, across all workers of a process:
+/// for tests and small jobs.
+#[derive(Debug)]
+pub struct CollectSink<T> {
+    committed: Arc<Mutex<Vec<T>>>,
+    pending: Vec<(u64, Vec<T>)>,
+}
+
+impl<T> CollectSink<T> {
+    /// A sink adding committed records to `into`.
+    pub fn new(into: Arc<Mutex<Vec<T>>>) -> Self {
+        CollectSink {
+            committed: into,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl<T: Data> Sink<T> for CollectSink<T> {
+    fn open(&mut self, _worker: usize, _committed: Option<u64>) -> Result<()> {
+        Ok(())
+    }
+
+    fn write_epoch(&mut self, epoch: u64, records: Vec<T>) -> Result<()> {
+        self.pending.push((epoch, records));
+        Ok(())
+    }
+
+    fn commit(&mut self, epoch: u64) -> Result<()> {
+        let mut out = self.committed.lock();
+        self.pending.retain_mut(|(e, records)| {
+            if *e <= epoch {
+                out.append(records);
+                false
+            } else {
+                true
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,333 @@
+//! Keyed state: one backend per worker, a write-back cache in front of it,
+//! and typed handles scoped to the current key (and namespace).
+//!
+//! The cache keeps decoded values of the keys an operator touches. Writes
+//! stay in the cache (dirty) until the worker flushes: once per checkpoint
+//! epoch, before the cut, as one `WriteBatch`, and when the cache is over
+//! its budget. Reads always see the operator's own writes. A miss reads the
+//! backend once and keeps the decoded value (or its absence).
+
+mod handles;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gress_state::checkpoint::Checkpointable;
+use gress_state::{Clock, WriteBatch};
+
+pub(crate) use handles::Target;
+pub use handles::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
+    ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
+    ValueState, ValueStateDescriptor,
+};
+
+use crate::error::{Error, Result};
+use crate::keys::TIMER_STATE_ID;
+
+/// How long state lives without being written (or read, if so chosen), as
+/// Flink's `StateTtlConfig`. An expired value is never returned; expired
+/// entries are deleted from the backend and the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateTtl {
+    /// Time to live.
+    pub ttl: Duration,
+    /// What refreshes it.
+    pub update: TtlUpdate,
+}
+
+/// What refreshes a value's time to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlUpdate {
+    /// Creating or writing the value.
+    OnCreateAndWrite,
+    /// Reading or writing it.
+    OnReadAndWrite,
+}
+
+impl StateTtl {
+    /// Refreshed on create and write.
+    pub fn new(ttl: Duration) -> Self {
+        StateTtl {
+            ttl,
+            update: TtlUpdate::OnCreateAndWrite,
+        }
+    }
+
+    /// Refreshed on read and write.
+    pub fn refreshed_on_read(ttl: Duration) -> Self {
+        StateTtl {
+            ttl,
+            update: TtlUpdate::OnReadAndWrite,
+        }
+    }
+}
+
+/// Encodes a cached value of one state for the backend.
+pub(crate) trait Encoder {
+    fn encode(&self, value: &dyn Any, out: &mut Vec<u8>) -> Result<()>;
+}
+
+/// Encodes timers: they carry no value.
+struct TimerEncoder;
+
+impl Encoder for TimerEncoder {
+    fn encode(&self, _: &dyn Any, _: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A declared state of an operator.
+struct Registration {
+    name: String,
+    encoder: Box<dyn Encoder>,
+}
+
+/// One cached entry.
+pub(crate) struct Slot {
+    /// The decoded value; `None` when the key has no value.
+    pub(crate) value: Option<Box<dyn Any>>,
+    /// Differs from the backend.
+    pub(crate) dirty: bool,
+    /// When it expires (ms), for state with a TTL.
+    pub(crate) expires_at: Option<u64>,
+    /// The state it belongs to.
+    state_id: u32,
+    /// Bytes it is counted as.
+    size: usize,
+}
+
+/// Counters of the cache, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Reads answered by the cache.
+    pub hits: u64,
+    /// Reads that went to the backend.
+    pub misses: u64,
+    /// Entries written to the backend.
+    pub written: u64,
+    /// Entries dropped to stay within the budget.
+    pub evicted: u64,
+    /// Flushes (write batches).
+    pub flushes: u64,
+}
+
+/// A worker's keyed state: its backend and the write-back cache.
+pub struct StateStore {
+    backend: Arc<dyn Checkpointable>,
+    cache: HashMap<Box<[u8]>, Slot>,
+    registry: HashMap<u32, Registration>,
+    bytes: usize,
+    budget: usize,
+    clock: Arc<dyn Clock>,
+    stats: CacheStats,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("entries", &self.cache.len())
+            .field("bytes", &self.bytes)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    pub(crate) fn new(
+        backend: Arc<dyn Checkpointable>,
+        budget: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let mut registry = HashMap::new();
+        registry.insert(
+            TIMER_STATE_ID,
+            Registration {
+                name: "timers".into(),
+                encoder: Box::new(TimerEncoder),
+            },
+        );
+        StateStore {
+            backend,
+            cache: HashMap::new(),
+            registry,
+            bytes: 0,
+            budget,
+            clock,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Checkpointable> {
+        &self.backend
+    }
+
+    /// Counters of the cache.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Declares state `name` under `id`; a second declaration of the same
+    /// id must carry the same name.
+    pub(crate) fn register(
+        &mut self,
+        id: u32,
+        name: &str,
+        encoder: impl FnOnce() -> Box<dyn Encoder>,
+    ) -> Result<()> {
+        match self.registry.get(&id) {
+            Some(r) if r.name == name => Ok(()),
+            Some(r) => Err(Error::invalid(
+                "state",
+                format!("`{name}` and `{}` have the same id; rename one", r.name),
+            )),
+            None => {
+                self.registry.insert(
+                    id,
+                    Registration {
+                        name: name.to_string(),
+                        encoder: encoder(),
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The cached entry for `key`, read from the backend on a miss.
+    pub(crate) fn slot<T: 'static>(
+        &mut self,
+        key: &[u8],
+        state_id: u32,
+        decode: &dyn Fn(&[u8]) -> Result<T>,
+    ) -> Result<&mut Slot> {
+        if self.cache.contains_key(key) {
+            self.stats.hits += 1;
+        } else {
+            self.stats.misses += 1;
+            let value = match self.backend.get(key)? {
+                Some(bytes) => Some(Box::new(decode(&bytes)?) as Box<dyn Any>),
+                None => None,
+            };
+            let size = key.len() + 64 + std::mem::size_of::<T>();
+            self.bytes += size;
+            self.cache.insert(
+                key.into(),
+                Slot {
+                    value,
+                    dirty: false,
+                    expires_at: None,
+                    state_id,
+                    size,
+                },
+            );
+        }
+        Ok(self.cache.get_mut(key).expect("present: inserted above"))
+    }
+
+    /// Sets `key` to `value` without reading it first.
+    pub(crate) fn put_raw(&mut self, key: &[u8], state_id: u32, value: Option<Box<dyn Any>>) {
+        if let Some(slot) = self.cache.get_mut(key) {
+            slot.value = value;
+            slot.dirty = true;
+            slot.expires_at = None;
+            return;
+        }
+        let size = key.len() + 64;
+        self.bytes += size;
+        self.cache.insert(
+            key.into(),
+            Slot {
+                value,
+                dirty: true,
+                expires_at: None,
+                state_id,
+                size,
+            },
+        );
+    }
+
+    /// Writes every dirty entry to the backend in one batch.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut batch = WriteBatch::new();
+        let mut scratch = Vec::new();
+        let mut written = 0;
+        for (key, slot) in self.cache.iter_mut() {
+            if !slot.dirty {
+                continue;
+            }
+            let live = slot.expires_at.is_none_or(|at| at > now);
+            match (&slot.value, live) {
+                (Some(value), true) => {
+                    let reg = self.registry.get(&slot.state_id).ok_or_else(|| {
+                        Error::invalid("state", format!("undeclared state id {}", slot.state_id))
+                    })?;
+                    scratch.clear();
+                    reg.encoder.encode(&**value, &mut scratch)?;
+                    match slot.expires_at {
+                        Some(at) => {
+                            batch.put_with_ttl(&key[..], &scratch, Duration::from_millis(at - now))
+                        }
+                        None => batch.put(&key[..], &scratch),
+                    };
+                    let size = key.len() + scratch.len() + 48;
+                    self.bytes = self.bytes + size - slot.size.min(self.bytes);
+                    slot.size = size;
+                }
+                _ => {
+                    batch.delete(&key[..]);
+                    slot.value = None;
+                }
+            }
+            slot.dirty = false;
+            written += 1;
+        }
+        if written > 0 {
+            self.backend.write_batch(&batch)?;
+            self.stats.written += written;
+            self.stats.flushes += 1;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then drops clean entries until the cache is within its
+    /// budget.
+    pub(crate) fn maybe_evict(&mut self) -> Result<()> {
+        if self.bytes <= self.budget {
+            return Ok(());
+        }
+        self.flush()?;
+        let target = self.budget - self.budget / 4;
+        let mut bytes = self.bytes;
+        let mut evicted = 0;
+        self.cache.retain(|_, slot| {
+            if bytes <= target || slot.dirty {
+                return true;
+            }
+            bytes = bytes.saturating_sub(slot.size);
+            evicted += 1;
+            false
+        });
+        self.bytes = bytes;
+        self.stats.evicted += evicted;
+        Ok(())
+    }
+
+    /// Dirty entries not yet flushed.
+    pub fn dirty_entries(&self) -> usize {
+        self.cache.values().filter(|s| s.dirty).count()
+    }
+
+    /// Entries and bytes the cache holds.
+    pub fn cached(&self) -> (usize, usize) {
+        (self.cache.len(), self.bytes)
+    }
+}

@@ -1,0 +1,261 @@
+//! What the operators of one worker share: the keyed state, the epoch
+//! bookkeeping that decides when the worker's state is cut, and what the
+//! worker has learned of committed epochs.
+//!
+//! A worker's state is a valid cut for epoch `e` once every stateful
+//! operator has applied all of `e` and none has applied any of `e + 1`, and
+//! the sources have recorded their offsets at the end of `e`. Operators
+//! apply epochs in order and ask [`WorkerState::may_apply`] before each;
+//! when the last of them reports an epoch done, the cut is taken at once:
+//! the state cache is flushed and the checkpoint manager cuts the backend,
+//! and the upload goes to a thread of its own.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::mpsc;
+
+use gress_checkpoint::{CheckpointManager, Metadata, PendingCheckpoint};
+use timely::scheduling::{Activator, SyncActivator};
+
+use crate::error::{Error, Result};
+use crate::state::StateStore;
+
+/// The result of one worker's checkpoint of an epoch.
+#[derive(Debug, Clone)]
+pub(crate) struct Uploaded {
+    pub(crate) epoch: u64,
+    /// The checkpoint id, or why it failed.
+    pub(crate) result: std::result::Result<u64, String>,
+}
+
+/// Checkpointing of one worker.
+pub(crate) struct Checkpoints {
+    pub(crate) manager: Rc<CheckpointManager>,
+    pub(crate) uploads: mpsc::Sender<(u64, PendingCheckpoint)>,
+    pub(crate) results: mpsc::Receiver<Uploaded>,
+    /// For cuts that fail before any upload.
+    pub(crate) failures: mpsc::Sender<Uploaded>,
+}
+
+/// Shared by the operators of one worker (one thread).
+pub(crate) struct WorkerState {
+    pub(crate) index: usize,
+    pub(crate) peers: usize,
+    pub(crate) key_groups: u16,
+    pub(crate) job_id: String,
+    pub(crate) store: StateStore,
+    pub(crate) checkpoints: Option<Checkpoints>,
+    /// Stateful operators registered while the dataflow was built.
+    stateful: usize,
+    /// Sources registered.
+    sources: usize,
+    /// Per epoch: stateful operators done with it, sources done with it.
+    done: BTreeMap<u64, (usize, usize)>,
+    /// Per epoch: offsets recorded by the sources at its end.
+    offsets: BTreeMap<u64, Metadata>,
+    /// The next epoch whose cut is due; epochs below it are cut.
+    pub(crate) next_cut: u64,
+    /// Operators waiting for a cut.
+    waiting: Vec<Activator>,
+    /// The newest epoch the job committed, as this worker learned it.
+    pub(crate) committed: Option<u64>,
+    /// The highest epoch the committer has dealt with (committed or not),
+    /// plus one: the epochs below it are out of flight.
+    pub(crate) settled: u64,
+    /// Set when the final epoch was committed: sources stop.
+    pub(crate) finished: bool,
+    /// Woken when `committed`, `settled` or `finished` change.
+    pub(crate) listeners: Vec<Activator>,
+    /// The first error of any operator of this worker.
+    pub(crate) error: Option<Error>,
+    /// The sinks, for the last commit when the job ends.
+    pub(crate) sinks: Vec<Rc<RefCell<dyn crate::stream::CommitSink>>>,
+    pub(crate) records_in: u64,
+    pub(crate) records_out: u64,
+    pub(crate) epochs_cut: u64,
+}
+
+pub(crate) type Shared = Rc<RefCell<WorkerState>>;
+
+impl WorkerState {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        index: usize,
+        peers: usize,
+        key_groups: u16,
+        job_id: String,
+        store: StateStore,
+        checkpoints: Option<Checkpoints>,
+        first_epoch: u64,
+        committed: Option<u64>,
+    ) -> Self {
+        WorkerState {
+            index,
+            peers,
+            key_groups,
+            job_id,
+            store,
+            checkpoints,
+            stateful: 0,
+            sources: 0,
+            done: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            next_cut: first_epoch,
+            waiting: Vec::new(),
+            committed,
+            settled: first_epoch,
+            finished: false,
+            listeners: Vec::new(),
+            error: None,
+            sinks: Vec::new(),
+            records_in: 0,
+            records_out: 0,
+            epochs_cut: 0,
+        }
+    }
+
+    pub(crate) fn register_stateful(&mut self) {
+        self.stateful += 1;
+    }
+
+    pub(crate) fn register_source(&mut self) {
+        self.sources += 1;
+    }
+
+    /// Records the first error; the job stops.
+    pub(crate) fn fail(&mut self, e: Error) {
+        tracing::error!(worker = self.index, error = %e, "job failed");
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    /// Whether an operator may apply `epoch` now: every earlier epoch is
+    /// cut (with checkpointing off, always).
+    pub(crate) fn may_apply(&mut self, epoch: u64, waiter: &Activator) -> bool {
+        if self.checkpoints.is_none() || epoch <= self.next_cut {
+            return true;
+        }
+        self.waiting.push(waiter.clone());
+        false
+    }
+
+    /// A stateful operator has applied all of `epoch`.
+    pub(crate) fn operator_done(&mut self, epoch: u64) {
+        self.done.entry(epoch).or_default().0 += 1;
+        self.try_cut();
+    }
+
+    /// A source has read all of `epoch`; `offsets` are where its
+    /// partitions stand now.
+    pub(crate) fn source_done(&mut self, epoch: u64, offsets: Metadata) {
+        self.done.entry(epoch).or_default().1 += 1;
+        self.offsets.entry(epoch).or_default().extend(offsets);
+        self.try_cut();
+    }
+
+    fn try_cut(&mut self) {
+        while let Some(&(ops, sources)) = self.done.get(&self.next_cut) {
+            if ops < self.stateful || sources < self.sources {
+                return;
+            }
+            let epoch = self.next_cut;
+            self.done.remove(&epoch);
+            let offsets = self.offsets.remove(&epoch).unwrap_or_default();
+            if let Err(e) = self.cut(epoch, offsets) {
+                self.fail(e);
+                return;
+            }
+            self.next_cut = epoch + 1;
+            for waiter in self.waiting.drain(..) {
+                waiter.activate();
+            }
+        }
+    }
+
+    /// Flushes the state and cuts it for `epoch`; the upload runs on the
+    /// worker's upload thread.
+    fn cut(&mut self, epoch: u64, offsets: Metadata) -> Result<()> {
+        self.store.flush()?;
+        self.store.maybe_evict()?;
+        self.epochs_cut += 1;
+        let Some(cp) = &self.checkpoints else {
+            return Ok(());
+        };
+        let mut metadata = offsets;
+        metadata.insert("epoch".into(), epoch.to_string());
+        metadata.insert("worker".into(), self.index.to_string());
+        metadata.insert("workers".into(), self.peers.to_string());
+        metadata.insert("key_groups".into(), self.key_groups.to_string());
+        metadata.insert("job".into(), self.job_id.clone());
+        match cp.manager.begin_checkpoint(metadata) {
+            Ok(pending) => {
+                if cp.uploads.send((epoch, pending)).is_err() {
+                    return Err(Error::Worker("the upload thread stopped".into()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(epoch, error = %e, "could not cut a checkpoint; the epoch will not commit");
+                let _ = cp.failures.send(Uploaded {
+                    epoch,
+                    result: Err(e.to_string()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Learned from the committer: `epoch` was dealt with, committed or
+    /// not; `final_epoch` says the job is complete.
+    pub(crate) fn settle(&mut self, epoch: u64, committed: bool, final_epoch: bool) {
+        if committed {
+            self.committed = Some(self.committed.map_or(epoch, |c| c.max(epoch)));
+        }
+        self.settled = self.settled.max(epoch + 1);
+        if committed && final_epoch {
+            self.finished = true;
+        }
+        for l in &self.listeners {
+            l.activate();
+        }
+    }
+}
+
+/// Starts the thread that commits a worker's checkpoints one after another
+/// and reports each result.
+pub(crate) fn upload_thread(
+    worker: usize,
+    activator: std::sync::Arc<parking_lot::Mutex<Option<SyncActivator>>>,
+) -> (
+    mpsc::Sender<(u64, PendingCheckpoint)>,
+    mpsc::Receiver<Uploaded>,
+    mpsc::Sender<Uploaded>,
+) {
+    let (tx, rx) = mpsc::channel::<(u64, PendingCheckpoint)>();
+    let (done_tx, done_rx) = mpsc::channel();
+    let failures = done_tx.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("gress-upload-{worker}"))
+        .spawn(move || {
+            for (epoch, pending) in rx {
+                let result = pending
+                    .commit()
+                    .map(|r| r.info.id)
+                    .map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    tracing::warn!(worker, epoch, error = %e, "checkpoint upload failed");
+                }
+                if done_tx.send(Uploaded { epoch, result }).is_err() {
+                    return;
+                }
+                if let Some(a) = &*activator.lock() {
+                    let _ = a.activate();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the upload thread");
+    }
+    (tx, done_rx, failures)
+}
