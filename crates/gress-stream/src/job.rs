@@ -75,9 +75,16 @@ impl CheckpointStorage {
 /// Makes each worker's state backend: called once per worker with its
 /// index. A job runs on either backend by changing only this.
 #[derive(Clone)]
-pub struct BackendFactory(
-    Arc<dyn Fn(usize) -> gress_state::Result<Arc<dyn Checkpointable>> + Send + Sync>,
-);
+pub struct BackendFactory(Factory);
+
+type MakeBackend = dyn Fn(usize) -> gress_state::Result<Arc<dyn Checkpointable>> + Send + Sync;
+
+#[derive(Clone)]
+enum Factory {
+    /// A memory backend on the job's clock.
+    Memory,
+    Custom(Arc<MakeBackend>),
+}
 
 impl std::fmt::Debug for BackendFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,15 +97,25 @@ impl BackendFactory {
     pub fn new(
         make: impl Fn(usize) -> gress_state::Result<Arc<dyn Checkpointable>> + Send + Sync + 'static,
     ) -> Self {
-        BackendFactory(Arc::new(make))
+        BackendFactory(Factory::Custom(Arc::new(make)))
     }
 
-    /// A memory backend per worker.
+    /// A memory backend per worker, on the job's clock.
     pub fn memory() -> Self {
-        BackendFactory::new(|_| {
-            Ok(Arc::new(MemoryStateBackend::new(MemoryConfig::default())?)
-                as Arc<dyn Checkpointable>)
-        })
+        BackendFactory(Factory::Memory)
+    }
+
+    fn make(
+        &self,
+        worker: usize,
+        clock: &Arc<dyn Clock>,
+    ) -> gress_state::Result<Arc<dyn Checkpointable>> {
+        match &self.0 {
+            Factory::Memory => Ok(Arc::new(MemoryStateBackend::new(
+                MemoryConfig::default().with_clock(Arc::clone(clock)),
+            )?)),
+            Factory::Custom(make) => make(worker),
+        }
     }
 }
 
@@ -141,7 +158,8 @@ pub struct JobConfig {
     pub backend: BackendFactory,
     /// Bytes of decoded state each worker keeps in its cache.
     pub cache_bytes: usize,
-    /// The clock of processing time and state TTL.
+    /// The clock of processing time and state TTL. The backends enforce
+    /// state TTL with their own clock, so give them the same one.
     pub clock: Arc<dyn Clock>,
     /// Settings of each worker's checkpoint manager (lease, timeouts).
     pub checkpoint: CheckpointConfig,
@@ -681,7 +699,7 @@ where
     if let Some(c) = &commit {
         check_commit(c, config, peers)?;
     }
-    let backend = (config.backend.0)(index)?;
+    let backend = config.backend.make(index, &config.clock)?;
     let mut offsets = Metadata::new();
     let slot: Arc<Mutex<Option<timely::scheduling::SyncActivator>>> = Arc::new(Mutex::new(None));
     let checkpoints = match &config.checkpoints {

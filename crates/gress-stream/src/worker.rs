@@ -74,6 +74,8 @@ pub(crate) struct WorkerState {
     pub(crate) records_in: u64,
     pub(crate) records_out: u64,
     pub(crate) epochs_cut: u64,
+    last_report: std::time::Instant,
+    reported: (u64, u64),
 }
 
 pub(crate) type Shared = Rc<RefCell<WorkerState>>;
@@ -112,6 +114,8 @@ impl WorkerState {
             records_in: 0,
             records_out: 0,
             epochs_cut: 0,
+            last_report: std::time::Instant::now(),
+            reported: (0, 0),
         }
     }
 
@@ -215,6 +219,19 @@ impl WorkerState {
         self.settled = self.settled.max(epoch + 1);
         if committed && final_epoch {
             self.finished = true;
+        }
+        if committed && self.last_report.elapsed() >= std::time::Duration::from_secs(5) {
+            let secs = self.last_report.elapsed().as_secs_f64();
+            tracing::info!(
+                worker = self.index,
+                epoch,
+                records_in_per_s = ((self.records_in - self.reported.0) as f64 / secs) as u64,
+                records_out_per_s = ((self.records_out - self.reported.1) as f64 / secs) as u64,
+                cache_entries = self.store.cached().0,
+                "progress"
+            );
+            self.reported = (self.records_in, self.records_out);
+            self.last_report = std::time::Instant::now();
         }
         for l in &self.listeners {
             l.activate();

@@ -331,3 +331,211 @@ impl StateStore {
         (self.cache.len(), self.bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use gress_state::{ManualClock, MemoryStateBackend};
+
+    use super::*;
+    use crate::state::handles::Target;
+
+    fn store(budget: usize) -> (StateStore, Arc<MemoryStateBackend>, Arc<ManualClock>) {
+        let clock = ManualClock::shared(1_000_000);
+        // The backend enforces the TTL the store computes: one clock.
+        let backend = Arc::new(
+            MemoryStateBackend::new(gress_state::MemoryConfig::default().with_clock(clock.clone()))
+                .expect("valid config"),
+        );
+        let store = StateStore::new(backend.clone(), budget, clock.clone());
+        (store, backend, clock)
+    }
+
+    fn target<'a>(
+        store: &'a mut StateStore,
+        scratch: &'a mut Vec<u8>,
+        key: &'a [u8],
+    ) -> Target<'a> {
+        Target {
+            store,
+            key: scratch,
+            op: 1,
+            op_name: "op",
+            kg: 3,
+            user_key: key,
+            ns: b"",
+        }
+    }
+
+    /// Writes stay in the cache until a flush, and reads see them at once;
+    /// a flush writes them to the backend in one batch.
+    #[test]
+    fn reads_see_own_writes_and_flush_writes_back() -> Result<()> {
+        let (mut store, backend, _) = store(1 << 20);
+        let desc = ValueStateDescriptor::<u64>::new("v");
+        let mut scratch = Vec::new();
+        desc.handle(target(&mut store, &mut scratch, b"k"))?
+            .set(7)?;
+        assert_eq!(
+            desc.handle(target(&mut store, &mut scratch, b"k"))?.get()?,
+            Some(7)
+        );
+        assert_eq!(backend.len()?, 0, "written before the flush");
+        assert_eq!(store.dirty_entries(), 1);
+        store.flush()?;
+        assert_eq!(backend.len()?, 1);
+        assert_eq!(store.dirty_entries(), 0);
+        desc.handle(target(&mut store, &mut scratch, b"k"))?
+            .clear()?;
+        store.flush()?;
+        assert_eq!(backend.len()?, 0, "a cleared value is deleted");
+        Ok(())
+    }
+
+    /// Over its budget the cache writes back and drops entries; they read
+    /// back from the backend unchanged.
+    #[test]
+    fn eviction_writes_back_and_reads_return() -> Result<()> {
+        let (mut store, _backend, _) = store(16 << 10);
+        let desc = ValueStateDescriptor::<String>::new("v");
+        let mut scratch = Vec::new();
+        for i in 0..2_000u32 {
+            let key = i.to_be_bytes();
+            desc.handle(target(&mut store, &mut scratch, &key))?
+                .set(format!("value-{i}"))?;
+            store.maybe_evict()?;
+        }
+        assert!(store.stats().evicted > 0, "nothing was evicted");
+        assert!(
+            store.cached().1 <= 16 << 10,
+            "over budget: {:?}",
+            store.cached()
+        );
+        for i in 0..2_000u32 {
+            let key = i.to_be_bytes();
+            assert_eq!(
+                desc.handle(target(&mut store, &mut scratch, &key))?.get()?,
+                Some(format!("value-{i}"))
+            );
+        }
+        Ok(())
+    }
+
+    /// With a TTL refreshed on create and write, a value is gone once its
+    /// time passed, from the cache and after a flush from the backend; with
+    /// refresh on read, reading keeps it alive.
+    #[test]
+    fn ttl_expires_values_and_read_refreshes() -> Result<()> {
+        let (mut store, backend, clock) = store(1 << 20);
+        let write =
+            ValueStateDescriptor::<u64>::new("w").with_ttl(StateTtl::new(Duration::from_secs(10)));
+        let read = ValueStateDescriptor::<u64>::new("r")
+            .with_ttl(StateTtl::refreshed_on_read(Duration::from_secs(10)));
+        let mut scratch = Vec::new();
+        write
+            .handle(target(&mut store, &mut scratch, b"k"))?
+            .set(1)?;
+        read.handle(target(&mut store, &mut scratch, b"k"))?
+            .set(2)?;
+        store.flush()?;
+        for _ in 0..3 {
+            clock.advance(Duration::from_secs(6));
+            assert_eq!(
+                read.handle(target(&mut store, &mut scratch, b"k"))?.get()?,
+                Some(2)
+            );
+        }
+        assert_eq!(
+            write
+                .handle(target(&mut store, &mut scratch, b"k"))?
+                .get()?,
+            None
+        );
+        store.flush()?;
+        assert_eq!(backend.len()?, 1, "the expired value stayed in the backend");
+        // Read straight from the backend after the cache is gone.
+        let mut fresh = StateStore::new(backend.clone(), 1 << 20, clock.clone());
+        assert_eq!(
+            read.handle(target(&mut fresh, &mut scratch, b"k"))?.get()?,
+            Some(2)
+        );
+        clock.advance(Duration::from_secs(11));
+        let mut fresh = StateStore::new(backend, 1 << 20, clock);
+        assert_eq!(
+            read.handle(target(&mut fresh, &mut scratch, b"k"))?.get()?,
+            None
+        );
+        Ok(())
+    }
+
+    struct Sum;
+    impl AggregateFunction for Sum {
+        type In = u64;
+        type Acc = (u64, u64);
+        type Out = f64;
+        fn create(&self) -> (u64, u64) {
+            (0, 0)
+        }
+        fn add(&self, acc: &mut (u64, u64), input: u64) {
+            acc.0 += input;
+            acc.1 += 1;
+        }
+        fn result(&self, acc: &(u64, u64)) -> f64 {
+            acc.0 as f64 / acc.1 as f64
+        }
+    }
+
+    /// Every kind of state keeps its value through a flush and a read back
+    /// from the backend into an empty cache.
+    #[test]
+    fn every_state_kind_survives_a_flush() -> Result<()> {
+        let (mut store, backend, clock) = store(1 << 20);
+        let list = ListStateDescriptor::<String>::new("l");
+        let map = MapStateDescriptor::<String, u64>::new("m");
+        let reducing = ReducingStateDescriptor::<u64>::new("r", |a: &u64, b: u64| (*a).max(b));
+        let aggregating = AggregatingStateDescriptor::new("a", Sum);
+        let mut scratch = Vec::new();
+        for i in 0..5u64 {
+            list.handle(target(&mut store, &mut scratch, b"k"))?
+                .add(format!("e{i}"))?;
+            map.handle(target(&mut store, &mut scratch, b"k"))?
+                .put(format!("m{}", i % 3), i)?;
+            reducing
+                .handle(target(&mut store, &mut scratch, b"k"))?
+                .add(i * 7 % 5)?;
+            aggregating
+                .handle(target(&mut store, &mut scratch, b"k"))?
+                .add(i)?;
+        }
+        map.handle(target(&mut store, &mut scratch, b"k"))?
+            .remove(&"m0".to_string())?;
+        store.flush()?;
+        let mut fresh = StateStore::new(backend, 1 << 20, clock);
+        let got_list = list.handle(target(&mut fresh, &mut scratch, b"k"))?.get()?;
+        assert_eq!(got_list, ["e0", "e1", "e2", "e3", "e4"]);
+        let got_map = map
+            .handle(target(&mut fresh, &mut scratch, b"k"))?
+            .entries()?;
+        assert_eq!(got_map, [("m1".to_string(), 4), ("m2".to_string(), 2)]);
+        assert_eq!(
+            reducing
+                .handle(target(&mut fresh, &mut scratch, b"k"))?
+                .get()?,
+            Some(4)
+        );
+        assert_eq!(
+            aggregating
+                .handle(target(&mut fresh, &mut scratch, b"k"))?
+                .get()?,
+            Some(2.0)
+        );
+        assert_eq!(
+            list.handle(target(&mut fresh, &mut scratch, b"other"))?
+                .get()?,
+            Vec::<String>::new()
+        );
+        Ok(())
+    }
+}
