@@ -78,6 +78,12 @@ fn commit_path(epoch: u64) -> String {
 /// The newest commit record that parses, if any. A record that does not
 /// parse (torn by a storage that is not atomic) is skipped with a warning.
 pub fn latest_commit(storage: &dyn Storage) -> Result<Option<CommitRecord>> {
+    Ok(commits(storage)?.into_iter().next())
+}
+
+/// Every commit record that parses, newest first.
+pub fn commits(storage: &dyn Storage) -> Result<Vec<CommitRecord>> {
+    let mut out = Vec::new();
     let mut epochs: Vec<u64> = storage
         .list(COMMITS)?
         .iter()
@@ -94,13 +100,41 @@ pub fn latest_commit(storage: &dyn Storage) -> Result<Option<CommitRecord>> {
         let path = commit_path(epoch);
         let bytes = storage.read_all(&path, 1 << 20)?;
         match serde_json::from_slice::<CommitRecord>(&bytes) {
-            Ok(record) if record.epoch == epoch => return Ok(Some(record)),
+            Ok(record) if record.epoch == epoch => out.push(record),
             Ok(_) | Err(_) => {
                 tracing::warn!(path, "skipping an unreadable commit record");
             }
         }
     }
-    Ok(None)
+    Ok(out)
+}
+
+/// Whether every worker's checkpoint named by `record` is there: its
+/// manifest readable and every file present with its size. Every worker
+/// asks the same question of the same storage, so all choose the same
+/// epoch to recover from.
+pub(crate) fn restorable(
+    record: &CommitRecord,
+    worker_storage: &dyn Fn(usize) -> Result<Arc<dyn Storage>>,
+) -> Result<std::result::Result<(), String>> {
+    for (w, &id) in record.checkpoints.iter().enumerate() {
+        let storage = worker_storage(w)?;
+        let catalog = gress_checkpoint::Catalog::open(Arc::clone(&storage))?;
+        let Some(manifest) = catalog.manifest(id) else {
+            return Ok(Err(format!(
+                "worker {w}'s checkpoint {id} is missing or damaged"
+            )));
+        };
+        for f in manifest.paths() {
+            if storage.size(&f.path)? != Some(f.size) {
+                return Ok(Err(format!(
+                    "worker {w}'s checkpoint {id} lacks {} or it has the wrong size",
+                    f.path
+                )));
+            }
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Publishes a commit record (create-only; a record already there with
@@ -210,6 +244,7 @@ pub(crate) fn committer<'s>(
     acks: StreamVec<'s, u64, Ack>,
     shared: Shared,
     storage: Option<Arc<dyn Storage>>,
+    max_failed: u64,
 ) -> StreamVec<'s, u64, Settled> {
     acks.unary_frontier::<CapacityContainerBuilder<Vec<Settled>>, _, _, _>(
         Exchange::new(|_: &Ack| 0),
@@ -221,6 +256,7 @@ pub(crate) fn committer<'s>(
                 (s.peers, s.key_groups, s.job_id.clone())
             };
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Ack>)> = BTreeMap::new();
+            let mut failed_in_a_row = 0u64;
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
@@ -274,8 +310,17 @@ pub(crate) fn committer<'s>(
                                 }
                             }
                         };
-                    if !all {
-                        tracing::warn!(epoch, acks = acks.len(), "epoch not committed: a checkpoint failed");
+                    if committed {
+                        failed_in_a_row = 0;
+                    } else {
+                        failed_in_a_row += 1;
+                        tracing::warn!(epoch, acks = acks.len(), failed_in_a_row, "epoch not committed: a checkpoint failed");
+                        if failed_in_a_row >= max_failed {
+                            shared.borrow_mut().fail(Error::Worker(format!(
+                                "{failed_in_a_row} epochs in a row could not be committed; \
+                                 is the checkpoint storage reachable?"
+                            )));
+                        }
                     }
                     let mut session = output.session(&cap);
                     for to in 0..peers as u32 {

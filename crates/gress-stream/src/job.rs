@@ -18,7 +18,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::commit::{CommitRecord, Token, acks, committer, latest_commit, listen};
+use crate::commit::{CommitRecord, Token, acks, commits, committer, listen, restorable};
 use crate::data::Item;
 use crate::error::{Error, Result};
 use crate::keys::DEFAULT_KEY_GROUPS;
@@ -33,15 +33,30 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Opens the storage under a sub-path (`""` for the root).
+pub type OpenStorage = dyn Fn(&str) -> gress_checkpoint::Result<Arc<dyn Storage>> + Send + Sync;
+
 /// Where a job keeps its checkpoints: every worker's under
 /// `workers/<index>/`, the job's commit records under `commits/`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub enum CheckpointStorage {
     /// A local directory (or one every process of the job can reach).
     Local(PathBuf),
     /// S3-compatible object storage.
     S3(gress_checkpoint::S3Config),
+    /// Any storage: opens the storage under a sub-path.
+    Custom(Arc<OpenStorage>),
+}
+
+impl std::fmt::Debug for CheckpointStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointStorage::Local(p) => f.debug_tuple("Local").field(p).finish(),
+            CheckpointStorage::S3(c) => f.debug_tuple("S3").field(c).finish(),
+            CheckpointStorage::Custom(_) => f.write_str("Custom"),
+        }
+    }
 }
 
 impl CheckpointStorage {
@@ -68,6 +83,7 @@ impl CheckpointStorage {
                 }
                 Arc::new(gress_checkpoint::S3Storage::new(config)?)
             }
+            CheckpointStorage::Custom(open) => open(sub)?,
         })
     }
 }
@@ -163,6 +179,9 @@ pub struct JobConfig {
     pub clock: Arc<dyn Clock>,
     /// Settings of each worker's checkpoint manager (lease, timeouts).
     pub checkpoint: CheckpointConfig,
+    /// Epochs in a row that fail to commit before the job stops with an
+    /// error (the checkpoint storage is likely unreachable).
+    pub max_failed_epochs: u64,
 }
 
 impl JobConfig {
@@ -182,6 +201,7 @@ impl JobConfig {
             cache_bytes: 64 << 20,
             clock: Arc::new(SystemClock),
             checkpoint: CheckpointConfig::default(),
+            max_failed_epochs: 10,
         }
     }
 
@@ -359,7 +379,7 @@ impl<'s> JobBuilder<'s> {
         &mut self,
         name: &str,
         mut source: S,
-        time: Option<(Box<dyn Fn(&S::Record) -> u64>, u64)>,
+        time: Option<EventTime<S::Record>>,
     ) -> Result<DataStream<'s, S::Record>> {
         if self.names.iter().any(|n| n == name) {
             return Err(Error::invalid(
@@ -408,6 +428,9 @@ impl<'s> JobBuilder<'s> {
     }
 }
 
+/// A record's event time, and how far watermarks stay behind.
+type EventTime<T> = (Box<dyn Fn(&T) -> u64>, u64);
+
 struct PartitionState<T> {
     partition: usize,
     reader: Box<dyn PartitionReader<T>>,
@@ -425,7 +448,7 @@ fn source_operator<'s, T: crate::Data>(
     scope: Scope<'s, u64>,
     name: &str,
     mut parts: Vec<PartitionState<T>>,
-    time: Option<(Box<dyn Fn(&T) -> u64>, u64)>,
+    time: Option<EventTime<T>>,
     shared: Shared,
     config: &JobConfig,
     first_epoch: u64,
@@ -593,7 +616,12 @@ impl<'s> JobBuilder<'s> {
         }
         let tokens = self.scope.concatenate(self.tokens);
         let acks = acks(tokens, Rc::clone(&self.shared), slot);
-        let settled = committer(acks, Rc::clone(&self.shared), storage);
+        let settled = committer(
+            acks,
+            Rc::clone(&self.shared),
+            storage,
+            self.config.max_failed_epochs.max(1),
+        );
         listen(settled, self.shared);
         Ok(())
     }
@@ -632,15 +660,23 @@ where
     let build = Arc::new(build);
     let worker_abort = Arc::clone(&abort);
     let guards = timely::execute(timely_config, move |worker| {
+        // A panic in a user operator unwinds this thread: tell the others.
+        let _on_panic = AbortOnPanic(&worker_abort);
+        let dataflow = worker.next_dataflow_index();
         let result = run_worker(worker, &config, &*build, &worker_abort);
         if result.is_err() {
             worker_abort.store(true, Ordering::Release);
+            // Timely steps a worker until its dataflows finish; a failed
+            // job's never would.
+            worker.drop_dataflow(dataflow);
         }
         result
     })
     .map_err(Error::Worker)?;
     let mut report = JobReport::default();
-    let mut first_error = None;
+    // The cause, rather than the workers that stopped because of it.
+    let mut cause = None;
+    let mut stopped = None;
     for outcome in guards.join() {
         match outcome {
             Ok(Ok(w)) => {
@@ -650,21 +686,35 @@ where
                 report.last_committed = report.last_committed.max(w.last_committed);
                 report.recovered_from = w.recovered_from;
             }
+            Ok(Err(e)) if e.to_string().contains(STOPPED) => {
+                stopped.get_or_insert(e);
+            }
             Ok(Err(e)) => {
-                if first_error.is_none() || matches!(first_error, Some(Error::Worker(_))) {
-                    first_error = Some(e);
-                }
+                cause.get_or_insert(e);
             }
             Err(panic) => {
-                first_error.get_or_insert(Error::Worker(format!("a worker panicked: {panic}")));
+                cause.get_or_insert(Error::Worker(format!("a worker panicked: {panic}")));
             }
         }
     }
-    if let Some(e) = first_error {
+    if let Some(e) = cause.or(stopped) {
         return Err(e);
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+const STOPPED: &str = "stopped because another worker failed";
+
+/// Sets the abort flag if the worker's thread unwinds.
+struct AbortOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for AbortOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// One worker's part of a run.
@@ -692,9 +742,9 @@ where
         .as_ref()
         .map(|c| c.open(""))
         .transpose()?;
-    let commit = match &root {
-        Some(root) => latest_commit(&**root)?,
-        None => None,
+    let commit = match (&root, &config.checkpoints) {
+        (Some(root), Some(storage)) => choose_commit(&**root, storage)?,
+        _ => None,
     };
     if let Some(c) = &commit {
         check_commit(c, config, peers)?;
@@ -820,6 +870,36 @@ fn clear(backend: &dyn Checkpointable) -> Result<()> {
         .finish()?;
     backend.restore(&empty)?;
     Ok(())
+}
+
+/// The newest committed epoch whose checkpoints are all there; older ones
+/// are tried past a missing or damaged one (saying why).
+fn choose_commit(root: &dyn Storage, storage: &CheckpointStorage) -> Result<Option<CommitRecord>> {
+    let records = commits(root)?;
+    let newest = records.first().map(|r| r.epoch);
+    for record in records {
+        let worker_storage = |w: usize| storage.open(&format!("workers/{w:05}"));
+        match restorable(&record, &worker_storage)? {
+            Ok(()) => {
+                if Some(record.epoch) != newest {
+                    tracing::warn!(
+                        epoch = record.epoch,
+                        newest,
+                        "recovering from an older committed epoch"
+                    );
+                }
+                return Ok(Some(record));
+            }
+            Err(why) => tracing::warn!(epoch = record.epoch, why, "cannot recover from this epoch"),
+        }
+    }
+    match newest {
+        None => Ok(None),
+        Some(epoch) => Err(Error::Recovery {
+            epoch,
+            reason: "no committed epoch has every worker's checkpoint intact".into(),
+        }),
+    }
 }
 
 fn check_commit(c: &CommitRecord, config: &JobConfig, peers: usize) -> Result<()> {

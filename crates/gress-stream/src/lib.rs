@@ -44,7 +44,7 @@ mod timers;
 mod worker;
 
 pub use codec::{Codec, Postcard};
-pub use commit::{COMMITS, CommitRecord, latest_commit};
+pub use commit::{COMMITS, CommitRecord, commits, latest_commit};
 pub use context::{ProcessingContext, Timer};
 pub use data::{Data, Key};
 pub use error::{Error, Result};

@@ -127,11 +127,14 @@ impl<T: Data> Source for GeneratorSource<T> {
     }
 }
 
+/// Parses one line into a record.
+type Parse<T> = Arc<dyn Fn(&str) -> std::result::Result<T, String>>;
+
 /// Lines of files, one partition per file, the offset being the byte
 /// position: each line parsed by a function (for example JSON).
 pub struct FileSource<T> {
     files: Vec<PathBuf>,
-    parse: Arc<dyn Fn(&str) -> std::result::Result<T, String>>,
+    parse: Parse<T>,
     _t: PhantomData<T>,
 }
 
@@ -170,7 +173,7 @@ struct FileReader<T> {
     input: BufReader<File>,
     offset: u64,
     line: String,
-    parse: Arc<dyn Fn(&str) -> std::result::Result<T, String>>,
+    parse: Parse<T>,
 }
 
 impl<T: Data> PartitionReader<T> for FileReader<T> {

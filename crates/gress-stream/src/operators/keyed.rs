@@ -97,7 +97,7 @@ where
                 }
             }
             let mut next_done = shared.borrow().next_cut.max(first_epoch);
-            let mut buffers: BTreeMap<u64, (Capability<u64>, Vec<Item<(K, V)>>)> = BTreeMap::new();
+            let mut buffers: BTreeMap<u64, Buffered<K, V>> = BTreeMap::new();
             let mut wm_from: HashMap<u32, u64> = HashMap::new();
             let mut watermark = 0u64;
             let mut outs: Vec<(u64, F::Out)> = Vec::new();
@@ -124,10 +124,7 @@ where
                         entry.1.append(batch);
                     }
                 });
-                loop {
-                    let Some((&epoch, _)) = buffers.first_key_value() else {
-                        break;
-                    };
+                while let Some((&epoch, _)) = buffers.first_key_value() {
                     if frontier.less_equal(&epoch) {
                         break;
                     }
@@ -217,6 +214,9 @@ where
         },
     )
 }
+
+/// An epoch's capability and the records received for it.
+type Buffered<K, V> = (Capability<u64>, Vec<Item<(K, V)>>);
 
 struct Epoch<'a, K, V> {
     epoch: u64,

@@ -632,8 +632,11 @@ impl<K: Ord + 'static, V: 'static> MapState<'_, K, V> {
 /// Declares a value per key that folds added values with a reduce function.
 pub struct ReducingStateDescriptor<T> {
     value: ValueStateDescriptor<T>,
-    reduce: Arc<dyn Fn(&T, T) -> T + Send + Sync>,
+    reduce: Arc<ReduceFn<T>>,
 }
+
+/// Folds an added value into the current one.
+type ReduceFn<T> = dyn Fn(&T, T) -> T + Send + Sync;
 
 impl<T> std::fmt::Debug for ReducingStateDescriptor<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -670,7 +673,7 @@ impl<T: Data> ReducingStateDescriptor<T> {
 /// The folded value of the current key.
 pub struct ReducingState<'a, T> {
     value: ValueState<'a, T>,
-    reduce: &'a (dyn Fn(&T, T) -> T + Send + Sync),
+    reduce: &'a ReduceFn<T>,
 }
 
 impl<T> std::fmt::Debug for ReducingState<'_, T> {
