@@ -99,7 +99,7 @@ fn child_job(dir: &Path, workers: usize) -> gress_stream::Result<gress_stream::J
         )?
         .inspect(move |_| {
             n += 1;
-            if n % 400 == 0 {
+            if n.is_multiple_of(400) {
                 std::thread::sleep(Duration::from_millis(1));
             }
         })
