@@ -60,7 +60,7 @@ impl TimerService {
             &t.ns,
         );
         if self.set(domain).insert(t) {
-            store.put_raw(&self.scratch, TIMER_STATE_ID, Some(Box::new(())));
+            store.put_raw(&self.scratch, TIMER_STATE_ID, true);
         }
     }
 
@@ -76,7 +76,7 @@ impl TimerService {
                 &t.key,
                 &t.ns,
             );
-            store.put_raw(&self.scratch, TIMER_STATE_ID, None);
+            store.put_raw(&self.scratch, TIMER_STATE_ID, false);
         }
     }
 
@@ -102,7 +102,7 @@ impl TimerService {
             &t.key,
             &t.ns,
         );
-        store.put_raw(&self.scratch, TIMER_STATE_ID, None);
+        store.put_raw(&self.scratch, TIMER_STATE_ID, false);
         Some(t)
     }
 

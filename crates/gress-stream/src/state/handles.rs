@@ -95,10 +95,11 @@ fn live_slot<'s, T: 'static>(
     let slot = store.slot(key, state_id, decode)?;
     if let (Some(ttl), Some(now)) = (ttl, now) {
         if slot.expires_at.is_some_and(|at| at <= now) {
-            slot.value = None;
+            *slot.cell::<T>()? = None;
+            slot.mark_present(false);
             slot.expires_at = None;
             slot.dirty = true;
-        } else if slot.value.is_some() {
+        } else if slot.present {
             match (ttl.update, slot.expires_at) {
                 (TtlUpdate::OnReadAndWrite, _) => {
                     slot.expires_at = Some(now + ttl.ttl.as_millis() as u64);
@@ -117,17 +118,20 @@ fn live_slot<'s, T: 'static>(
 }
 
 /// Marks a slot written now.
-fn written(slot: &mut Slot, ttl: Option<StateTtl>, now: Option<u64>) {
+fn written(slot: &mut Slot, present: bool, ttl: Option<StateTtl>, now: Option<u64>) {
+    slot.mark_present(present);
     slot.dirty = true;
     slot.expires_at = match (ttl, now) {
-        (Some(ttl), Some(now)) if slot.value.is_some() => Some(now + ttl.ttl.as_millis() as u64),
+        (Some(ttl), Some(now)) if present => Some(now + ttl.ttl.as_millis() as u64),
         _ => None,
     };
 }
 
+/// The `Some` value of an `Option<T>` held as `dyn Any`.
 fn downcast<'v, T: 'static>(value: &'v dyn Any, what: &str) -> Result<&'v T> {
     value
-        .downcast_ref::<T>()
+        .downcast_ref::<Option<T>>()
+        .and_then(Option::as_ref)
         .ok_or_else(|| Error::codec(what.to_string(), "state used with two different types"))
 }
 
@@ -218,12 +222,8 @@ impl<T: 'static> ValueState<'_, T> {
 
     /// Runs `f` on the value, without copying it.
     pub fn with<R>(&mut self, f: impl FnOnce(Option<&T>) -> R) -> Result<R> {
-        let name = &self.desc.common.name;
         let slot = self.slot()?;
-        match &slot.value {
-            Some(v) => Ok(f(Some(downcast::<T>(&**v, name)?))),
-            None => Ok(f(None)),
-        }
+        Ok(f(slot.get::<T>()?))
     }
 
     /// A copy of the value.
@@ -245,21 +245,16 @@ impl<T: 'static> ValueState<'_, T> {
     }
 
     /// Replaces the value with what `f` makes of it (`None` removes it);
-    /// one lookup.
+    /// one lookup, in place.
     pub fn update(&mut self, f: impl FnOnce(Option<T>) -> Option<T>) -> Result<()> {
         let ttl = self.desc.common.ttl;
         let now = ttl.map(|_| self.store.now_ms());
-        let name = self.desc.common.name.clone();
         let slot = self.slot()?;
-        let current = match slot.value.take() {
-            Some(v) => Some(
-                *v.downcast::<T>()
-                    .map_err(|_| Error::codec(name, "state used with two different types"))?,
-            ),
-            None => None,
-        };
-        slot.value = f(current).map(|v| Box::new(v) as Box<dyn Any>);
-        written(slot, ttl, now);
+        let cell = slot.cell::<T>()?;
+        let next = f(cell.take());
+        let present = next.is_some();
+        *cell = next;
+        written(slot, present, ttl, now);
         Ok(())
     }
 }
@@ -382,15 +377,14 @@ impl<T: 'static> ListState<'_, T> {
         let slot = live_slot(self.store, self.key, self.id, ttl, &|b| {
             decode_seq(b, &**codec, name)
         })?;
-        let mut list = match slot.value.take() {
-            Some(v) => *v
-                .downcast::<Vec<T>>()
-                .map_err(|_| Error::codec(name.clone(), "state used with two different types"))?,
-            None => Vec::new(),
-        };
-        let r = f(&mut list);
-        slot.value = (!list.is_empty()).then(|| Box::new(list) as Box<dyn Any>);
-        written(slot, ttl, now);
+        let cell = slot.cell::<Vec<T>>()?;
+        let list = cell.get_or_insert_with(Vec::new);
+        let r = f(list);
+        let present = !list.is_empty();
+        if !present {
+            *cell = None;
+        }
+        written(slot, present, ttl, now);
         Ok(r)
     }
 
@@ -401,10 +395,8 @@ impl<T: 'static> ListState<'_, T> {
         let slot = live_slot(self.store, self.key, self.id, self.desc.common.ttl, &|b| {
             decode_seq(b, &**codec, name)
         })?;
-        match &slot.value {
-            Some(v) => Ok(f(downcast::<Vec<T>>(&**v, name)?)),
-            None => Ok(f(&[])),
-        }
+        let _ = name;
+        Ok(f(slot.get::<Vec<T>>()?.map_or(&[][..], |l| &l[..])))
     }
 
     /// A copy of the elements.
@@ -562,29 +554,23 @@ impl<K: Ord + 'static, V: 'static> MapState<'_, K, V> {
 
     /// Runs `f` on the entries, without copying them.
     pub fn with<R>(&mut self, f: impl FnOnce(Option<&BTreeMap<K, V>>) -> R) -> Result<R> {
-        let name = self.desc.common.name.clone();
         let slot = self.slot()?;
-        match &slot.value {
-            Some(v) => Ok(f(Some(downcast::<BTreeMap<K, V>>(&**v, &name)?))),
-            None => Ok(f(None)),
-        }
+        Ok(f(slot.get::<BTreeMap<K, V>>()?))
     }
 
     /// Changes the entries in place.
     pub fn modify<R>(&mut self, f: impl FnOnce(&mut BTreeMap<K, V>) -> R) -> Result<R> {
         let ttl = self.desc.common.ttl;
         let now = ttl.map(|_| self.store.now_ms());
-        let name = self.desc.common.name.clone();
         let slot = self.slot()?;
-        let mut map = match slot.value.take() {
-            Some(v) => *v
-                .downcast::<BTreeMap<K, V>>()
-                .map_err(|_| Error::codec(name, "state used with two different types"))?,
-            None => BTreeMap::new(),
-        };
-        let r = f(&mut map);
-        slot.value = (!map.is_empty()).then(|| Box::new(map) as Box<dyn Any>);
-        written(slot, ttl, now);
+        let cell = slot.cell::<BTreeMap<K, V>>()?;
+        let map = cell.get_or_insert_with(BTreeMap::new);
+        let r = f(map);
+        let present = !map.is_empty();
+        if !present {
+            *cell = None;
+        }
+        written(slot, present, ttl, now);
         Ok(r)
     }
 

@@ -11,6 +11,8 @@ mod handles;
 
 use std::any::Any;
 use std::collections::HashMap;
+
+type Cache = hashbrown::HashMap<Vec<u8>, Slot, foldhash::fast::FixedState>;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,10 +72,33 @@ pub(crate) trait Encoder {
     fn encode(&self, value: &dyn Any, out: &mut Vec<u8>) -> Result<()>;
 }
 
+impl Slot {
+    /// The value, typed.
+    pub(crate) fn get<T: 'static>(&self) -> Result<Option<&T>> {
+        self.value
+            .downcast_ref::<Option<T>>()
+            .map(Option::as_ref)
+            .ok_or_else(|| Error::codec("state", "one state used with two types"))
+    }
+
+    /// The value, typed, for changing in place; call `mark` after.
+    pub(crate) fn cell<T: 'static>(&mut self) -> Result<&mut Option<T>> {
+        self.value
+            .downcast_mut::<Option<T>>()
+            .ok_or_else(|| Error::codec("state", "one state used with two types"))
+    }
+
+    /// Records whether the value is present now.
+    pub(crate) fn mark_present(&mut self, present: bool) {
+        self.present = present;
+    }
+}
+
 /// Encodes timers: they carry no value.
 struct TimerEncoder;
 
 impl Encoder for TimerEncoder {
+    // Timers are keys with an empty value.
     fn encode(&self, _: &dyn Any, _: &mut Vec<u8>) -> Result<()> {
         Ok(())
     }
@@ -87,8 +112,11 @@ struct Registration {
 
 /// One cached entry.
 pub(crate) struct Slot {
-    /// The decoded value; `None` when the key has no value.
-    pub(crate) value: Option<Box<dyn Any>>,
+    /// The decoded value, an `Option<T>` (`None` when the key has no
+    /// value): updated in place, never reallocated.
+    pub(crate) value: Box<dyn Any>,
+    /// Whether `value` is `Some`.
+    pub(crate) present: bool,
     /// Differs from the backend.
     pub(crate) dirty: bool,
     /// When it expires (ms), for state with a TTL.
@@ -117,7 +145,7 @@ pub struct CacheStats {
 /// A worker's keyed state: its backend and the write-back cache.
 pub struct StateStore {
     backend: Arc<dyn Checkpointable>,
-    cache: HashMap<Box<[u8]>, Slot>,
+    cache: Cache,
     registry: HashMap<u32, Registration>,
     bytes: usize,
     budget: usize,
@@ -151,7 +179,7 @@ impl StateStore {
         );
         StateStore {
             backend,
-            cache: HashMap::new(),
+            cache: Cache::default(),
             registry,
             bytes: 0,
             budget,
@@ -208,34 +236,37 @@ impl StateStore {
         state_id: u32,
         decode: &dyn Fn(&[u8]) -> Result<T>,
     ) -> Result<&mut Slot> {
-        if self.cache.contains_key(key) {
-            self.stats.hits += 1;
-        } else {
-            self.stats.misses += 1;
-            let value = match self.backend.get(key)? {
-                Some(bytes) => Some(Box::new(decode(&bytes)?) as Box<dyn Any>),
-                None => None,
-            };
-            let size = key.len() + 64 + std::mem::size_of::<T>();
-            self.bytes += size;
-            self.cache.insert(
-                key.into(),
-                Slot {
-                    value,
+        let backend = &self.backend;
+        match self.cache.entry_ref(key) {
+            hashbrown::hash_map::EntryRef::Occupied(o) => {
+                self.stats.hits += 1;
+                Ok(o.into_mut())
+            }
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                self.stats.misses += 1;
+                let value: Option<T> = match backend.get(key)? {
+                    Some(bytes) => Some(decode(&bytes)?),
+                    None => None,
+                };
+                let size = key.len() + 64 + std::mem::size_of::<T>();
+                self.bytes += size;
+                Ok(v.insert(Slot {
+                    present: value.is_some(),
+                    value: Box::new(value),
                     dirty: false,
                     expires_at: None,
                     state_id,
                     size,
-                },
-            );
+                }))
+            }
         }
-        Ok(self.cache.get_mut(key).expect("present: inserted above"))
     }
 
-    /// Sets `key` to `value` without reading it first.
-    pub(crate) fn put_raw(&mut self, key: &[u8], state_id: u32, value: Option<Box<dyn Any>>) {
+    /// Sets a timer key (present or deleted) without reading it first.
+    pub(crate) fn put_raw(&mut self, key: &[u8], state_id: u32, present: bool) {
         if let Some(slot) = self.cache.get_mut(key) {
-            slot.value = value;
+            slot.value = Box::new(present.then_some(()));
+            slot.present = present;
             slot.dirty = true;
             slot.expires_at = None;
             return;
@@ -243,9 +274,10 @@ impl StateStore {
         let size = key.len() + 64;
         self.bytes += size;
         self.cache.insert(
-            key.into(),
+            key.to_vec(),
             Slot {
-                value,
+                value: Box::new(present.then_some(())),
+                present,
                 dirty: true,
                 expires_at: None,
                 state_id,
@@ -264,9 +296,9 @@ impl StateStore {
             if !slot.dirty {
                 continue;
             }
-            let live = slot.expires_at.is_none_or(|at| at > now);
+            let live = slot.present && slot.expires_at.is_none_or(|at| at > now);
             match (&slot.value, live) {
-                (Some(value), true) => {
+                (value, true) => {
                     let reg = self.registry.get(&slot.state_id).ok_or_else(|| {
                         Error::invalid("state", format!("undeclared state id {}", slot.state_id))
                     })?;
@@ -284,7 +316,6 @@ impl StateStore {
                 }
                 _ => {
                     batch.delete(&key[..]);
-                    slot.value = None;
                 }
             }
             slot.dirty = false;
