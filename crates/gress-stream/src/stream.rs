@@ -26,6 +26,16 @@ pub struct DataStream<'s, D> {
     pub(crate) shared: Shared,
 }
 
+/// A copy of the stream: every record goes to both (fan-out).
+impl<D: Data> Clone for DataStream<'_, D> {
+    fn clone(&self) -> Self {
+        DataStream {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 impl<D> std::fmt::Debug for DataStream<'_, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataStream").finish_non_exhaustive()
