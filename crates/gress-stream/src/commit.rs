@@ -203,12 +203,17 @@ pub(crate) fn acks<'s>(
                         }
                     }
                 });
-                let s = shared.borrow();
+                let mut s = shared.borrow_mut();
                 let checkpointing = s.checkpoints.is_some();
+                let mut arrived = Vec::new();
                 if let Some(cp) = &s.checkpoints {
-                    while let Ok(Uploaded { epoch, result }) = cp.results.try_recv() {
+                    while let Ok(Uploaded { epoch, result, report }) = cp.results.try_recv() {
                         results.insert(epoch, result);
+                        arrived.push((epoch, report));
                     }
+                }
+                for (epoch, report) in arrived {
+                    s.checkpointed(epoch, report.as_ref());
                 }
                 drop(s);
                 while let Some((&epoch, _)) = pending.first_key_value() {

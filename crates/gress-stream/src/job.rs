@@ -309,6 +309,9 @@ pub struct JobReport {
     pub epochs_cut: u64,
     /// Time from start to end.
     pub elapsed: Duration,
+    /// What each worker's checkpoint of each epoch cost, this process's
+    /// workers.
+    pub checkpoints: Vec<crate::worker::EpochCheckpoint>,
 }
 
 /// Builds one worker's dataflow: sources, then operators on the streams
@@ -685,6 +688,7 @@ where
                 report.epochs_cut += w.epochs_cut;
                 report.last_committed = report.last_committed.max(w.last_committed);
                 report.recovered_from = w.recovered_from;
+                report.checkpoints.extend(w.checkpoints);
             }
             Ok(Err(e)) if e.to_string().contains(STOPPED) => {
                 stopped.get_or_insert(e);
@@ -719,6 +723,7 @@ impl Drop for AbortOnPanic<'_> {
 
 /// One worker's part of a run.
 struct WorkerReport {
+    checkpoints: Vec<crate::worker::EpochCheckpoint>,
     records_in: u64,
     records_out: u64,
     epochs_cut: u64,
@@ -854,6 +859,7 @@ where
         sink.borrow_mut().commit_to(committed)?;
     }
     Ok(WorkerReport {
+        checkpoints: s.checkpoint_costs.clone(),
         records_in: s.records_in,
         records_out: s.records_out,
         epochs_cut: s.epochs_cut,

@@ -41,7 +41,7 @@ mod source;
 mod state;
 mod stream;
 mod timers;
-mod worker;
+pub(crate) mod worker;
 
 pub use codec::{Codec, Postcard};
 pub use commit::{COMMITS, CommitRecord, commits, latest_commit};
@@ -61,3 +61,4 @@ pub use state::{
     StateStore, StateTtl, TtlUpdate, ValueState, ValueStateDescriptor,
 };
 pub use stream::{DataStream, KeyedStream};
+pub use worker::EpochCheckpoint;

@@ -24,10 +24,16 @@ pub trait Sink<T>: 'static {
     /// Prepares worker `worker`'s part; `committed` is the newest committed
     /// epoch of the job: make output up to it visible, discard the rest.
     fn open(&mut self, worker: usize, committed: Option<u64>) -> Result<()>;
-    /// Writes `records`, the whole output of `epoch`, durable but not yet
-    /// visible.
+    /// Appends `records` to the output of `epoch`, not yet visible; called
+    /// as records arrive, possibly several times per epoch and for several
+    /// open epochs.
     fn write_epoch(&mut self, epoch: u64, records: Vec<T>) -> Result<()>;
-    /// Makes every written epoch up to `epoch` visible.
+    /// `epoch` is complete: make what was written for it durable.
+    fn seal_epoch(&mut self, epoch: u64) -> Result<()> {
+        let _ = epoch;
+        Ok(())
+    }
+    /// Makes every sealed epoch up to `epoch` visible.
     fn commit(&mut self, epoch: u64) -> Result<()>;
 }
 
@@ -37,6 +43,9 @@ pub trait Sink<T>: 'static {
 pub struct FileSink {
     dir: PathBuf,
     worker: usize,
+    /// Epochs being written, with their pending file.
+    open: std::collections::BTreeMap<u64, BufWriter<File>>,
+    /// Sealed epochs not yet committed.
     written: BTreeSet<u64>,
 }
 
@@ -46,6 +55,7 @@ impl FileSink {
         FileSink {
             dir: dir.into(),
             worker: 0,
+            open: std::collections::BTreeMap::new(),
             written: BTreeSet::new(),
         }
     }
@@ -117,18 +127,39 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
 
     fn write_epoch(&mut self, epoch: u64, records: Vec<T>) -> Result<()> {
         let path = self.dir.join("pending").join(self.name(epoch));
-        let file = File::create(&path).map_err(|e| self.fail("creating", &path, e))?;
-        let mut out = BufWriter::new(file);
-        for record in &records {
-            serde_json::to_writer(&mut out, record).map_err(|e| self.fail("writing", &path, e))?;
-            out.write_all(b"\n")
-                .map_err(|e| self.fail("writing", &path, e))?;
+        if !self.open.contains_key(&epoch) {
+            let file = File::create(&path).map_err(|e| self.fail("creating", &path, e))?;
+            self.open.insert(epoch, BufWriter::with_capacity(1 << 16, file));
         }
-        let file = out
-            .into_inner()
-            .map_err(|e| self.fail("writing", &path, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| self.fail("syncing", &path, e))?;
+        let Some(out) = self.open.get_mut(&epoch) else {
+            return Ok(());
+        };
+        let mut failed = None;
+        for record in &records {
+            if let Err(e) = serde_json::to_writer(&mut *out, record)
+                .map_err(|e| e.to_string())
+                .and_then(|()| out.write_all(b"\n").map_err(|e| e.to_string()))
+            {
+                failed = Some(e);
+                break;
+            }
+        }
+        match failed {
+            Some(e) => Err(self.fail("writing", &path, e)),
+            None => Ok(()),
+        }
+    }
+
+    fn seal_epoch(&mut self, epoch: u64) -> Result<()> {
+        let path = self.dir.join("pending").join(self.name(epoch));
+        let file = match self.open.remove(&epoch) {
+            Some(out) => out
+                .into_inner()
+                .map_err(|e| self.fail("writing", &path, e.into_error()))?,
+            // Nothing was written for it: no file.
+            None => return Ok(()),
+        };
+        file.sync_all().map_err(|e| self.fail("syncing", &path, e))?;
         self.written.insert(epoch);
         Ok(())
     }

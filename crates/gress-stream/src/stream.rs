@@ -1,7 +1,6 @@
 //! Streams of a job and the operators on them.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use timely::container::CapacityContainerBuilder;
@@ -240,34 +239,58 @@ impl<'s, D: Data> DataStream<'s, D> {
             .borrow_mut()
             .sinks
             .push(Rc::clone(&driver) as Rc<RefCell<dyn CommitSink>>);
+        let first_epoch = shared.borrow().next_cut;
         builder.build_reschedule(move |_caps| {
-            let mut epochs: BTreeMap<u64, Vec<D>> = BTreeMap::new();
+            // Epochs with records written and not yet sealed.
+            let mut open: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+            let mut batch: Vec<D> = Vec::new();
+            let mut next_seal = first_epoch;
             move |frontiers| {
+                let mut d = driver.borrow_mut();
+                let mut s = shared.borrow_mut();
+                let mut failed = None;
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
-                    let records = epochs.entry(epoch).or_default();
-                    for batch in data {
-                        for item in batch.drain(..) {
+                    for records in data {
+                        for item in records.drain(..) {
                             if let Item::Rec { data, .. } = item {
-                                records.push(data);
+                                batch.push(data);
                             }
                         }
                     }
-                });
-                let frontier = &frontiers[0];
-                let mut d = driver.borrow_mut();
-                let mut s = shared.borrow_mut();
-                while let Some((&epoch, _)) = epochs.first_key_value() {
-                    if frontier.less_equal(&epoch) {
-                        break;
+                    if failed.is_some() {
+                        batch.clear();
+                        return;
                     }
-                    let records = epochs.remove(&epoch).unwrap_or_default();
-                    s.records_out += records.len() as u64;
-                    if let Err(e) = d.write(epoch, records) {
+                    s.records_out += batch.len() as u64;
+                    open.insert(epoch);
+                    if let Err(e) = d.append(epoch, std::mem::take(&mut batch)) {
+                        failed = Some(e);
+                    }
+                });
+                if let Some(e) = failed {
+                    s.fail(e);
+                    return false;
+                }
+                // Seal every epoch the frontier has passed, in order (an
+                // epoch with no record here still gets sealed, so its
+                // commit has a file to publish).
+                let frontier = &frontiers[0];
+                let first = next_seal;
+                let upto = match frontier.frontier().first() {
+                    Some(&f) => f,
+                    None => open.last().map_or(first, |&l| l + 1),
+                };
+                let mut epoch = first;
+                while epoch < upto {
+                    open.remove(&epoch);
+                    if let Err(e) = d.seal(epoch) {
                         s.fail(e);
                         return false;
                     }
+                    epoch += 1;
                 }
+                next_seal = epoch;
                 if let Err(e) = d.commit_to(s.committed) {
                     s.fail(e);
                     return false;
@@ -297,13 +320,21 @@ pub(crate) trait CommitSink {
 }
 
 impl<S: Sink<D>, D: Data> SinkDriver<S, D> {
-    fn write(&mut self, epoch: u64, records: Vec<D>) -> Result<()> {
+    fn error(&self, e: Error) -> Error {
+        Error::Sink {
+            sink: self.name.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn append(&mut self, epoch: u64, records: Vec<D>) -> Result<()> {
         self.sink
             .write_epoch(epoch, records)
-            .map_err(|e| Error::Sink {
-                sink: self.name.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.error(e))
+    }
+
+    fn seal(&mut self, epoch: u64) -> Result<()> {
+        self.sink.seal_epoch(epoch).map_err(|e| self.error(e))?;
         self.written.push(epoch);
         Ok(())
     }

@@ -27,6 +27,28 @@ pub(crate) struct Uploaded {
     pub(crate) epoch: u64,
     /// The checkpoint id, or why it failed.
     pub(crate) result: std::result::Result<u64, String>,
+    /// What it cost, when it committed.
+    pub(crate) report: Option<gress_checkpoint::CheckpointReport>,
+}
+
+/// What one worker's checkpoint of one epoch cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EpochCheckpoint {
+    /// The worker.
+    pub worker: usize,
+    /// The epoch.
+    pub epoch: u64,
+    /// Writing the cache's dirty entries to the backend.
+    pub flush: std::time::Duration,
+    /// The backend's cut (writers held).
+    pub pause: std::time::Duration,
+    /// From the cut to the published manifest.
+    pub duration: std::time::Duration,
+    /// Bytes written to checkpoint storage.
+    pub bytes_written: u64,
+    /// Files written, and files reused from earlier checkpoints.
+    pub files: (usize, usize),
 }
 
 /// Checkpointing of one worker.
@@ -74,6 +96,10 @@ pub(crate) struct WorkerState {
     pub(crate) records_in: u64,
     pub(crate) records_out: u64,
     pub(crate) epochs_cut: u64,
+    /// Flush time of each epoch cut, until its checkpoint is reported.
+    pub(crate) flushes: BTreeMap<u64, std::time::Duration>,
+    /// Finished checkpoints of this worker.
+    pub(crate) checkpoint_costs: Vec<EpochCheckpoint>,
     last_report: std::time::Instant,
     reported: (u64, u64),
 }
@@ -114,6 +140,8 @@ impl WorkerState {
             records_in: 0,
             records_out: 0,
             epochs_cut: 0,
+            flushes: BTreeMap::new(),
+            checkpoint_costs: Vec::new(),
             last_report: std::time::Instant::now(),
             reported: (0, 0),
         }
@@ -181,9 +209,13 @@ impl WorkerState {
     /// Flushes the state and cuts it for `epoch`; the upload runs on the
     /// worker's upload thread.
     fn cut(&mut self, epoch: u64, offsets: Metadata) -> Result<()> {
+        let started = std::time::Instant::now();
         self.store.flush()?;
         self.store.maybe_evict()?;
         self.epochs_cut += 1;
+        if self.checkpoints.is_some() {
+            self.flushes.insert(epoch, started.elapsed());
+        }
         let Some(cp) = &self.checkpoints else {
             return Ok(());
         };
@@ -204,10 +236,27 @@ impl WorkerState {
                 let _ = cp.failures.send(Uploaded {
                     epoch,
                     result: Err(e.to_string()),
+                    report: None,
                 });
             }
         }
         Ok(())
+    }
+
+    /// Records what a finished checkpoint cost.
+    pub(crate) fn checkpointed(&mut self, epoch: u64, report: Option<&gress_checkpoint::CheckpointReport>) {
+        let flush = self.flushes.remove(&epoch).unwrap_or_default();
+        if let Some(r) = report {
+            self.checkpoint_costs.push(EpochCheckpoint {
+                worker: self.index,
+                epoch,
+                flush,
+                pause: r.max_pause,
+                duration: r.duration,
+                bytes_written: r.bytes_written,
+                files: (r.files_written, r.files_reused),
+            });
+        }
     }
 
     /// Learned from the committer: `epoch` was dealt with, committed or
@@ -256,14 +305,14 @@ pub(crate) fn upload_thread(
         .name(format!("gress-upload-{worker}"))
         .spawn(move || {
             for (epoch, pending) in rx {
-                let result = pending
-                    .commit()
-                    .map(|r| r.info.id)
-                    .map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    tracing::warn!(worker, epoch, error = %e, "checkpoint upload failed");
-                }
-                if done_tx.send(Uploaded { epoch, result }).is_err() {
+                let (result, report) = match pending.commit() {
+                    Ok(r) => (Ok(r.info.id), Some(r)),
+                    Err(e) => {
+                        tracing::warn!(worker, epoch, error = %e, "checkpoint upload failed");
+                        (Err(e.to_string()), None)
+                    }
+                };
+                if done_tx.send(Uploaded { epoch, result, report }).is_err() {
                     return;
                 }
                 if let Some(a) = &*activator.lock() {

@@ -96,7 +96,11 @@ where
                     s.fail(e);
                 }
             }
-            let mut next_done = shared.borrow().next_cut.max(first_epoch);
+            // The epoch being applied: its records are applied as they
+            // arrive, its watermarks and timers once the input frontier
+            // passes it. Later epochs wait in `buffers`.
+            let mut current = shared.borrow().next_cut.max(first_epoch);
+            let mut current_cap: Option<Capability<u64>> = None;
             let mut buffers: BTreeMap<u64, Buffered<K, V>> = BTreeMap::new();
             let mut wm_from: HashMap<u32, u64> = HashMap::new();
             let mut watermark = 0u64;
@@ -124,49 +128,59 @@ where
                         entry.1.append(batch);
                     }
                 });
-                while let Some((&epoch, _)) = buffers.first_key_value() {
-                    if frontier.less_equal(&epoch) {
-                        break;
-                    }
+                loop {
                     let mut s = shared.borrow_mut();
                     if s.error.is_some() {
                         return;
                     }
-                    // Epochs with nothing for this instance are done too.
-                    while next_done < epoch {
-                        s.operator_done(next_done);
-                        next_done += 1;
-                    }
-                    if !s.may_apply(epoch, &activator) {
+                    let passed = !frontier.less_equal(&current);
+                    let has_data = buffers.contains_key(&current);
+                    if current_cap.is_none() && !has_data {
+                        // Nothing of this epoch here: done once it is over.
+                        let input_done = frontier.frontier().is_empty() && buffers.is_empty();
+                        if passed && !input_done {
+                            s.operator_done(current);
+                            current += 1;
+                            continue;
+                        }
                         break;
                     }
-                    let Some((cap, items)) = buffers.remove(&epoch) else {
+                    if !s.may_apply(current, &activator) {
                         break;
-                    };
+                    }
                     let s = &mut *s;
-                    let result = apply_epoch(
-                        &mut function,
-                        Epoch {
-                            epoch,
+                    let mut scratch_refs = Scratch {
+                        timers: &mut timers,
+                        wm_from: &mut wm_from,
+                        watermark: &mut watermark,
+                        outs: &mut outs,
+                        sides: &mut sides,
+                        key_bytes: &mut key_bytes,
+                        ns: &mut ns,
+                        scratch: &mut scratch,
+                        wms: &mut wms,
+                    };
+                    let epoch = Epoch {
+                        epoch: current,
+                        op,
+                        op_name: &op_name,
+                        upstreams,
+                    };
+                    let mut result = Ok(());
+                    if let Some((cap, items)) = buffers.remove(&current) {
+                        current_cap.get_or_insert(cap);
+                        result = apply_records(
+                            &mut function,
+                            &epoch,
                             items,
-                            op,
-                            op_name: &op_name,
-                            upstreams,
-                        },
-                        &mut Scratch {
-                            timers: &mut timers,
-                            wm_from: &mut wm_from,
-                            watermark: &mut watermark,
-                            outs: &mut outs,
-                            sides: &mut sides,
-                            key_bytes: &mut key_bytes,
-                            ns: &mut ns,
-                            scratch: &mut scratch,
-                            wms: &mut wms,
-                        },
-                        &mut s.store,
-                        &mut s.records_in,
-                    );
+                            &mut scratch_refs,
+                            &mut s.store,
+                            &mut s.records_in,
+                        );
+                    }
+                    if result.is_ok() && passed {
+                        result = finish_epoch(&mut function, &epoch, &mut scratch_refs, &mut s.store);
+                    }
                     if let Err(e) = result {
                         s.fail(Error::Operator {
                             operator: op_name.clone(),
@@ -174,41 +188,38 @@ where
                         });
                         return;
                     }
-                    let mut session = output.session(&cap);
-                    for (time, o) in outs.drain(..) {
-                        session.give(Item::Rec {
-                            time,
-                            kg: 0,
-                            data: Either::Main(o),
-                        });
+                    if let Some(cap) = &current_cap {
+                        let mut session = output.session(cap);
+                        for (time, o) in outs.drain(..) {
+                            session.give(Item::Rec {
+                                time,
+                                kg: 0,
+                                data: Either::Main(o),
+                            });
+                        }
+                        for (time, o) in sides.drain(..) {
+                            session.give(Item::Rec {
+                                time,
+                                kg: 0,
+                                data: Either::Side(o),
+                            });
+                        }
+                        if passed {
+                            for to in 0..peers as u32 {
+                                session.give(Item::Wm {
+                                    to,
+                                    from: index as u32,
+                                    wm: watermark,
+                                });
+                            }
+                        }
                     }
-                    for (time, o) in sides.drain(..) {
-                        session.give(Item::Rec {
-                            time,
-                            kg: 0,
-                            data: Either::Side(o),
-                        });
+                    if !passed {
+                        break;
                     }
-                    for to in 0..peers as u32 {
-                        session.give(Item::Wm {
-                            to,
-                            from: index as u32,
-                            wm: watermark,
-                        });
-                    }
-                    drop(session);
-                    s.operator_done(epoch);
-                    next_done = epoch + 1;
-                }
-                // Past every epoch below the frontier with nothing buffered.
-                if buffers.is_empty()
-                    && let Some(&f) = frontier.frontier().first()
-                {
-                    let mut s = shared.borrow_mut();
-                    while next_done < f && s.error.is_none() {
-                        s.operator_done(next_done);
-                        next_done += 1;
-                    }
+                    current_cap = None;
+                    s.operator_done(current);
+                    current += 1;
                 }
             }
         },
@@ -218,9 +229,8 @@ where
 /// An epoch's capability and the records received for it.
 type Buffered<K, V> = (Capability<u64>, Vec<Item<(K, V)>>);
 
-struct Epoch<'a, K, V> {
+struct Epoch<'a> {
     epoch: u64,
-    items: Vec<Item<(K, V)>>,
     op: u32,
     op_name: &'a str,
     upstreams: usize,
@@ -238,17 +248,16 @@ struct Scratch<'a, O, S> {
     wms: &'a mut Vec<(u32, u64)>,
 }
 
-/// Applies one epoch: its records, then its watermarks, then the timers
-/// that are due.
-fn apply_epoch<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
+/// Applies records of the current epoch (watermarks are kept for its end).
+fn apply_records<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
     function: &mut F,
-    epoch: Epoch<'_, K, V>,
+    epoch: &Epoch<'_>,
+    items: Vec<Item<(K, V)>>,
     sc: &mut Scratch<'_, F::Out, F::Side>,
     store: &mut crate::state::StateStore,
     records_in: &mut u64,
 ) -> Result<()> {
-    sc.wms.clear();
-    for item in epoch.items {
+    for item in items {
         match item {
             Item::Rec {
                 time,
@@ -280,7 +289,18 @@ fn apply_epoch<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
             Item::Wm { from, wm, .. } => sc.wms.push((from, wm)),
         }
     }
-    for &(from, wm) in sc.wms.iter() {
+    Ok(())
+}
+
+/// Ends the current epoch: its watermarks combine into the operator's,
+/// then the timers due fire.
+fn finish_epoch<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
+    function: &mut F,
+    epoch: &Epoch<'_>,
+    sc: &mut Scratch<'_, F::Out, F::Side>,
+    store: &mut crate::state::StateStore,
+) -> Result<()> {
+    for (from, wm) in sc.wms.drain(..) {
         let slot = sc.wm_from.entry(from).or_insert(0);
         *slot = (*slot).max(wm);
     }
