@@ -207,7 +207,12 @@ pub(crate) fn acks<'s>(
                 let checkpointing = s.checkpoints.is_some();
                 let mut arrived = Vec::new();
                 if let Some(cp) = &s.checkpoints {
-                    while let Ok(Uploaded { epoch, result, report }) = cp.results.try_recv() {
+                    while let Ok(Uploaded {
+                        epoch,
+                        result,
+                        report,
+                    }) = cp.results.try_recv()
+                    {
                         results.insert(epoch, result);
                         arrived.push((epoch, report));
                     }

@@ -405,11 +405,16 @@ impl<'s> JobBuilder<'s> {
                 })?,
                 None => 0,
             };
+            let max_time = self
+                .shared
+                .borrow()
+                .restored_number(&format!("maxtime/{name}/{p}"))?
+                .unwrap_or(0);
             readers.push(PartitionState {
                 partition: p,
                 reader: source.open(p, offset)?,
                 ended: false,
-                max_time: 0,
+                max_time,
                 read_in_epoch: 0,
             });
         }
@@ -581,13 +586,21 @@ fn source_operator<'s, T: crate::Data>(
                 }
             }
             drop(out);
+            // Where each partition stands, and its event-time high mark, so
+            // that a replay after recovery emits the same watermarks.
             let offsets: Metadata = parts
                 .iter()
-                .map(|p| {
-                    (
-                        format!("offset/{name}/{}", p.partition),
-                        p.reader.offset().to_string(),
-                    )
+                .flat_map(|p| {
+                    [
+                        (
+                            format!("offset/{name}/{}", p.partition),
+                            p.reader.offset().to_string(),
+                        ),
+                        (
+                            format!("maxtime/{name}/{}", p.partition),
+                            p.max_time.to_string(),
+                        ),
+                    ]
                 })
                 .collect();
             shared.borrow_mut().source_done(epoch, offsets);
@@ -822,6 +835,7 @@ where
         first_epoch,
         commit.as_ref().map(|c| c.epoch),
     )));
+    shared.borrow_mut().restored = offsets.clone();
     let built = worker.dataflow::<u64, _, _>(|scope| {
         let mut builder = JobBuilder {
             scope,

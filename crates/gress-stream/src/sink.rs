@@ -129,7 +129,8 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
         let path = self.dir.join("pending").join(self.name(epoch));
         if !self.open.contains_key(&epoch) {
             let file = File::create(&path).map_err(|e| self.fail("creating", &path, e))?;
-            self.open.insert(epoch, BufWriter::with_capacity(1 << 16, file));
+            self.open
+                .insert(epoch, BufWriter::with_capacity(1 << 16, file));
         }
         let Some(out) = self.open.get_mut(&epoch) else {
             return Ok(());
@@ -159,7 +160,8 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
             // Nothing was written for it: no file.
             None => return Ok(()),
         };
-        file.sync_all().map_err(|e| self.fail("syncing", &path, e))?;
+        file.sync_all()
+            .map_err(|e| self.fail("syncing", &path, e))?;
         self.written.insert(epoch);
         Ok(())
     }
@@ -177,7 +179,9 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
 }
 
 /// Collects committed output in memory, across all workers of a process:
-/// for tests and small jobs.
+/// for tests and small jobs. Pending output lives only in the running job,
+/// so an epoch committed just before a failure may be missing here (a
+/// [`FileSink`] makes it visible on recovery).
 #[derive(Debug)]
 pub struct CollectSink<T> {
     committed: Arc<Mutex<Vec<T>>>,

@@ -74,8 +74,11 @@ pub(crate) struct WorkerState {
     sources: usize,
     /// Per epoch: stateful operators done with it, sources done with it.
     done: BTreeMap<u64, (usize, usize)>,
-    /// Per epoch: offsets recorded by the sources at its end.
+    /// Per epoch: what sources (offsets, event-time high marks) and
+    /// operators (watermarks) recorded at its end, for its checkpoint.
     offsets: BTreeMap<u64, Metadata>,
+    /// The metadata of the checkpoint this worker recovered from.
+    pub(crate) restored: Metadata,
     /// The next epoch whose cut is due; epochs below it are cut.
     pub(crate) next_cut: u64,
     /// Operators waiting for a cut.
@@ -129,6 +132,7 @@ impl WorkerState {
             sources: 0,
             done: BTreeMap::new(),
             offsets: BTreeMap::new(),
+            restored: Metadata::new(),
             next_cut: first_epoch,
             waiting: Vec::new(),
             committed,
@@ -171,6 +175,23 @@ impl WorkerState {
         }
         self.waiting.push(waiter.clone());
         false
+    }
+
+    /// Records `key = value` in the checkpoint of `epoch` (before the
+    /// operator or source says it is done with it).
+    pub(crate) fn record(&mut self, epoch: u64, key: String, value: String) {
+        self.offsets.entry(epoch).or_default().insert(key, value);
+    }
+
+    /// A number recorded in the checkpoint this worker recovered from.
+    pub(crate) fn restored_number(&self, key: &str) -> Result<Option<u64>> {
+        match self.restored.get(key) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| Error::Recovery {
+                epoch: self.next_cut.saturating_sub(1),
+                reason: format!("`{key}` = `{v}` in the checkpoint is not a number").into(),
+            }),
+        }
     }
 
     /// A stateful operator has applied all of `epoch`.
@@ -244,7 +265,11 @@ impl WorkerState {
     }
 
     /// Records what a finished checkpoint cost.
-    pub(crate) fn checkpointed(&mut self, epoch: u64, report: Option<&gress_checkpoint::CheckpointReport>) {
+    pub(crate) fn checkpointed(
+        &mut self,
+        epoch: u64,
+        report: Option<&gress_checkpoint::CheckpointReport>,
+    ) {
         let flush = self.flushes.remove(&epoch).unwrap_or_default();
         if let Some(r) = report {
             self.checkpoint_costs.push(EpochCheckpoint {
@@ -312,7 +337,14 @@ pub(crate) fn upload_thread(
                         (Err(e.to_string()), None)
                     }
                 };
-                if done_tx.send(Uploaded { epoch, result, report }).is_err() {
+                if done_tx
+                    .send(Uploaded {
+                        epoch,
+                        result,
+                        report,
+                    })
+                    .is_err()
+                {
                     return;
                 }
                 if let Some(a) = &*activator.lock() {

@@ -103,7 +103,17 @@ where
             let mut current_cap: Option<Capability<u64>> = None;
             let mut buffers: BTreeMap<u64, Buffered<K, V>> = BTreeMap::new();
             let mut wm_from: HashMap<u32, u64> = HashMap::new();
-            let mut watermark = 0u64;
+            // The watermark after the recovered epoch, so that records
+            // replayed after recovery see what they saw before.
+            let wm_key = format!("watermark/{op_name}");
+            let restored = shared.borrow().restored_number(&wm_key);
+            let mut watermark = match restored {
+                Ok(w) => w.unwrap_or(0),
+                Err(e) => {
+                    shared.borrow_mut().fail(e);
+                    0
+                }
+            };
             let mut outs: Vec<(u64, F::Out)> = Vec::new();
             let mut sides: Vec<(u64, F::Side)> = Vec::new();
             let mut key_bytes = Vec::new();
@@ -139,6 +149,7 @@ where
                         // Nothing of this epoch here: done once it is over.
                         let input_done = frontier.frontier().is_empty() && buffers.is_empty();
                         if passed && !input_done {
+                            s.record(current, wm_key.clone(), watermark.to_string());
                             s.operator_done(current);
                             current += 1;
                             continue;
@@ -179,7 +190,8 @@ where
                         );
                     }
                     if result.is_ok() && passed {
-                        result = finish_epoch(&mut function, &epoch, &mut scratch_refs, &mut s.store);
+                        result =
+                            finish_epoch(&mut function, &epoch, &mut scratch_refs, &mut s.store);
                     }
                     if let Err(e) = result {
                         s.fail(Error::Operator {
@@ -218,6 +230,7 @@ where
                         break;
                     }
                     current_cap = None;
+                    s.record(current, wm_key.clone(), watermark.to_string());
                     s.operator_done(current);
                     current += 1;
                 }
