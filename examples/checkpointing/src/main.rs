@@ -1,155 +1,199 @@
-//! Checkpoint and recovery, end to end: a keyed count over a stream of
-//! events runs on the RocksDB backend with incremental checkpoints every
-//! 250 ms, each recording the source offset it matches; the machine
-//! "fails" and loses its local state; a new instance restores the last
-//! checkpoint, replays the source from the recorded offset, and ends with
-//! exactly the counts of a run that never failed.
+//! Checkpoint and recovery, end to end, on gress-stream: a keyed count of
+//! words runs on two workers, each with its own RocksDB state, and every
+//! epoch is a checkpoint that records the source offsets it matches
+//! (incremental: each SST file is stored once and shared by the
+//! checkpoints that need it). The machine fails part-way: the process
+//! aborts, and its disk, with the RocksDB state, is lost. A new instance on
+//! an empty disk recovers from the newest committed epoch, replays the
+//! source from the offsets recorded with it, and ends with exactly the
+//! counts of a run that never failed: every running count committed once.
 //!
-//! The processing loop takes each checkpoint's cut itself, between two
-//! events, so the offset in the metadata matches the state exactly; the
-//! files are written and committed on another thread while processing
-//! goes on (as a barrier-aligned stream engine does).
+//! Instance 1 is this program again, in a child process, so that its
+//! failure is as abrupt as a machine's.
 //!
 //! Run with `./scripts/example checkpointing`; it works in
 //! `./example-data/checkpointing`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Result, bail};
-use gress_checkpoint::{CheckpointConfig, CheckpointManager, LocalStorage, Metadata};
+use anyhow::{Context, Result, bail};
+use gress_checkpoint::{Catalog, LocalStorage};
 use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
-use gress_state::{KeyRange, StateBackend};
+use gress_state::Checkpointable;
+use gress_stream::{
+    BackendFactory, EpochPolicy, FileSink, GeneratorSource, JobConfig, JobReport, latest_commit,
+    run,
+};
 
-const EVENTS: u64 = 400_000;
+const PARTITIONS: usize = 4;
+const PER_PARTITION: u64 = 100_000;
+const EVENTS: u64 = PARTITIONS as u64 * PER_PARTITION;
 const WORDS: u64 = 5_000;
+const WORKERS: usize = 2;
+/// Events of each partition in one epoch, and so between two checkpoints.
+const EPOCH_RECORDS: u64 = 5_000;
+/// Set in the child process that runs instance 1.
+const INSTANCE_1: &str = "EXAMPLE_CHECKPOINTING_INSTANCE_1";
 
-/// The source: event `offset` is a word.
-fn event(offset: u64) -> String {
+/// The source: event `i` of partition `p` is a word.
+fn word(p: usize, i: u64) -> String {
+    let offset = p as u64 * PER_PARTITION + i;
     format!("word-{:05}", offset.wrapping_mul(2_654_435_761) % WORDS)
 }
 
-/// The operator: count events per word (read-modify-write of keyed state).
-fn process(state: &dyn StateBackend, offset: u64) -> Result<()> {
-    let key = event(offset);
-    let count = state
-        .get(key.as_bytes())?
-        .map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])));
-    state.put(key.as_bytes(), &(count + 1).to_le_bytes())?;
-    Ok(())
+/// RocksDB state for each worker under `dir`.
+fn rocksdb(dir: PathBuf) -> BackendFactory {
+    BackendFactory::new(move |worker| {
+        let config = RocksDbConfig::new(dir.join(format!("worker-{worker}")));
+        Ok(Arc::new(RocksDbStateBackend::open(config)?) as Arc<dyn Checkpointable>)
+    })
 }
 
-fn counts(state: &dyn StateBackend) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-    Ok(state
-        .scan(KeyRange::all())?
-        .collect::<gress_state::Result<_>>()?)
+/// Counts the words with state in `state`, checkpoints and output under
+/// `root`; with `fail_after`, the process aborts after that many events.
+fn count_words(root: &Path, state: PathBuf, fail_after: Option<u64>) -> Result<JobReport> {
+    let config = JobConfig::new("word-count")
+        .with_workers(WORKERS)
+        .with_checkpoint_dir(root.join("checkpoints"))
+        .with_epochs(EpochPolicy::Records(EPOCH_RECORDS))
+        .with_backend(rocksdb(state));
+    let output = root.join("output");
+    let seen = Arc::new(AtomicU64::new(0));
+    Ok(run(config, move |job| {
+        let seen = Arc::clone(&seen);
+        job.source(
+            "words",
+            GeneratorSource::new(PARTITIONS, Some(PER_PARTITION), word),
+        )?
+        .inspect(move |_| {
+            let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+            if fail_after == Some(n) {
+                println!("instance 1: the machine fails after {n} events");
+                std::process::abort();
+            }
+        })
+        .key_by(|w: &String| w.clone())
+        .count("count")
+        .sink("counts", FileSink::new(output.clone()))
+    })?)
 }
 
-fn manager(root: &Path) -> Result<CheckpointManager> {
-    let storage = Arc::new(LocalStorage::new(root.join("checkpoints"))?);
-    let config = CheckpointConfig::default()
-        .with_interval(Duration::from_millis(250))
-        .with_retain(3);
-    Ok(CheckpointManager::open(storage, config)?)
+/// Bytes of the files under `dir`.
+fn disk_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            disk_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 fn main() -> Result<()> {
     let root = Path::new("example-data/checkpointing");
+    if std::env::var_os(INSTANCE_1).is_some() {
+        count_words(root, root.join("state-1"), Some(EVENTS * 3 / 5))?;
+        bail!("instance 1 was meant to fail");
+    }
     if root.exists() {
         std::fs::remove_dir_all(root)?;
     }
 
-    // --- Instance 1: process with periodic checkpoints, then fail. ---
-    let state = Arc::new(RocksDbStateBackend::open(RocksDbConfig::new(
-        root.join("state-1"),
-    ))?);
-    let m = manager(root)?;
-    m.register("word-counts", state.clone())?;
-    m.enable_incremental_checkpoints(true);
-    let m = Arc::new(m);
-    println!("instance 1: counting {EVENTS} events with a checkpoint every 250 ms");
-    let started = Instant::now();
-    let mut next_checkpoint = Instant::now() + Duration::from_millis(250);
-    let mut committing: Option<std::thread::JoinHandle<()>> = None;
-    // Fail somewhere in the middle of the stream.
-    let fail_at = EVENTS * 3 / 5;
-    for o in 0..fail_at {
-        if Instant::now() >= next_checkpoint {
-            // The cut, between event o-1 and event o.
-            let pending = m.begin_checkpoint(Metadata::from([(
-                "source-offset".to_string(),
-                o.to_string(),
-            )]))?;
-            if let Some(previous) = committing.take() {
-                let _ = previous.join();
-            }
-            committing = Some(std::thread::spawn(move || match pending.commit() {
-                Ok(r) => println!(
-                    "  checkpoint {} at offset {}: wrote {} bytes in {} files, reused {} files, {} bytes in all, writers held {:?}",
-                    r.info.id,
-                    r.info.metadata["source-offset"],
-                    r.bytes_written,
-                    r.files_written,
-                    r.files_reused,
-                    r.info.total_bytes,
-                    r.max_pause,
-                ),
-                Err(e) => println!("  checkpoint failed: {e}"),
-            }));
-            next_checkpoint = Instant::now() + Duration::from_millis(250);
-        }
-        process(&*state, o)?;
-    }
-    if let Some(previous) = committing.take() {
-        let _ = previous.join();
-    }
+    // --- Instance 1: count with a checkpoint every epoch, then fail. ---
     println!(
-        "instance 1: processed {fail_at} events in {:?}, then the machine fails and its disk is lost",
-        started.elapsed()
+        "instance 1: counting {EVENTS} words on {WORKERS} workers with RocksDB state, a checkpoint every {} events",
+        EPOCH_RECORDS * PARTITIONS as u64
     );
-    state.close()?;
-    drop((state, m));
+    let status = Command::new(std::env::current_exe()?)
+        .env(INSTANCE_1, "1")
+        .status()?;
+    if status.success() {
+        bail!("instance 1 did not fail");
+    }
+    let checkpoints = LocalStorage::new(root.join("checkpoints"))?;
+    let commit =
+        latest_commit(&checkpoints)?.context("nothing was committed before the failure")?;
+    println!(
+        "instance 1: gone ({status}) with epoch {} committed; its disk is lost",
+        commit.epoch
+    );
     std::fs::remove_dir_all(root.join("state-1"))?;
 
-    // --- Instance 2: recover from the last checkpoint and replay. ---
-    let state = Arc::new(RocksDbStateBackend::open(RocksDbConfig::new(
-        root.join("state-2"),
-    ))?);
-    let m = manager(root)?;
-    m.register("word-counts", state.clone())?;
-    let restored = m.restore_latest()?;
-    let resume_from: u64 = restored.metadata["source-offset"].parse()?;
+    // --- Instance 2: recover on an empty disk and finish. ---
+    let report = count_words(root, root.join("state-2"), None)?;
     println!(
-        "instance 2: restored checkpoint {} ({} bytes); the source resumes at offset {resume_from}",
-        restored.id, restored.total_bytes
+        "instance 2: restored epoch {} into empty RocksDB state, replayed the source from its offsets, committed up to epoch {} in {:.1?}",
+        report
+            .recovered_from
+            .context("instance 2 did not recover")?,
+        report
+            .last_committed
+            .context("instance 2 committed nothing")?,
+        report.elapsed,
     );
-    for o in resume_from..EVENTS {
-        process(&*state, o)?;
-    }
-    m.trigger_checkpoint(Metadata::from([(
-        "source-offset".to_string(),
-        EVENTS.to_string(),
-    )]))?;
-
-    // --- Check against a run that never failed. ---
-    let reference = gress_state::MemoryStateBackend::default();
-    for o in 0..EVENTS {
-        process(&reference, o)?;
-    }
-    if counts(&*state)? != counts(&reference)? {
-        bail!("the recovered counts differ from a run without failure");
-    }
-    println!(
-        "instance 2: counted all {EVENTS} events; the counts equal those of a run without failure ({} words)",
-        counts(&reference)?.len()
-    );
-    for info in m.list() {
+    for worker in 0..WORKERS {
+        let dir = root
+            .join("checkpoints")
+            .join("workers")
+            .join(format!("{worker:05}"));
+        let catalog = Catalog::open(Arc::new(LocalStorage::new(&dir)?))?;
+        let kept = catalog.checkpoints();
+        let referenced: u64 = kept.iter().map(|c| c.total_bytes).sum();
+        let epochs: Vec<&str> = kept
+            .iter()
+            .filter_map(|c| c.metadata.get("epoch").map(String::as_str))
+            .collect();
         println!(
-            "  kept checkpoint {} at offset {}",
-            info.id, info.metadata["source-offset"]
+            "  worker {worker} keeps checkpoints of epochs {}: {referenced} bytes referenced, {} bytes stored (shared files stored once)",
+            epochs.join(", "),
+            disk_bytes(&dir)?,
         );
     }
+
+    // --- Check against a run without failure. ---
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        for i in 0..PER_PARTITION {
+            *expected.entry(word(p, i)).or_default() += 1;
+        }
+    }
+    // Every running count (word, 1..=n) committed exactly once.
+    let mut committed: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for file in FileSink::committed_files(&root.join("output"))? {
+        for line in std::fs::read_to_string(&file)?.lines() {
+            let (word, count): (String, u64) = serde_json::from_str(line)?;
+            committed.entry(word).or_default().push(count);
+        }
+    }
+    for (word, counts) in &mut committed {
+        counts.sort_unstable();
+        let n = expected.get(word).copied().unwrap_or(0);
+        if !counts.iter().copied().eq(1..=n) {
+            bail!(
+                "`{word}`: {} running counts committed up to {:?}, expected 1..={n} once each",
+                counts.len(),
+                counts.last()
+            );
+        }
+    }
+    if committed.len() != expected.len() {
+        bail!(
+            "{} words committed, {} counted without failure",
+            committed.len(),
+            expected.len()
+        );
+    }
+    println!(
+        "instance 2: the counts of all {} words equal those of a run without failure; each of the {EVENTS} running counts was committed once",
+        expected.len()
+    );
     Ok(())
 }
