@@ -167,6 +167,10 @@ struct Run {
     checkpoints: u64,
     /// Each worker's stall per cut (flush plus capture).
     cuts: Vec<Duration>,
+    /// The parts of the cuts: each `write_batch` of the cache flush, and
+    /// each capture.
+    flushes: Vec<Duration>,
+    captures: Vec<Duration>,
     /// From each capture to its checkpoint's commit.
     checkpoint_durations: Vec<Duration>,
     /// Source-to-commit latency per event, µs.
@@ -198,6 +202,12 @@ struct StreamRow {
     /// backend capture (encoding of the flushed batch not included).
     cut_ms_p50: Option<f64>,
     cut_ms_max: Option<f64>,
+    /// The cache flush's `write_batch` calls (epochs that wrote state).
+    flush_ms_p50: Option<f64>,
+    flush_ms_max: Option<f64>,
+    /// The backend captures (every checkpointed epoch).
+    capture_ms_p50: Option<f64>,
+    capture_ms_max: Option<f64>,
     /// From the capture to the checkpoint's commit (files written,
     /// manifest published).
     checkpoint_ms_p50: Option<f64>,
@@ -425,10 +435,14 @@ fn run_gress(
         );
     }
     let mut cuts = Vec::new();
+    let mut flushes = Vec::new();
+    let mut captures = Vec::new();
     let mut checkpoint_durations = Vec::new();
     for log in &logs {
         let log = log.lock().unwrap_or_else(|e| e.into_inner());
         cuts.extend(log.cut_pauses());
+        flushes.extend(log.flushes.iter().map(|f| f.1));
+        captures.extend(log.captures.iter().map(|c| c.1));
         checkpoint_durations.extend(log.committed.iter().copied());
     }
     Ok(Run {
@@ -441,6 +455,8 @@ fn run_gress(
             0
         },
         cuts,
+        flushes,
+        captures,
         checkpoint_durations,
         latency: Some(outcome.latency_us),
     })
@@ -524,6 +540,8 @@ fn run_timely(args: &StreamArgs, workers: usize) -> Result<Run> {
         epochs: 0,
         checkpoints: 0,
         cuts: Vec::new(),
+        flushes: Vec::new(),
+        captures: Vec::new(),
         checkpoint_durations: Vec::new(),
         latency: None,
     })
@@ -564,10 +582,15 @@ fn row_of(args: &StreamArgs, subject: Subject, workers: usize, runs: Vec<Run>) -
     runs.sort_by(|a, b| eps(a).total_cmp(&eps(b)));
     let median = runs.swap_remove(runs.len() / 2);
     let gress = matches!(subject, Subject::Gress { .. });
-    let mut cuts = median.cuts.clone();
-    cuts.sort();
-    let mut durations = median.checkpoint_durations.clone();
-    durations.sort();
+    let sorted = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    let cuts = sorted(&median.cuts);
+    let flushes = sorted(&median.flushes);
+    let captures = sorted(&median.captures);
+    let durations = sorted(&median.checkpoint_durations);
     let lat = |q: f64| {
         median
             .latency
@@ -589,6 +612,10 @@ fn row_of(args: &StreamArgs, subject: Subject, workers: usize, runs: Vec<Run>) -
         checkpoints_committed: gress.then_some(median.checkpoints),
         cut_ms_p50: percentile(&cuts, 0.5),
         cut_ms_max: percentile(&cuts, 1.0),
+        flush_ms_p50: percentile(&flushes, 0.5),
+        flush_ms_max: percentile(&flushes, 1.0),
+        capture_ms_p50: percentile(&captures, 0.5),
+        capture_ms_max: percentile(&captures, 1.0),
         checkpoint_ms_p50: percentile(&durations, 0.5),
         checkpoint_ms_max: percentile(&durations, 1.0),
         latency_ms_p50: lat(0.5),
