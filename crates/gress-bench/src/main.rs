@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p gress-bench -- memory
 //! cargo run --release -p gress-bench -- memory --sizes 10000 --threads 1 --json out.json
+//! cargo run --release -p gress-bench -- stream --workers 1,2 --backends memory,rocksdb
 //! ```
 //!
 //! Each case alternates its subjects (backend and baseline) over several
@@ -25,6 +26,8 @@ use serde::Serialize;
 use gress_state::{MemoryConfig, MemoryStateBackend, StateBackend};
 
 mod rocks;
+mod stream;
+mod timed;
 mod workload;
 use workload::{Keys, VALUE_LEN};
 
@@ -42,6 +45,9 @@ enum BackendCmd {
     /// RocksDbStateBackend (TTL off and on) against a raw rocksdb::DB with
     /// the same options, WAL on and off.
     Rocksdb(rocks::RocksArgs),
+    /// A keyed running count on gress-stream (memory and RocksDB state,
+    /// checkpoints on and off) against the same count in plain timely.
+    Stream(stream::StreamArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -98,8 +104,8 @@ struct Report {
 }
 
 #[derive(Debug, Serialize)]
-struct Machine {
-    cpus: usize,
+pub(crate) struct Machine {
+    pub(crate) cpus: usize,
     os: &'static str,
     arch: &'static str,
 }
@@ -383,21 +389,26 @@ fn fmt_ns(ns: u64) -> String {
     }
 }
 
+pub(crate) fn machine() -> Machine {
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        os: std::env::consts::OS,
+        arch: std::env::consts::ARCH,
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let timer_ns = timer_overhead();
     let (rows, json) = match &cli.backend {
         BackendCmd::Memory(args) => (bench_memory(args)?, args.json.clone()),
         BackendCmd::Rocksdb(args) => (rocks::bench_rocksdb(args)?, args.json.clone()),
+        BackendCmd::Stream(args) => return stream::main(args),
     };
+    let timer_ns = timer_overhead();
     println!("timer overhead in latency columns: {timer_ns:.1} ns per call");
     print_table(&rows);
     let report = Report {
-        machine: Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            os: std::env::consts::OS,
-            arch: std::env::consts::ARCH,
-        },
+        machine: machine(),
         timer_ns,
         key_len: workload::KEY_LEN,
         value_len: VALUE_LEN,

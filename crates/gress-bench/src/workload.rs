@@ -12,7 +12,7 @@ pub struct Keys {
     n: u64,
 }
 
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     // splitmix64 finaliser
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -20,7 +20,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// Maps `x` uniformly onto `0..n` without a division.
-fn scale(x: u64, n: u64) -> u64 {
+pub(crate) fn scale(x: u64, n: u64) -> u64 {
     ((u128::from(x) * u128::from(n)) >> 64) as u64
 }
 
