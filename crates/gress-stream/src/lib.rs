@@ -53,6 +53,7 @@ pub use job::{
 };
 pub use keys::TimeDomain;
 pub use operators::keyed::{Either, KeyedProcessFunction};
+pub use operators::window::{Window, WindowAssigner, WindowResult, WindowedStream};
 pub use sink::{CollectSink, FileSink, Sink};
 pub use source::{FileSource, GeneratorSource, PartitionReader, Poll, Source};
 pub use state::{

@@ -1,3 +1,5 @@
 //! Operators with state.
 
+pub mod join;
 pub mod keyed;
+pub mod window;

@@ -707,6 +707,13 @@ pub trait AggregateFunction: Send + Sync + 'static {
     fn add(&self, acc: &mut Self::Acc, input: Self::In);
     /// The result of an accumulator.
     fn result(&self, acc: &Self::Acc) -> Self::Out;
+    /// Two accumulators merged into one, for windows that merge (session
+    /// windows); `None` when the function cannot merge (the default), which
+    /// session windows refuse when the job starts.
+    fn merge(&self, a: Self::Acc, b: Self::Acc) -> Option<Self::Acc> {
+        let _ = (a, b);
+        None
+    }
 }
 
 /// Declares an accumulator per key.
