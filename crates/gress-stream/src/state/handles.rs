@@ -174,11 +174,11 @@ impl<T: 'static> ValueStateDescriptor<T> {
     }
 
     pub(crate) fn handle<'a>(&'a self, mut target: Target<'a>) -> Result<ValueState<'a, T>> {
-        let codec = Arc::clone(&self.codec);
+        // The codec is cloned only when the state is first registered.
         let id = self
             .common
-            .id(target.op, target.op_name, target.store, move || {
-                Box::new(ValueEncoder(codec))
+            .id(target.op, target.op_name, target.store, || {
+                Box::new(ValueEncoder(Arc::clone(&self.codec)))
             })?;
         target.full_key(id);
         Ok(ValueState {
@@ -298,11 +298,10 @@ impl<T: 'static> ListStateDescriptor<T> {
     }
 
     pub(crate) fn handle<'a>(&'a self, mut target: Target<'a>) -> Result<ListState<'a, T>> {
-        let codec = Arc::clone(&self.codec);
         let id = self
             .common
-            .id(target.op, target.op_name, target.store, move || {
-                Box::new(ListEncoder(codec))
+            .id(target.op, target.op_name, target.store, || {
+                Box::new(ListEncoder(Arc::clone(&self.codec)))
             })?;
         target.full_key(id);
         Ok(ListState {
@@ -462,11 +461,13 @@ impl<K: Key, V: Data> MapStateDescriptor<K, V> {
     }
 
     pub(crate) fn handle<'a>(&'a self, mut target: Target<'a>) -> Result<MapState<'a, K, V>> {
-        let (keys, values) = (Arc::clone(&self.keys), Arc::clone(&self.values));
         let id = self
             .common
-            .id(target.op, target.op_name, target.store, move || {
-                Box::new(MapEncoder { keys, values })
+            .id(target.op, target.op_name, target.store, || {
+                Box::new(MapEncoder {
+                    keys: Arc::clone(&self.keys),
+                    values: Arc::clone(&self.values),
+                })
             })?;
         target.full_key(id);
         Ok(MapState {

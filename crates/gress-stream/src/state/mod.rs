@@ -12,7 +12,14 @@ mod handles;
 use std::any::Any;
 use std::collections::HashMap;
 
-type Cache = hashbrown::HashMap<Vec<u8>, Slot, foldhash::fast::FixedState>;
+/// A backend key, inline when short (a key group, a state id and a small
+/// key fit): a lookup compares bytes in the table, not behind a pointer.
+type CacheKey = smallvec::SmallVec<[u8; 24]>;
+type Cache = hashbrown::HashMap<CacheKey, Slot, foldhash::fast::FixedState>;
+
+/// A decoded value, inline in its slot when small (counts, sums, small
+/// tuples): reading it touches no other cache line.
+pub(crate) type Value = smallbox::SmallBox<dyn Any, smallbox::space::S2>;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,7 +121,7 @@ struct Registration {
 pub(crate) struct Slot {
     /// The decoded value, an `Option<T>` (`None` when the key has no
     /// value): updated in place, never reallocated.
-    pub(crate) value: Box<dyn Any>,
+    pub(crate) value: Value,
     /// Whether `value` is `Some`.
     pub(crate) present: bool,
     /// Differs from the backend.
@@ -237,12 +244,13 @@ impl StateStore {
         decode: &dyn Fn(&[u8]) -> Result<T>,
     ) -> Result<&mut Slot> {
         let backend = &self.backend;
-        match self.cache.entry_ref(key) {
-            hashbrown::hash_map::EntryRef::Occupied(o) => {
+        // Building the inline key costs a copy, no allocation.
+        match self.cache.entry(CacheKey::from_slice(key)) {
+            hashbrown::hash_map::Entry::Occupied(o) => {
                 self.stats.hits += 1;
                 Ok(o.into_mut())
             }
-            hashbrown::hash_map::EntryRef::Vacant(v) => {
+            hashbrown::hash_map::Entry::Vacant(v) => {
                 self.stats.misses += 1;
                 let value: Option<T> = match backend.get(key)? {
                     Some(bytes) => Some(decode(&bytes)?),
@@ -252,7 +260,7 @@ impl StateStore {
                 self.bytes += size;
                 Ok(v.insert(Slot {
                     present: value.is_some(),
-                    value: Box::new(value),
+                    value: smallbox::smallbox!(value),
                     dirty: false,
                     expires_at: None,
                     state_id,
@@ -265,7 +273,7 @@ impl StateStore {
     /// Sets a timer key (present or deleted) without reading it first.
     pub(crate) fn put_raw(&mut self, key: &[u8], state_id: u32, present: bool) {
         if let Some(slot) = self.cache.get_mut(key) {
-            slot.value = Box::new(present.then_some(()));
+            slot.value = smallbox::smallbox!(present.then_some(()));
             slot.present = present;
             slot.dirty = true;
             slot.expires_at = None;
@@ -274,9 +282,9 @@ impl StateStore {
         let size = key.len() + 64;
         self.bytes += size;
         self.cache.insert(
-            key.to_vec(),
+            CacheKey::from_slice(key),
             Slot {
-                value: Box::new(present.then_some(())),
+                value: smallbox::smallbox!(present.then_some(())),
                 present,
                 dirty: true,
                 expires_at: None,
