@@ -151,6 +151,13 @@ impl Checkpointable for TimedBackend {
     ) -> Result<Box<dyn PreparedRestore + '_>> {
         self.inner.prepare_restore(format, files)
     }
+
+    fn prepare_restore_ranges(
+        &self,
+        sources: &[gress_state::RangeSource<'_>],
+    ) -> Result<Box<dyn PreparedRestore + '_>> {
+        self.inner.prepare_restore_ranges(sources)
+    }
 }
 
 struct TimedCapture {

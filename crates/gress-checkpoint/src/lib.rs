@@ -46,6 +46,7 @@ pub use gress_state::SNAPSHOT_FORMAT;
 pub use info::{CheckpointInfo, CheckpointReport, CheckpointStats, OpenReport};
 pub use manager::{CheckpointConfig, CheckpointManager, PendingCheckpoint};
 pub use manifest::{Manifest, Metadata};
+pub use restore::RangePart;
 pub use storage::{LocalStorage, Storage};
 #[cfg(feature = "s3")]
 pub use storage::{S3Config, S3Storage};

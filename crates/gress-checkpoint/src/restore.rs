@@ -5,10 +5,12 @@
 use std::io::{Cursor, Read};
 use std::path::Path;
 
-use gress_state::SNAPSHOT_FORMAT;
+use gress_state::checkpoint::RangeSource;
 use gress_state::checkpoint::{CheckpointFiles, Checkpointable, PreparedRestore};
 use gress_state::snapshot::{SnapshotKind, SnapshotWriter};
+use gress_state::{KeyRange, SNAPSHOT_FORMAT};
 
+use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::manifest::{BackendEntry, Manifest};
 use crate::storage::Storage;
@@ -22,16 +24,16 @@ pub(crate) enum RestoreSource {
 }
 
 /// Which part of a manifest each backend restores.
-pub(crate) struct RestorePlan<'a> {
-    manifest: &'a Manifest,
+pub(crate) struct RestorePlan<'m, 'a> {
+    manifest: &'m Manifest,
     source: RestoreSource,
     /// (name, backend, its part; `None`: not in the manifest, starts empty)
-    parts: Vec<(&'a str, &'a dyn Checkpointable, Option<&'a BackendEntry>)>,
+    parts: Vec<(&'a str, &'a dyn Checkpointable, Option<&'m BackendEntry>)>,
 }
 
-impl<'a> RestorePlan<'a> {
+impl<'m, 'a> RestorePlan<'m, 'a> {
     pub(crate) fn new(
-        manifest: &'a Manifest,
+        manifest: &'m Manifest,
         source: RestoreSource,
         backends: &[(&'a str, &'a dyn Checkpointable)],
         allow_non_restored_state: bool,
@@ -120,6 +122,90 @@ impl<'a> RestorePlan<'a> {
         }
         Ok(Prepared { parts })
     }
+}
+
+/// One source of a range restore: the keys of `ranges` in checkpoint `id`
+/// of `catalog`'s location.
+#[derive(Debug)]
+pub struct RangePart<'a> {
+    /// The location the checkpoint is in (read only).
+    pub catalog: &'a Catalog,
+    /// The checkpoint.
+    pub id: u64,
+    /// The keys to take from it.
+    pub ranges: Vec<KeyRange>,
+}
+
+/// Every backend reads and verifies its ranges of every part; nothing is
+/// switched.
+pub(crate) fn prepare_ranges<'a>(
+    parts: &[RangePart<'_>],
+    backends: &[(&'a str, &'a dyn Checkpointable)],
+    allow_non_restored_state: bool,
+    parallelism: usize,
+) -> Result<Prepared<'a>> {
+    let mut manifests = Vec::with_capacity(parts.len());
+    for part in parts {
+        let manifest = part
+            .catalog
+            .manifest(part.id)
+            .ok_or(Error::NoSuchCheckpoint { id: part.id })?;
+        for entry in &manifest.backends {
+            if !backends.iter().any(|(name, _)| *name == entry.name) && !allow_non_restored_state {
+                return Err(Error::Backend {
+                    name: entry.name.clone(),
+                    reason: "in the checkpoint but not registered; allow non-restored state to \
+                             restore without it"
+                        .into(),
+                });
+            }
+        }
+        let storage = &**part.catalog.storage();
+        for f in manifest.paths() {
+            match storage.size(&f.path)? {
+                Some(size) if size == f.size => {}
+                found => {
+                    return Err(Error::DamagedFile {
+                        path: f.path.clone(),
+                        reason: match found {
+                            Some(size) => format!("{size} bytes, expected {}", f.size).into(),
+                            None => "missing".into(),
+                        },
+                    });
+                }
+            }
+        }
+        manifests.push((part, manifest));
+    }
+    let mut prepared = Vec::with_capacity(backends.len());
+    for &(name, backend) in backends {
+        let held: Vec<(&RangePart<'_>, &BackendEntry)> = manifests
+            .iter()
+            .filter_map(|(part, m)| m.backend(name).map(|e| (*part, e)))
+            .collect();
+        let files: Vec<StoredFiles<'_>> = held
+            .iter()
+            .map(|(part, entry)| StoredFiles {
+                storage: &**part.catalog.storage(),
+                files: &entry.files,
+                parallelism,
+            })
+            .collect();
+        let sources: Vec<RangeSource<'_>> = held
+            .iter()
+            .zip(&files)
+            .map(|((part, entry), files)| RangeSource {
+                format: &entry.format,
+                files,
+                ranges: &part.ranges,
+            })
+            .collect();
+        let part = backend
+            .prepare_restore_ranges(&sources)
+            .map_err(Error::from_state)?;
+        prepared.push((name.to_string(), part));
+    }
+    Ok(Prepared { parts: prepared })
 }
 
 /// Every backend's restore, ready to switch.

@@ -547,6 +547,16 @@ impl Checkpointable for FailingSwitch {
             fail: *self.fail.lock(),
         }))
     }
+
+    fn prepare_restore_ranges(
+        &self,
+        sources: &[gress_state::RangeSource<'_>],
+    ) -> gress_state::Result<Box<dyn PreparedRestore + '_>> {
+        Ok(Box::new(FailingPrepared {
+            inner: self.inner.prepare_restore_ranges(sources)?,
+            fail: *self.fail.lock(),
+        }))
+    }
 }
 
 /// A restore of several backends used to switch them one by one and stop

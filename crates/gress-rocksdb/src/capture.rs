@@ -237,6 +237,17 @@ impl Checkpointable for RocksDbStateBackend {
             name,
         }))
     }
+
+    fn prepare_restore_ranges(
+        &self,
+        sources: &[gress_state::RangeSource<'_>],
+    ) -> Result<Box<dyn PreparedRestore + '_>> {
+        let _ = sources;
+        Err(Error::invalid_argument(
+            "sources",
+            "the RocksDB backend cannot restore key ranges yet",
+        ))
+    }
 }
 
 impl RocksDbStateBackend {

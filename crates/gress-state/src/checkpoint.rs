@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::backend::KeyRange;
 use crate::backend::StateBackend;
 use crate::error::Result;
 
@@ -122,6 +123,29 @@ pub trait PreparedRestore: Send {
     fn commit(self: Box<Self>) -> Result<()>;
 }
 
+/// Part of a restore from several checkpoints: the keys of `ranges` in
+/// the checkpoint made of `files` (captured in `format`). Rescaling a job
+/// restores each new worker from the key ranges it now owns in the
+/// checkpoints of the old workers.
+pub struct RangeSource<'a> {
+    /// The checkpoint's format (the backend's own, or [`SNAPSHOT_FORMAT`]).
+    pub format: &'a str,
+    /// The checkpoint's files.
+    pub files: &'a dyn CheckpointFiles,
+    /// The keys to take from it; keys outside every range are left out.
+    pub ranges: &'a [KeyRange],
+}
+
+impl std::fmt::Debug for RangeSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeSource")
+            .field("format", &self.format)
+            .field("files", &self.files.names())
+            .field("ranges", &self.ranges)
+            .finish()
+    }
+}
+
 /// A backend whose state a checkpoint manager can capture and restore.
 ///
 /// A backend belongs to at most one manager at a time
@@ -162,6 +186,16 @@ pub trait Checkpointable: StateBackend {
         &self,
         format: &str,
         files: &dyn CheckpointFiles,
+    ) -> Result<Box<dyn PreparedRestore + '_>>;
+
+    /// Like [`prepare_restore`](Checkpointable::prepare_restore), from
+    /// several checkpoints at once: the new state holds exactly the keys of
+    /// each source's ranges, as that source's checkpoint had them (the
+    /// ranges of different sources do not overlap). Nothing changes until
+    /// the returned restore is committed. The next capture is full.
+    fn prepare_restore_ranges(
+        &self,
+        sources: &[RangeSource<'_>],
     ) -> Result<Box<dyn PreparedRestore + '_>>;
 
     /// Prepares and commits a restore of this backend alone.

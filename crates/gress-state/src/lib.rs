@@ -31,7 +31,9 @@ pub mod ttl;
 mod util;
 
 pub use backend::{BatchOp, KeyRange, KeyValue, ScanIter, StateBackend, WriteBatch};
-pub use checkpoint::{Capture, CaptureKind, CaptureMode, Checkpointable, SNAPSHOT_FORMAT};
+pub use checkpoint::{
+    Capture, CaptureKind, CaptureMode, Checkpointable, RangeSource, SNAPSHOT_FORMAT,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{EngineErrorKind, Error, Result};
 pub use memory::{MemoryConfig, MemoryStateBackend};

@@ -14,7 +14,7 @@ use crate::catalog::{read_manifest, read_savepoint};
 use crate::error::{Error, Result};
 use crate::info::CheckpointInfo;
 use crate::manifest::{MANIFESTS, Manifest, RESTORE_INTENT, check_name, id_of_manifest_path};
-use crate::restore::{RestorePlan, RestoreSource};
+use crate::restore::{Prepared, RangePart, RestorePlan, RestoreSource, prepare_ranges};
 
 /// Marks a restore running; undone on drop.
 struct Restoring<'a>(&'a Shared);
@@ -83,6 +83,20 @@ impl CheckpointManager {
         Err(Error::NoIntactCheckpoint { tried })
     }
 
+    /// Restores the registered backends from key ranges of checkpoints in
+    /// other locations (each part: a checkpoint of a [`Catalog`]'s location
+    /// and the ranges to take from it), all or nothing: how a rescaled job
+    /// gives each worker the key groups it now owns. A backend that no
+    /// part holds starts empty. The next checkpoint is full.
+    ///
+    /// [`Catalog`]: crate::Catalog
+    pub fn restore_ranges(&self, parts: &[RangePart<'_>]) -> Result<()> {
+        self.shared
+            .restore_with("a rescale", |named, allow, parallelism| {
+                Ok((prepare_ranges(parts, named, allow, parallelism)?, ()))
+            })
+    }
+
     /// Restores savepoint `name` into the registered backends, whatever
     /// their type, all or nothing, reading each file once.
     pub fn restore_savepoint(&self, name: &str) -> Result<CheckpointInfo> {
@@ -99,6 +113,31 @@ impl Shared {
         target: &str,
         read: impl FnOnce() -> Result<Manifest>,
     ) -> Result<CheckpointInfo> {
+        let source = if target.starts_with("savepoint") {
+            RestoreSource::Savepoint
+        } else {
+            RestoreSource::Checkpoint
+        };
+        self.restore_with(target, |named, allow, parallelism| {
+            let manifest = read()?;
+            let plan = RestorePlan::new(&manifest, source, named, allow)?;
+            let prepared = plan.prepare(&*self.storage, parallelism)?;
+            Ok((prepared, CheckpointInfo::from(&manifest)))
+        })
+    }
+
+    /// Runs a restore: `prepare` reads and verifies every backend's new
+    /// state (nothing changes), then the intent is recorded and every
+    /// backend switched.
+    pub(super) fn restore_with<T>(
+        &self,
+        target: &str,
+        prepare: impl for<'b> FnOnce(
+            &[(&'b str, &'b dyn Checkpointable)],
+            bool,
+            usize,
+        ) -> Result<(Prepared<'b>, T)>,
+    ) -> Result<T> {
         let in_flight = |n: usize| {
             Error::busy(format!(
                 "{n} checkpoint(s) in flight: commit or drop them before restoring"
@@ -126,12 +165,6 @@ impl Shared {
                 return Err(in_flight(state.in_flight));
             }
         }
-        let manifest = read()?;
-        let source = if target.starts_with("savepoint") {
-            RestoreSource::Savepoint
-        } else {
-            RestoreSource::Checkpoint
-        };
         let backends = self.backends();
         let named: Vec<(&str, &dyn Checkpointable)> = backends
             .iter()
@@ -141,8 +174,7 @@ impl Shared {
             let config = self.config.read();
             (config.allow_non_restored_state, config.parallelism)
         };
-        let plan = RestorePlan::new(&manifest, source, &named, allow)?;
-        let prepared = plan.prepare(&*self.storage, parallelism)?;
+        let (prepared, out) = prepare(&named, allow, parallelism)?;
 
         // Past this point a failure leaves backends at different
         // checkpoints: record the intent first.
@@ -165,7 +197,7 @@ impl Shared {
             // Harmless but for the next open, which will ask for a restore.
             tracing::warn!(error = %e, "could not delete the restore intent");
         }
-        Ok(CheckpointInfo::from(&manifest))
+        Ok(out)
     }
 
     fn write_intent(&self, target: &str) -> Result<()> {

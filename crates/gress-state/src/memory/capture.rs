@@ -17,7 +17,7 @@ use super::MemoryStateBackend;
 use super::shard::{DirtySet, Inner, Table, write_full_snapshot};
 use crate::checkpoint::{
     Capture, CaptureKind, CaptureMode, CapturedFile, CheckpointFiles, Checkpointable, FileSource,
-    PreparedRestore,
+    PreparedRestore, RangeSource,
 };
 use crate::error::{Error, Result};
 use crate::snapshot::{SnapshotKind, SnapshotWriter};
@@ -165,6 +165,13 @@ impl Checkpointable for MemoryStateBackend {
         files: &dyn CheckpointFiles,
     ) -> Result<Box<dyn PreparedRestore + '_>> {
         self.prepare_files(format, files)
+    }
+
+    fn prepare_restore_ranges(
+        &self,
+        sources: &[RangeSource<'_>],
+    ) -> Result<Box<dyn PreparedRestore + '_>> {
+        self.prepare_ranges(sources)
     }
 }
 

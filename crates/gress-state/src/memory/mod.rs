@@ -322,7 +322,7 @@ impl StateBackend for MemoryStateBackend {
             return Err(Error::Closed);
         }
         let mut staged = Staged::new(&self.inner);
-        staged.read_stream(&self.inner, input, SnapshotKind::Full)?;
+        staged.read_stream(&self.inner, input, SnapshotKind::Full, None)?;
         self.commit_staged(staged)
     }
 

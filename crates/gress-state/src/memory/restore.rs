@@ -7,8 +7,8 @@ use std::io::Read;
 use super::MemoryStateBackend;
 use super::capture::MEMORY_CHECKPOINT_FORMAT;
 use super::shard::{Entry, Inner, ShardState};
-use crate::backend::StateBackend;
-use crate::checkpoint::{CheckpointFiles, PreparedRestore, SNAPSHOT_FORMAT};
+use crate::backend::{KeyRange, StateBackend};
+use crate::checkpoint::{CheckpointFiles, PreparedRestore, RangeSource, SNAPSHOT_FORMAT};
 use crate::error::{Error, Result};
 use crate::metrics::Counter;
 use crate::snapshot::{RestoreSummary, SnapshotEntry, SnapshotKind, SnapshotReader};
@@ -40,6 +40,7 @@ impl Staged {
         inner: &Inner,
         input: &mut dyn Read,
         expect: SnapshotKind,
+        ranges: Option<&[KeyRange]>,
     ) -> Result<()> {
         let mut reader = SnapshotReader::new(input)?;
         let kind = reader.header().kind;
@@ -56,6 +57,9 @@ impl Staged {
         }
         while let Some(entry) = reader.next_entry()? {
             let key = entry.key();
+            if ranges.is_some_and(|r| !r.iter().any(|r| r.contains(key))) {
+                continue;
+            }
             let hash = inner.hash(key);
             let shard = &mut self.shards[inner.shard_idx(hash)];
             match entry {
@@ -121,6 +125,50 @@ impl MemoryStateBackend {
         format: &str,
         files: &dyn CheckpointFiles,
     ) -> Result<Box<dyn PreparedRestore + '_>> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let mut staged = Staged::new(&self.inner);
+        self.stage_files(&mut staged, format, files, None)?;
+        Ok(Box::new(PreparedMemoryRestore {
+            backend: self,
+            staged,
+        }))
+    }
+
+    /// Reads the given key ranges of several checkpoints into one new
+    /// state.
+    pub(super) fn prepare_ranges(
+        &self,
+        sources: &[RangeSource<'_>],
+    ) -> Result<Box<dyn PreparedRestore + '_>> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let mut staged = Staged::new(&self.inner);
+        for source in sources {
+            self.stage_files(
+                &mut staged,
+                source.format,
+                source.files,
+                Some(source.ranges),
+            )?;
+        }
+        Ok(Box::new(PreparedMemoryRestore {
+            backend: self,
+            staged,
+        }))
+    }
+
+    /// Reads one checkpoint's chain (a full snapshot, then deltas) into
+    /// `staged`, keeping only the keys of `ranges` when given.
+    fn stage_files(
+        &self,
+        staged: &mut Staged,
+        format: &str,
+        files: &dyn CheckpointFiles,
+        ranges: Option<&[KeyRange]>,
+    ) -> Result<()> {
         let names = files.names();
         match format {
             MEMORY_CHECKPOINT_FORMAT if !names.is_empty() => {}
@@ -138,10 +186,6 @@ impl MemoryStateBackend {
                 });
             }
         }
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        let mut staged = Staged::new(&self.inner);
         for (i, name) in names.iter().enumerate() {
             let expect = if i == 0 {
                 SnapshotKind::Full
@@ -149,12 +193,9 @@ impl MemoryStateBackend {
                 SnapshotKind::Delta
             };
             let mut input = files.open(name)?;
-            staged.read_stream(&self.inner, &mut input, expect)?;
+            staged.read_stream(&self.inner, &mut input, expect, ranges)?;
         }
-        Ok(Box::new(PreparedMemoryRestore {
-            backend: self,
-            staged,
-        }))
+        Ok(())
     }
 }
 
