@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gress_checkpoint::{CheckpointConfig, CheckpointManager, LocalStorage, Metadata, Storage};
+use gress_checkpoint::{
+    Catalog, CheckpointConfig, CheckpointManager, LocalStorage, Metadata, RangePart, Storage,
+};
 use gress_state::checkpoint::Checkpointable;
-use gress_state::{Clock, MemoryConfig, MemoryStateBackend, SystemClock};
+use gress_state::{Clock, KeyRange, MemoryConfig, MemoryStateBackend, SystemClock};
 use parking_lot::Mutex;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Capability;
@@ -21,7 +23,7 @@ use timely::dataflow::{Scope, StreamVec};
 use crate::commit::{CommitRecord, Token, acks, commits, committer, listen, restorable};
 use crate::data::Item;
 use crate::error::{Error, Result};
-use crate::keys::DEFAULT_KEY_GROUPS;
+use crate::keys::{DEFAULT_KEY_GROUPS, groups_of};
 use crate::source::{PartitionReader, Poll, Source};
 use crate::state::StateStore;
 use crate::stream::DataStream;
@@ -786,6 +788,16 @@ where
             )?;
             manager.register("state", Arc::clone(&backend))?;
             match &commit {
+                Some(c) if c.workers != peers => {
+                    offsets = rescale(storage, c, &manager, index, peers, config.key_groups)?;
+                    tracing::info!(
+                        worker = index,
+                        epoch = c.epoch,
+                        from = c.workers,
+                        to = peers,
+                        "rescaled"
+                    );
+                }
                 Some(c) => {
                     let id = c.checkpoints[index];
                     let info = manager.restore(id).map_err(|e| Error::Recovery {
@@ -939,11 +951,86 @@ fn check_commit(c: &CommitRecord, config: &JobConfig, peers: usize) -> Result<()
             c.key_groups, config.key_groups
         )));
     }
-    if c.workers != peers || c.checkpoints.len() != peers {
+    if c.checkpoints.len() != c.workers {
         return Err(refuse(format!(
-            "committed with {} workers, restarted with {peers}; restore with the same number",
+            "the commit record names {} checkpoints for {} workers",
+            c.checkpoints.len(),
             c.workers
         )));
     }
+    if peers > usize::from(c.key_groups) {
+        return Err(refuse(format!(
+            "{peers} workers but only {} key groups: at most one worker per key group",
+            c.key_groups
+        )));
+    }
     Ok(())
+}
+
+/// Restores worker `index` of `peers` from a commit made with a different
+/// number of workers: the key groups it owns now, from the checkpoints of
+/// the old workers that owned them (key-group ranges are contiguous key
+/// ranges), every source partition's offset, and each operator's smallest
+/// watermark. Returns the metadata the worker starts from.
+fn rescale(
+    storage: &CheckpointStorage,
+    c: &CommitRecord,
+    manager: &CheckpointManager,
+    index: usize,
+    peers: usize,
+    key_groups: u16,
+) -> Result<Metadata> {
+    let refuse = |reason: String| Error::Recovery {
+        epoch: c.epoch,
+        reason: reason.into(),
+    };
+    let mine = groups_of(index, peers, key_groups);
+    let mut sources = Vec::with_capacity(c.workers);
+    let mut metadata = Metadata::new();
+    let mut watermarks: std::collections::BTreeMap<String, u64> = Default::default();
+    for (old, &id) in c.checkpoints.iter().enumerate() {
+        let catalog = Catalog::open(storage.open(&format!("workers/{old:05}"))?)
+            .map_err(|e| refuse(format!("worker {old}'s checkpoints: {e}")))?;
+        let manifest = catalog
+            .manifest(id)
+            .ok_or_else(|| refuse(format!("worker {old}'s checkpoint {id} is missing")))?;
+        let epoch = manifest
+            .metadata
+            .get("epoch")
+            .and_then(|e| e.parse::<u64>().ok());
+        if epoch != Some(c.epoch) {
+            return Err(refuse(format!(
+                "worker {old}'s checkpoint {id} is of epoch {epoch:?}"
+            )));
+        }
+        for (k, v) in &manifest.metadata {
+            if k.starts_with("offset/") || k.starts_with("maxtime/") {
+                metadata.insert(k.clone(), v.clone());
+            } else if k.starts_with("watermark/") {
+                let wm = v
+                    .parse::<u64>()
+                    .map_err(|_| refuse(format!("`{k}` = `{v}` is not a number")))?;
+                let slot = watermarks.entry(k.clone()).or_insert(wm);
+                *slot = (*slot).min(wm);
+            }
+        }
+        let theirs = groups_of(old, c.workers, key_groups);
+        let (from, to) = (mine.start.max(theirs.start), mine.end.min(theirs.end));
+        sources.push((catalog, id, (from < to).then_some((from, to))));
+    }
+    metadata.extend(watermarks.into_iter().map(|(k, v)| (k, v.to_string())));
+    let parts: Vec<RangePart<'_>> = sources
+        .iter()
+        .filter_map(|(catalog, id, groups)| {
+            groups.map(|(from, to)| RangePart {
+                catalog,
+                id: *id,
+                ranges: vec![KeyRange::between(from.to_be_bytes(), to.to_be_bytes())],
+            })
+        })
+        .collect();
+    manager
+        .restore_ranges(&parts)
+        .map_err(|e| refuse(format!("worker {index}'s key groups {mine:?}: {e}")))?;
+    Ok(metadata)
 }

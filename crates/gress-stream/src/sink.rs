@@ -21,6 +21,13 @@ use crate::error::{Error, Result};
 
 /// Where a job's output goes.
 pub trait Sink<T>: 'static {
+    /// Told, before `open`, how many workers the job runs on now. After a
+    /// rescale to fewer workers, a sink that keeps output per worker also
+    /// settles, at `open`, what the old workers beyond that number left
+    /// pending (worker `w` takes old worker `v` when `v % workers == w`).
+    fn set_workers(&mut self, workers: usize) {
+        let _ = workers;
+    }
     /// Prepares worker `worker`'s part; `committed` is the newest committed
     /// epoch of the job: make output up to it visible, discard the rest.
     fn open(&mut self, worker: usize, committed: Option<u64>) -> Result<()>;
@@ -43,6 +50,8 @@ pub trait Sink<T>: 'static {
 pub struct FileSink {
     dir: PathBuf,
     worker: usize,
+    /// Workers of the job now (0: not told).
+    workers: usize,
     /// Epochs being written, with their pending file.
     open: std::collections::BTreeMap<u64, BufWriter<File>>,
     /// Sealed epochs not yet committed.
@@ -55,13 +64,18 @@ impl FileSink {
         FileSink {
             dir: dir.into(),
             worker: 0,
+            workers: 0,
             open: std::collections::BTreeMap::new(),
             written: BTreeSet::new(),
         }
     }
 
     fn name(&self, epoch: u64) -> String {
-        format!("{epoch:020}-{:05}.jsonl", self.worker)
+        Self::file_name(epoch, self.worker)
+    }
+
+    fn file_name(epoch: u64, worker: usize) -> String {
+        format!("{epoch:020}-{worker:05}.jsonl")
     }
 
     fn fail(&self, what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
@@ -71,8 +85,8 @@ impl FileSink {
         }
     }
 
-    fn publish(&self, epoch: u64) -> Result<()> {
-        let name = self.name(epoch);
+    fn publish(&self, epoch: u64, worker: usize) -> Result<()> {
+        let name = Self::file_name(epoch, worker);
         let from = self.dir.join("pending").join(&name);
         let to = self.dir.join("committed").join(&name);
         if to.exists() {
@@ -98,25 +112,38 @@ impl FileSink {
 }
 
 impl<T: Data + Serialize> Sink<T> for FileSink {
+    fn set_workers(&mut self, workers: usize) {
+        self.workers = workers;
+    }
+
     fn open(&mut self, worker: usize, committed: Option<u64>) -> Result<()> {
         self.worker = worker;
         for sub in ["pending", "committed"] {
             let d = self.dir.join(sub);
             fs::create_dir_all(&d).map_err(|e| self.fail("creating", &d, e))?;
         }
-        let suffix = format!("-{:05}.jsonl", self.worker);
         let pending = self.dir.join("pending");
         for entry in fs::read_dir(&pending).map_err(|e| self.fail("listing", &pending, e))? {
             let entry = entry.map_err(|e| self.fail("listing", &pending, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(epoch) = name
-                .strip_suffix(&suffix)
-                .and_then(|e| e.parse::<u64>().ok())
+            let Some((epoch, owner)) = name
+                .strip_suffix(".jsonl")
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(e, w)| Some((e.parse::<u64>().ok()?, w.parse::<usize>().ok()?)))
             else {
                 continue;
             };
+            // Its own files, and those of old workers beyond the current
+            // number (after a rescale to fewer workers).
+            let mine = owner == self.worker
+                || (self.workers > 0
+                    && owner >= self.workers
+                    && owner % self.workers == self.worker);
+            if !mine {
+                continue;
+            }
             if committed.is_some_and(|c| epoch <= c) {
-                self.publish(epoch)?;
+                self.publish(epoch, owner)?;
             } else {
                 fs::remove_file(entry.path())
                     .map_err(|e| self.fail("discarding", &entry.path(), e))?;
@@ -171,7 +198,7 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
             if e > epoch {
                 break;
             }
-            self.publish(e)?;
+            self.publish(e, self.worker)?;
             self.written.remove(&e);
         }
         Ok(())

@@ -212,10 +212,11 @@ impl<'s, D: Data> DataStream<'s, D> {
     /// written when the epoch is complete and made visible when the job
     /// commits it.
     pub fn sink<S: Sink<D>>(self, name: &str, mut sink: S) -> Result<()> {
-        let (index, committed) = {
+        let (index, peers, committed) = {
             let s = self.shared.borrow();
-            (s.index, s.committed)
+            (s.index, s.peers, s.committed)
         };
+        sink.set_workers(peers);
         sink.open(index, committed).map_err(|e| Error::Sink {
             sink: name.to_string(),
             reason: e.to_string(),

@@ -19,11 +19,11 @@ fn config(dir: &std::path::Path, workers: usize) -> JobConfig {
         .with_epochs(EpochPolicy::Records(50))
 }
 
-/// Restarting with another number of workers or key groups is refused
-/// with a clear error (rescaling is a separate operation); the same
-/// settings recover.
+/// Restarting with another number of key groups, or with more workers
+/// than key groups, is refused with a clear error; the same settings
+/// recover.
 #[test]
-fn a_different_worker_count_or_key_groups_is_refused() -> R {
+fn a_different_number_of_key_groups_is_refused() -> R {
     let dir = tempfile::tempdir()?;
     let job = |config: JobConfig| {
         run(config, |job| {
@@ -34,8 +34,8 @@ fn a_different_worker_count_or_key_groups_is_refused() -> R {
         })
     };
     job(config(dir.path(), 2))?;
-    match job(config(dir.path(), 1)) {
-        Err(Error::Recovery { reason, .. }) => assert!(reason.contains("2 workers"), "{reason}"),
+    match job(config(dir.path(), 3).with_key_groups(2)) {
+        Err(Error::InvalidJob { reason, .. }) => assert!(reason.contains("key groups"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     match job(config(dir.path(), 2).with_key_groups(64)) {
