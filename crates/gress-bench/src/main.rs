@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use gress_state::{MemoryConfig, MemoryStateBackend, StateBackend};
 
+mod rescale;
 mod rocks;
 mod stream;
 mod timed;
@@ -48,6 +49,9 @@ enum BackendCmd {
     /// A keyed running count on gress-stream (memory and RocksDB state,
     /// checkpoints on and off) against the same count in plain timely.
     Stream(stream::StreamArgs),
+    /// Keyed state checkpointed by N workers and restored onto M by
+    /// key-group ranges, against one full checkpoint and its restore.
+    Rescale(rescale::RescaleArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -403,6 +407,7 @@ fn main() -> Result<()> {
         BackendCmd::Memory(args) => (bench_memory(args)?, args.json.clone()),
         BackendCmd::Rocksdb(args) => (rocks::bench_rocksdb(args)?, args.json.clone()),
         BackendCmd::Stream(args) => return stream::main(args),
+        BackendCmd::Rescale(args) => return rescale::main(args),
     };
     let timer_ns = timer_overhead();
     println!("timer overhead in latency columns: {timer_ns:.1} ns per call");
