@@ -64,7 +64,7 @@ pub struct RocksDbStateBackend {
     /// The checkpoint manager that may capture this backend.
     pub(crate) checkpoint_owner: Mutex<Option<u64>>,
     ttl: TtlPolicy,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     metrics: MetricsRecorder,
     write_opts: WriteOptions,
     /// Default read options, created once: building them per call costs
@@ -535,7 +535,7 @@ impl RocksDbStateBackend {
 
     /// Writes `wb` to the new database `db` of a restore, waiting out
     /// stalls like every other write, and empties it.
-    fn write_staged(&self, db: &Db, wb: &mut rocksdb::WriteBatch) -> Result<()> {
+    pub(crate) fn write_staged(&self, db: &Db, wb: &mut rocksdb::WriteBatch) -> Result<()> {
         // The new database is invisible until the switch and flushed just
         // before it, so the WAL would only slow the load down.
         let mut staged = WriteOptions::default();

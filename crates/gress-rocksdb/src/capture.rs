@@ -238,22 +238,33 @@ impl Checkpointable for RocksDbStateBackend {
         }))
     }
 
+    /// Builds the new database from the largest native checkpoint among
+    /// the sources (its files reused as they are, the keys outside its
+    /// ranges deleted), then ingests SST files written from the ranges of
+    /// the other native checkpoints and writes those of `snapshot-v1`
+    /// sources. Like `prepare_restore`, nothing changes until the commit,
+    /// and the new database has a new id, so the next capture shares no
+    /// file with earlier checkpoints.
     fn prepare_restore_ranges(
         &self,
         sources: &[gress_state::RangeSource<'_>],
     ) -> Result<Box<dyn PreparedRestore + '_>> {
-        let _ = sources;
-        Err(Error::invalid_argument(
-            "sources",
-            "the RocksDB backend cannot restore key ranges yet",
-        ))
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let (name, db) = self.stage_ranges(sources)?;
+        Ok(Box::new(PreparedRocksRestore {
+            backend: self,
+            db: Some(db),
+            name,
+        }))
     }
 }
 
 impl RocksDbStateBackend {
     /// Fetches a native checkpoint's files into a new database directory
     /// and opens it. On `Err` nothing of it is left on disk.
-    fn stage_checkpoint(&self, files: &dyn CheckpointFiles) -> Result<(String, Db)> {
+    pub(crate) fn stage_checkpoint(&self, files: &dyn CheckpointFiles) -> Result<(String, Db)> {
         let (name, dir) = self.new_db_dir()?;
         let opened = std::fs::create_dir(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))

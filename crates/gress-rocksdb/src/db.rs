@@ -5,6 +5,8 @@
 //! <path>/LIVE          "db-000007\n": the live database directory
 //! <path>/db-000007/    the RocksDB database
 //! <path>/db-000008/    a restore being prepared (deleted if it never commits)
+//! <path>/restore-000009/ scratch of a range restore (other checkpoints'
+//!                      files, SST files to ingest); deleted when it ends
 //! ```
 //!
 //! A restore builds a whole new database beside the live one and switches
@@ -152,6 +154,42 @@ impl Engine {
         db.id = id;
         Ok(db)
     }
+
+    /// Opens the database in `dir` (a checkpoint's files) read-only, to
+    /// read from it; checks its layout version. It takes no lock and
+    /// writes nothing.
+    pub(crate) fn open_read_only(&self, dir: &Path) -> Result<DB> {
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, self.opts.clone()),
+            ColumnFamilyDescriptor::new(META_CF, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors_read_only(&self.opts, dir, cfs, false)
+            .map_err(|e| error::open(e, dir))?;
+        let meta = meta_cf(&db)?;
+        match db.get_cf(meta, META_FORMAT).map_err(error::engine)? {
+            Some(v) => check_layout(&v)?,
+            None => {
+                return Err(Error::corrupted(
+                    "RocksDB gress-meta",
+                    0,
+                    "no layout version",
+                ));
+            }
+        }
+        Ok(db)
+    }
+}
+
+/// Refuses a layout version other than [`LAYOUT_VERSION`].
+fn check_layout(v: &[u8]) -> Result<()> {
+    let version = <[u8; 4]>::try_from(v).map(u32::from_be_bytes);
+    if version.ok() != Some(LAYOUT_VERSION) {
+        return Err(Error::UnsupportedFormat {
+            found: format!("gress-rocksdb layout {v:02x?}").into(),
+            supported: format!("layout {LAYOUT_VERSION}").into(),
+        });
+    }
+    Ok(())
 }
 
 fn meta_cf(db: &DB) -> Result<&rocksdb::ColumnFamily> {
@@ -183,15 +221,7 @@ fn init_meta(db: &DB) -> Result<String> {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     match db.get_cf(meta, META_FORMAT).map_err(error::engine)? {
-        Some(v) => {
-            let version = <[u8; 4]>::try_from(v.as_slice()).map(u32::from_be_bytes);
-            if version.ok() != Some(LAYOUT_VERSION) {
-                return Err(Error::UnsupportedFormat {
-                    found: format!("gress-rocksdb layout {v:02x?}").into(),
-                    supported: format!("layout {LAYOUT_VERSION}").into(),
-                });
-            }
-        }
+        Some(v) => check_layout(&v)?,
         None => db
             .put_cf_opt(meta, META_FORMAT, LAYOUT_VERSION.to_be_bytes(), &sync)
             .map_err(error::engine)?,
@@ -345,7 +375,8 @@ impl Root {
     }
 
     /// Database directories other than `keep` (left by a restore that never
-    /// committed, or replaced by one whose old database was still open).
+    /// committed, or replaced by one whose old database was still open),
+    /// and the scratch directories of captures and range restores.
     pub(crate) fn stale_dbs(&self, keep: &str) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         let entries = fs::read_dir(&self.path)
@@ -355,8 +386,8 @@ impl Root {
                 entry.map_err(|e| Error::io(format!("listing {}", self.path.display()), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale_db = parse_db_name(&name).is_some() && name != keep;
-            let stale_capture = name.starts_with("capture-");
-            if stale_db || stale_capture {
+            let stale_scratch = name.starts_with("capture-") || name.starts_with("restore-");
+            if stale_db || stale_scratch {
                 out.push(entry.path());
             }
         }

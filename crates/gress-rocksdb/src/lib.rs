@@ -24,6 +24,7 @@ mod checkpoint;
 mod config;
 mod db;
 mod error;
+mod ranges;
 mod ttl_filter;
 
 pub use backend::RocksDbStateBackend;
