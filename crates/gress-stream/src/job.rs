@@ -822,12 +822,13 @@ where
                 }
                 None => clear(&*backend)?,
             }
-            let (uploads, results, failures) = upload_thread(index, Arc::clone(&slot));
+            let (uploads, results, failures, upload) = upload_thread(index, Arc::clone(&slot));
             Some(Checkpoints {
                 manager: Rc::new(manager),
                 uploads,
                 results,
                 failures,
+                upload,
             })
         }
     };

@@ -58,6 +58,23 @@ pub(crate) struct Checkpoints {
     pub(crate) results: mpsc::Receiver<Uploaded>,
     /// For cuts that fail before any upload.
     pub(crate) failures: mpsc::Sender<Uploaded>,
+    /// The upload thread, joined on drop.
+    pub(crate) upload: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpoints {
+    /// Waits for the upload in progress, if any: once a job has returned,
+    /// nothing of it holds its backends (a run started again in the same
+    /// process opens them again).
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.uploads, closed));
+        if let Some(thread) = self.upload.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the upload thread panicked");
+        }
+    }
 }
 
 /// Shared by the operators of one worker (one thread).
@@ -322,6 +339,7 @@ pub(crate) fn upload_thread(
     mpsc::Sender<(u64, PendingCheckpoint)>,
     mpsc::Receiver<Uploaded>,
     mpsc::Sender<Uploaded>,
+    Option<std::thread::JoinHandle<()>>,
 ) {
     let (tx, rx) = mpsc::channel::<(u64, PendingCheckpoint)>();
     let (done_tx, done_rx) = mpsc::channel();
@@ -352,8 +370,12 @@ pub(crate) fn upload_thread(
                 }
             }
         });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "could not start the upload thread");
-    }
-    (tx, done_rx, failures)
+    let thread = match spawned {
+        Ok(thread) => Some(thread),
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the upload thread");
+            None
+        }
+    };
+    (tx, done_rx, failures, thread)
 }
