@@ -27,7 +27,7 @@ use crate::keys::{DEFAULT_KEY_GROUPS, groups_of};
 use crate::source::{PartitionReader, Poll, Source};
 use crate::state::StateStore;
 use crate::stream::DataStream;
-use crate::worker::{Checkpoints, Shared, WorkerState, upload_thread};
+use crate::worker::{Shared, WorkerState, upload_thread};
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -822,14 +822,7 @@ where
                 }
                 None => clear(&*backend)?,
             }
-            let (uploads, results, failures, upload) = upload_thread(index, Arc::clone(&slot));
-            Some(Checkpoints {
-                manager: Rc::new(manager),
-                uploads,
-                results,
-                failures,
-                upload,
-            })
+            Some(upload_thread(index, Arc::clone(&slot), manager))
         }
     };
     let first_epoch = commit.as_ref().map_or(0, |c| c.epoch + 1);

@@ -335,12 +335,8 @@ impl WorkerState {
 pub(crate) fn upload_thread(
     worker: usize,
     activator: std::sync::Arc<parking_lot::Mutex<Option<SyncActivator>>>,
-) -> (
-    mpsc::Sender<(u64, PendingCheckpoint)>,
-    mpsc::Receiver<Uploaded>,
-    mpsc::Sender<Uploaded>,
-    Option<std::thread::JoinHandle<()>>,
-) {
+    manager: CheckpointManager,
+) -> Checkpoints {
     let (tx, rx) = mpsc::channel::<(u64, PendingCheckpoint)>();
     let (done_tx, done_rx) = mpsc::channel();
     let failures = done_tx.clone();
@@ -377,5 +373,11 @@ pub(crate) fn upload_thread(
             None
         }
     };
-    (tx, done_rx, failures, thread)
+    Checkpoints {
+        manager: Rc::new(manager),
+        uploads: tx,
+        results: done_rx,
+        failures,
+        upload: thread,
+    }
 }
