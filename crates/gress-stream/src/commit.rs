@@ -81,7 +81,8 @@ pub fn latest_commit(storage: &dyn Storage) -> Result<Option<CommitRecord>> {
     Ok(commits(storage)?.into_iter().next())
 }
 
-/// Every commit record that parses, newest first.
+/// Every commit record that parses, newest first (a record deleted between
+/// the listing and its reading is left out).
 pub fn commits(storage: &dyn Storage) -> Result<Vec<CommitRecord>> {
     let mut out = Vec::new();
     let mut epochs: Vec<u64> = storage
@@ -98,7 +99,13 @@ pub fn commits(storage: &dyn Storage) -> Result<Vec<CommitRecord>> {
     epochs.sort_unstable_by(|a, b| b.cmp(a));
     for epoch in epochs {
         let path = commit_path(epoch);
-        let bytes = storage.read_all(&path, 1 << 20)?;
+        let bytes = match storage.read_all(&path, 1 << 20) {
+            Ok(bytes) => bytes,
+            // Deleted since the listing: an old record pruned by a running
+            // job.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
         match serde_json::from_slice::<CommitRecord>(&bytes) {
             Ok(record) if record.epoch == epoch => out.push(record),
             Ok(_) | Err(_) => {

@@ -762,6 +762,20 @@ where
         .as_ref()
         .map(|c| c.open(""))
         .transpose()?;
+    // The worker's checkpoint location first: a second run of a running
+    // job stops here, on the lease of the first, before it reads commit
+    // records and checkpoints that the first is writing and deleting.
+    let manager = match &config.checkpoints {
+        Some(storage) => Some(CheckpointManager::open(
+            storage.open(&format!("workers/{index:05}"))?,
+            config
+                .checkpoint
+                .clone()
+                .with_retain(config.max_epochs_in_flight as usize + 3)
+                .with_max_in_flight(config.max_epochs_in_flight as usize + 1),
+        )?),
+        None => None,
+    };
     let commit = match (&root, &config.checkpoints) {
         (Some(root), Some(storage)) => choose_commit(&**root, storage)?,
         _ => None,
@@ -772,20 +786,12 @@ where
     let backend = config.backend.make(index, &config.clock)?;
     let mut offsets = Metadata::new();
     let slot: Arc<Mutex<Option<timely::scheduling::SyncActivator>>> = Arc::new(Mutex::new(None));
-    let checkpoints = match &config.checkpoints {
-        None => {
+    let checkpoints = match (&config.checkpoints, manager) {
+        (None, _) | (_, None) => {
             clear(&*backend)?;
             None
         }
-        Some(storage) => {
-            let manager = CheckpointManager::open(
-                storage.open(&format!("workers/{index:05}"))?,
-                config
-                    .checkpoint
-                    .clone()
-                    .with_retain(config.max_epochs_in_flight as usize + 3)
-                    .with_max_in_flight(config.max_epochs_in_flight as usize + 1),
-            )?;
+        (Some(storage), Some(manager)) => {
             manager.register("state", Arc::clone(&backend))?;
             match &commit {
                 Some(c) if c.workers != peers => {
