@@ -10,7 +10,6 @@
 mod handles;
 
 use std::any::Any;
-use std::collections::HashMap;
 
 /// A backend key, inline when short (a key group, a state id and a small
 /// key fit): a lookup compares bytes in the table, not behind a pointer.
@@ -153,7 +152,8 @@ pub struct CacheStats {
 pub struct StateStore {
     backend: Arc<dyn Checkpointable>,
     cache: Cache,
-    registry: HashMap<u32, Registration>,
+    /// Looked up once per dirty entry at each flush.
+    registry: hashbrown::HashMap<u32, Registration, foldhash::fast::FixedState>,
     bytes: usize,
     budget: usize,
     clock: Arc<dyn Clock>,
@@ -176,7 +176,7 @@ impl StateStore {
         budget: usize,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let mut registry = HashMap::new();
+        let mut registry = hashbrown::HashMap::default();
         registry.insert(
             TIMER_STATE_ID,
             Registration {
