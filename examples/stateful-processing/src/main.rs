@@ -79,7 +79,7 @@ struct Args {
     /// RocksDB databases, one per worker (with --backend rocksdb).
     #[arg(long, default_value = "example-data/stateful-processing/state")]
     state: PathBuf,
-    /// Worker threads; a recovery needs the same number as the first run.
+    /// Worker threads; a recovery may use another number (the job rescales).
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// Where each worker keeps its state.
