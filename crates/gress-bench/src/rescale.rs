@@ -15,6 +15,7 @@ use gress_checkpoint::{Catalog, CheckpointConfig, CheckpointManager, LocalStorag
 use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
 use gress_state::checkpoint::Checkpointable;
 use gress_state::{KeyRange, MemoryConfig, MemoryStateBackend, WriteBatch};
+use gress_stream::keys::{groups_key_range, groups_of};
 use serde::Serialize;
 
 use crate::stream::Backend;
@@ -60,14 +61,6 @@ struct RescaleRow {
     restore_s: f64,
     /// Restoring the new workers from key-group ranges.
     rescale_s: f64,
-}
-
-/// Group `g` belongs to worker `g * workers / key_groups` (as in
-/// gress-stream).
-fn groups_of(worker: usize, workers: usize, key_groups: u16) -> std::ops::Range<u16> {
-    let kgs = usize::from(key_groups);
-    let first = |w: usize| (w * kgs).div_ceil(workers) as u16;
-    first(worker)..first(worker + 1).min(key_groups)
 }
 
 fn open_backend(backend: Backend, dir: &Path) -> Result<Arc<dyn Checkpointable>> {
@@ -196,7 +189,7 @@ fn bench_one(args: &RescaleArgs, backend: Backend, root: &Path) -> Result<Rescal
                 (a < z).then(|| RangePart {
                     catalog,
                     id: ids[o],
-                    ranges: vec![KeyRange::between(a.to_be_bytes(), z.to_be_bytes())],
+                    ranges: vec![groups_key_range(a..z)],
                 })
             })
             .collect();

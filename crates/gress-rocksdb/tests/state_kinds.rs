@@ -182,14 +182,7 @@ fn run_job(dir: &Path, rocksdb: bool, fail_at: Option<u64>) -> Result<()> {
 }
 
 fn committed(dir: &Path) -> Vec<Seen> {
-    let mut all = Vec::new();
-    for file in FileSink::committed_files(&dir.join("out")).expect("output listed") {
-        let text = std::fs::read_to_string(file).expect("output read");
-        all.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<Seen>(l).expect("a record")),
-        );
-    }
+    let mut all: Vec<_> = FileSink::read_committed(&dir.join("out")).expect("committed output");
     all.sort_unstable();
     all
 }

@@ -96,13 +96,7 @@ fn child() -> R {
 }
 
 fn committed_output(dir: &Path) -> R<Vec<(u64, u64)>> {
-    let mut all = Vec::new();
-    for file in FileSink::committed_files(&dir.join("out"))? {
-        for line in std::fs::read_to_string(file)?.lines() {
-            all.push(serde_json::from_str::<(u64, u64)>(line)?);
-        }
-    }
-    Ok(all)
+    Ok(FileSink::read_committed(&dir.join("out"))?)
 }
 
 /// Runs the job in a child process on `workers` workers, kills it with

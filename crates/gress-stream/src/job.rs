@@ -11,7 +11,7 @@ use gress_checkpoint::{
     Catalog, CheckpointConfig, CheckpointManager, LocalStorage, Metadata, RangePart, Storage,
 };
 use gress_state::checkpoint::Checkpointable;
-use gress_state::{Clock, KeyRange, MemoryConfig, MemoryStateBackend, SystemClock};
+use gress_state::{Clock, MemoryConfig, MemoryStateBackend, SystemClock};
 use parking_lot::Mutex;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Capability;
@@ -23,7 +23,7 @@ use timely::dataflow::{Scope, StreamVec};
 use crate::commit::{CommitRecord, Token, acks, commits, committer, listen, restorable};
 use crate::data::Item;
 use crate::error::{Error, Result};
-use crate::keys::{DEFAULT_KEY_GROUPS, groups_of};
+use crate::keys::{DEFAULT_KEY_GROUPS, groups_key_range, groups_of};
 use crate::source::{PartitionReader, Poll, Source};
 use crate::state::StateStore;
 use crate::stream::DataStream;
@@ -322,8 +322,6 @@ pub struct JobBuilder<'s> {
     scope: Scope<'s, u64>,
     shared: Shared,
     config: Arc<JobConfig>,
-    /// Offsets recorded with the restored checkpoint.
-    offsets: Metadata,
     first_epoch: u64,
     tokens: Vec<StreamVec<'s, u64, Token>>,
     names: Vec<String>,
@@ -399,19 +397,15 @@ impl<'s> JobBuilder<'s> {
         };
         let mut readers = Vec::new();
         for p in (0..source.partitions()).filter(|p| p % peers == index) {
-            let key = format!("offset/{name}/{p}");
-            let offset = match self.offsets.get(&key) {
-                Some(v) => v.parse().map_err(|_| Error::Recovery {
-                    epoch: self.first_epoch.saturating_sub(1),
-                    reason: format!("offset `{v}` of {key} is not a number").into(),
-                })?,
-                None => 0,
+            let (offset, max_time) = {
+                let s = self.shared.borrow();
+                (
+                    s.restored_number(&format!("offset/{name}/{p}"))?
+                        .unwrap_or(0),
+                    s.restored_number(&format!("maxtime/{name}/{p}"))?
+                        .unwrap_or(0),
+                )
             };
-            let max_time = self
-                .shared
-                .borrow()
-                .restored_number(&format!("maxtime/{name}/{p}"))?
-                .unwrap_or(0);
             readers.push(PartitionState {
                 partition: p,
                 reader: source.open(p, offset)?,
@@ -784,7 +778,8 @@ where
         check_commit(c, config, peers)?;
     }
     let backend = config.backend.make(index, &config.clock)?;
-    let mut offsets = Metadata::new();
+    // The metadata of the checkpoint recovered from (offsets, watermarks).
+    let mut restored = Metadata::new();
     let slot: Arc<Mutex<Option<timely::scheduling::SyncActivator>>> = Arc::new(Mutex::new(None));
     let checkpoints = match (&config.checkpoints, manager) {
         (None, _) | (_, None) => {
@@ -795,7 +790,7 @@ where
             manager.register("state", Arc::clone(&backend))?;
             match &commit {
                 Some(c) if c.workers != peers => {
-                    offsets = rescale(storage, c, &manager, index, peers, config.key_groups)?;
+                    restored = rescale(storage, c, &manager, index, peers, config.key_groups)?;
                     tracing::info!(
                         worker = index,
                         epoch = c.epoch,
@@ -823,7 +818,7 @@ where
                             .into(),
                         });
                     }
-                    offsets = info.metadata;
+                    restored = info.metadata;
                     tracing::info!(worker = index, epoch = c.epoch, "recovered");
                 }
                 None => clear(&*backend)?,
@@ -847,13 +842,12 @@ where
         first_epoch,
         commit.as_ref().map(|c| c.epoch),
     )));
-    shared.borrow_mut().restored = offsets.clone();
+    shared.borrow_mut().restored = restored;
     let built = worker.dataflow::<u64, _, _>(|scope| {
         let mut builder = JobBuilder {
             scope,
             shared: Rc::clone(&shared),
             config: Arc::clone(config),
-            offsets,
             first_epoch,
             tokens: Vec::new(),
             names: Vec::new(),
@@ -1025,7 +1019,7 @@ fn rescale(
             groups.map(|(from, to)| RangePart {
                 catalog,
                 id: *id,
-                ranges: vec![KeyRange::between(from.to_be_bytes(), to.to_be_bytes())],
+                ranges: vec![groups_key_range(from..to)],
             })
         })
         .collect();

@@ -39,6 +39,12 @@ pub fn groups_of(worker: usize, workers: usize, key_groups: u16) -> std::ops::Ra
     first(worker)..first(worker + 1).min(key_groups)
 }
 
+/// The backend keys of the key groups `groups`: every key starts with its
+/// group (u16, big endian), so a range of groups is one range of keys.
+pub fn groups_key_range(groups: std::ops::Range<u16>) -> gress_state::KeyRange {
+    gress_state::KeyRange::between(groups.start.to_be_bytes(), groups.end.to_be_bytes())
+}
+
 /// A stable 32-bit id for a name (a state or an operator), the same in
 /// every process and every run.
 pub(crate) fn name_id(name: &str) -> u32 {

@@ -100,6 +100,26 @@ impl FileSink {
             .map_err(|e| self.fail("syncing", &to, e))
     }
 
+    /// The records committed under `dir`, in epoch order (each epoch's
+    /// files by worker); none if nothing was committed yet.
+    pub fn read_committed<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
+        let fail = |path: &Path, e: &dyn std::fmt::Display| Error::Sink {
+            sink: dir.display().to_string(),
+            reason: format!("reading {}: {e}", path.display()),
+        };
+        if !dir.join("committed").exists() {
+            return Ok(Vec::new());
+        }
+        let mut records = Vec::new();
+        for file in Self::committed_files(dir).map_err(|e| fail(dir, &e))? {
+            let text = fs::read_to_string(&file).map_err(|e| fail(&file, &e))?;
+            for line in text.lines() {
+                records.push(serde_json::from_str(line).map_err(|e| fail(&file, &e))?);
+            }
+        }
+        Ok(records)
+    }
+
     /// The committed output files, in epoch order.
     pub fn committed_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = fs::read_dir(dir.join("committed"))?

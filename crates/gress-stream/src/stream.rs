@@ -408,32 +408,11 @@ fn split<'s, O: Data, S: Data>(
 fn main_only<'s, O: Data, S: Data>(
     stream: StreamVec<'s, u64, Item<Either<O, S>>>,
 ) -> StreamVec<'s, u64, Item<O>> {
-    stream.unary::<CapacityContainerBuilder<Vec<Item<O>>>, _, _, _>(
-        Pipeline,
-        "Main",
-        |_cap, _info| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for batch in data {
-                        for item in batch.drain(..) {
-                            match item {
-                                Item::Rec {
-                                    time,
-                                    kg,
-                                    data: Either::Main(d),
-                                } => session.give(Item::Rec { time, kg, data: d }),
-                                Item::Rec { .. } => {}
-                                Item::Wm { to, from, wm } => {
-                                    session.give(Item::Wm { to, from, wm })
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        },
-    )
+    per_record(stream, "Main", |t, d, emit| {
+        if let Either::Main(d) = d {
+            emit(t, d)
+        }
+    })
 }
 
 impl<'s, K: Key, V: Data> KeyedStream<'s, K, V> {

@@ -93,7 +93,7 @@ pub(crate) struct WorkerState {
     done: BTreeMap<u64, (usize, usize)>,
     /// Per epoch: what sources (offsets, event-time high marks) and
     /// operators (watermarks) recorded at its end, for its checkpoint.
-    offsets: BTreeMap<u64, Metadata>,
+    marks: BTreeMap<u64, Metadata>,
     /// The metadata of the checkpoint this worker recovered from.
     pub(crate) restored: Metadata,
     /// The next epoch whose cut is due; epochs below it are cut.
@@ -148,7 +148,7 @@ impl WorkerState {
             stateful: 0,
             sources: 0,
             done: BTreeMap::new(),
-            offsets: BTreeMap::new(),
+            marks: BTreeMap::new(),
             restored: Metadata::new(),
             next_cut: first_epoch,
             waiting: Vec::new(),
@@ -197,7 +197,7 @@ impl WorkerState {
     /// Records `key = value` in the checkpoint of `epoch` (before the
     /// operator or source says it is done with it).
     pub(crate) fn record(&mut self, epoch: u64, key: String, value: String) {
-        self.offsets.entry(epoch).or_default().insert(key, value);
+        self.marks.entry(epoch).or_default().insert(key, value);
     }
 
     /// A number recorded in the checkpoint this worker recovered from.
@@ -221,7 +221,7 @@ impl WorkerState {
     /// partitions stand now.
     pub(crate) fn source_done(&mut self, epoch: u64, offsets: Metadata) {
         self.done.entry(epoch).or_default().1 += 1;
-        self.offsets.entry(epoch).or_default().extend(offsets);
+        self.marks.entry(epoch).or_default().extend(offsets);
         self.try_cut();
     }
 
@@ -232,8 +232,8 @@ impl WorkerState {
             }
             let epoch = self.next_cut;
             self.done.remove(&epoch);
-            let offsets = self.offsets.remove(&epoch).unwrap_or_default();
-            if let Err(e) = self.cut(epoch, offsets) {
+            let marks = self.marks.remove(&epoch).unwrap_or_default();
+            if let Err(e) = self.cut(epoch, marks) {
                 self.fail(e);
                 return;
             }
@@ -246,7 +246,7 @@ impl WorkerState {
 
     /// Flushes the state and cuts it for `epoch`; the upload runs on the
     /// worker's upload thread.
-    fn cut(&mut self, epoch: u64, offsets: Metadata) -> Result<()> {
+    fn cut(&mut self, epoch: u64, marks: Metadata) -> Result<()> {
         let started = std::time::Instant::now();
         self.store.flush()?;
         self.store.maybe_evict()?;
@@ -257,7 +257,7 @@ impl WorkerState {
         let Some(cp) = &self.checkpoints else {
             return Ok(());
         };
-        let mut metadata = offsets;
+        let mut metadata = marks;
         metadata.insert("epoch".into(), epoch.to_string());
         metadata.insert("worker".into(), self.index.to_string());
         metadata.insert("workers".into(), self.peers.to_string());

@@ -319,13 +319,7 @@ fn run_to_end(hosts: &[String], dir: &Path, store: &Store, per_partition: u64, s
 }
 
 fn committed_output(dir: &Path) -> R<Vec<(u64, u64)>> {
-    let mut all = Vec::new();
-    for file in FileSink::committed_files(&dir.join("out"))? {
-        for line in std::fs::read_to_string(file)?.lines() {
-            all.push(serde_json::from_str::<(u64, u64)>(line)?);
-        }
-    }
-    Ok(all)
+    Ok(FileSink::read_committed(&dir.join("out"))?)
 }
 
 /// Checks the committed output under `dir` against an uninterrupted run's.

@@ -123,13 +123,7 @@ fn child() -> R {
 }
 
 fn committed_output(dir: &Path) -> Result<Vec<(u64, u64)>, Box<dyn std::error::Error>> {
-    let mut all = Vec::new();
-    for file in FileSink::committed_files(&dir.join("out"))? {
-        for line in std::fs::read_to_string(file)?.lines() {
-            all.push(serde_json::from_str::<(u64, u64)>(line)?);
-        }
-    }
-    Ok(all)
+    Ok(FileSink::read_committed(&dir.join("out"))?)
 }
 
 /// A job process killed with SIGKILL at random moments, 20 times, and

@@ -171,11 +171,8 @@ fn lines(
     dir: &std::path::Path,
 ) -> std::result::Result<BTreeMap<(u64, u64), usize>, Box<dyn std::error::Error>> {
     let mut m = BTreeMap::new();
-    for f in FileSink::committed_files(dir)? {
-        for line in std::fs::read_to_string(f)?.lines() {
-            *m.entry(serde_json::from_str::<(u64, u64)>(line)?)
-                .or_default() += 1;
-        }
+    for record in FileSink::read_committed::<(u64, u64)>(dir)? {
+        *m.entry(record).or_default() += 1;
     }
     Ok(m)
 }

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{
-    Ev, R, VecSource, XorShift, committed_lines, disordered, kept_memory_backends, multiset, stored,
-};
+use common::{Ev, R, VecSource, XorShift, disordered, kept_memory_backends, multiset, stored};
 use gress_stream::{CollectSink, EpochPolicy, Error, FileSink, JobConfig, run};
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -335,7 +333,7 @@ fn a_join_resumes_from_the_committed_epoch_after_a_failure() -> R {
             job(VecSource::new(left.clone()), VecSource::new(right.clone())),
         )?;
         assert!(report.recovered_from.is_some());
-        let mut got: Vec<Pair> = committed_lines(&out)?;
+        let mut got: Vec<Pair> = FileSink::read_committed(&out)?;
         got.sort_unstable();
         assert_eq!(multiset(&got), multiset(&expected), "{workers} workers");
     }

@@ -120,14 +120,7 @@ fn run_job(dir: &Path, workers: usize, fail_from: Option<u64>) -> Result<()> {
 }
 
 fn committed<T: serde::de::DeserializeOwned + Ord>(dir: &Path) -> Vec<T> {
-    let mut all = Vec::new();
-    for file in FileSink::committed_files(dir).expect("output listed") {
-        let text = std::fs::read_to_string(file).expect("output read");
-        all.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<T>(l).expect("a record")),
-        );
-    }
+    let mut all: Vec<_> = FileSink::read_committed(dir).expect("committed output");
     all.sort_unstable();
     all
 }

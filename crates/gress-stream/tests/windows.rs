@@ -9,9 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    Ev, R, VecSource, committed_lines, disordered, kept_memory_backends, multiset, stored,
-};
+use common::{Ev, R, VecSource, disordered, kept_memory_backends, multiset, stored};
 use gress_stream::{
     AggregateFunction, CollectSink, EpochPolicy, Error, FileSink, JobConfig, KeyedProcessFunction,
     ProcessingContext, WindowAssigner, WindowResult, run,
@@ -649,10 +647,10 @@ fn windows_resume_from_the_committed_epoch_after_a_failure() -> R {
             job(VecSource::new(inputs.clone())),
         )?;
         assert!(report.recovered_from.is_some());
-        let mut got: Vec<(u64, u64, u64, i64)> = committed_lines(&out)?;
+        let mut got: Vec<(u64, u64, u64, i64)> = FileSink::read_committed(&out)?;
         got.sort_unstable();
         assert_eq!(got, tumbling, "{workers} workers");
-        let mut got: Vec<(u64, u64, u64, i64)> = committed_lines(&sess)?;
+        let mut got: Vec<(u64, u64, u64, i64)> = FileSink::read_committed(&sess)?;
         got.sort_unstable();
         assert_eq!(got, sessions, "{workers} workers");
     }

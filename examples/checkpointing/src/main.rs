@@ -167,11 +167,8 @@ fn main() -> Result<()> {
     }
     // Every running count (word, 1..=n) committed exactly once.
     let mut committed: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for file in FileSink::committed_files(&root.join("output"))? {
-        for line in std::fs::read_to_string(&file)?.lines() {
-            let (word, count): (String, u64) = serde_json::from_str(line)?;
-            committed.entry(word).or_default().push(count);
-        }
+    for (word, count) in FileSink::read_committed::<(String, u64)>(&root.join("output"))? {
+        committed.entry(word).or_default().push(count);
     }
     for (word, counts) in &mut committed {
         counts.sort_unstable();

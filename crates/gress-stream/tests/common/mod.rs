@@ -125,19 +125,6 @@ pub fn stored(backend: &MemoryStateBackend) -> gress_state::Result<(usize, usize
     Ok((keys, bytes))
 }
 
-/// The records a `FileSink` under `dir` has committed.
-pub fn committed_lines<T: gress_stream::Data>(
-    dir: &std::path::Path,
-) -> Result<Vec<T>, Box<dyn std::error::Error>> {
-    let mut all = Vec::new();
-    for file in gress_stream::FileSink::committed_files(dir)? {
-        for line in std::fs::read_to_string(file)?.lines() {
-            all.push(serde_json::from_str(line)?);
-        }
-    }
-    Ok(all)
-}
-
 pub fn multiset<T: Ord + Clone>(items: &[T]) -> BTreeMap<T, usize> {
     let mut m = BTreeMap::new();
     for item in items {
