@@ -117,6 +117,7 @@ where
             let mut outs: Vec<(u64, F::Out)> = Vec::new();
             let mut sides: Vec<(u64, F::Side)> = Vec::new();
             let mut key_bytes = Vec::new();
+            let mut key_ends = Vec::new();
             let mut ns = Vec::new();
             let mut scratch = Vec::new();
             let mut wms = Vec::new();
@@ -167,6 +168,7 @@ where
                         outs: &mut outs,
                         sides: &mut sides,
                         key_bytes: &mut key_bytes,
+                        key_ends: &mut key_ends,
                         ns: &mut ns,
                         scratch: &mut scratch,
                         wms: &mut wms,
@@ -256,10 +258,15 @@ struct Scratch<'a, O, S> {
     outs: &'a mut Vec<(u64, O)>,
     sides: &'a mut Vec<(u64, S)>,
     key_bytes: &'a mut Vec<u8>,
+    key_ends: &'a mut Vec<(usize, Option<u16>)>,
     ns: &'a mut Vec<u8>,
     scratch: &'a mut Vec<u8>,
     wms: &'a mut Vec<(u32, u64)>,
 }
+
+/// How many records ahead of the current one state is prefetched: enough
+/// to overlap several cache misses, few enough that the lines stay cached.
+const PREFETCH_AHEAD: usize = 8;
 
 /// Applies records of the current epoch (watermarks are kept for its end).
 fn apply_records<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
@@ -270,7 +277,27 @@ fn apply_records<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
     store: &mut crate::state::StateStore,
     records_in: &mut u64,
 ) -> Result<()> {
-    for item in items {
+    // Every key of the batch encoded once, up front, so that the state of
+    // a record a few places ahead can be prefetched while this one runs.
+    // Per item: where its key ends in `key_bytes`, and its key group.
+    sc.key_bytes.clear();
+    sc.key_ends.clear();
+    for item in &items {
+        let kg = match item {
+            Item::Rec {
+                kg, data: (key, _), ..
+            } => {
+                postcard::to_io(key, &mut *sc.key_bytes).map_err(|e| Error::codec("key", e))?;
+                Some(*kg)
+            }
+            Item::Wm { .. } => None,
+        };
+        sc.key_ends.push((sc.key_bytes.len(), kg));
+    }
+    let key_at = |ends: &[(usize, Option<u16>)], i: usize| {
+        (if i == 0 { 0 } else { ends[i - 1].0 })..ends[i].0
+    };
+    for (i, item) in items.into_iter().enumerate() {
         match item {
             Item::Rec {
                 time,
@@ -278,12 +305,14 @@ fn apply_records<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
                 data: (key, value),
             } => {
                 *records_in += 1;
-                sc.key_bytes.clear();
-                postcard::to_io(&key, &mut *sc.key_bytes).map_err(|e| Error::codec("key", e))?;
+                let j = i + PREFETCH_AHEAD;
+                if let Some(&(_, Some(ahead_kg))) = sc.key_ends.get(j) {
+                    store.prefetch(ahead_kg, &sc.key_bytes[key_at(sc.key_ends, j)]);
+                }
                 sc.ns.clear();
                 let mut ctx = ProcessingContext {
                     key: &key,
-                    key_bytes: sc.key_bytes,
+                    key_bytes: &sc.key_bytes[key_at(sc.key_ends, i)],
                     kg,
                     ns: sc.ns,
                     time,

@@ -14,7 +14,6 @@ use std::any::Any;
 /// A backend key, inline when short (a key group, a state id and a small
 /// key fit): a lookup compares bytes in the table, not behind a pointer.
 type CacheKey = smallvec::SmallVec<[u8; 24]>;
-type Cache = hashbrown::HashMap<CacheKey, Slot, foldhash::fast::FixedState>;
 
 /// A decoded value, inline in its slot when small (counts, sums, small
 /// tuples): reading it touches no other cache line.
@@ -133,6 +132,85 @@ pub(crate) struct Slot {
     size: usize,
 }
 
+/// A cached key and its entry.
+struct Entry {
+    key: CacheKey,
+    slot: Slot,
+}
+
+/// The cache's table: keys hashed once per lookup with a fixed seed, and
+/// an entry's place can be found without reading the entry, to prefetch it.
+#[derive(Default)]
+struct Cache {
+    table: hashbrown::HashTable<Entry>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Cache {
+    fn hash(&self, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Slot> {
+        let hash = self.hash(key);
+        self.table
+            .find_mut(hash, |e| e.key[..] == *key)
+            .map(|e| &mut e.slot)
+    }
+
+    fn insert_new(&mut self, hash: u64, key: &[u8], slot: Slot) -> &mut Slot {
+        let hasher = &self.hasher;
+        let entry = self.table.insert_unique(
+            hash,
+            Entry {
+                key: CacheKey::from_slice(key),
+                slot,
+            },
+            |e| {
+                use std::hash::BuildHasher;
+                hasher.hash_one(&e.key[..])
+            },
+        );
+        &mut entry.into_mut().slot
+    }
+
+    /// Asks the CPU to load the entry `key` probably has, without waiting
+    /// for it: the first entry in its probe sequence whose tag matches (a
+    /// wrong guess costs nothing but the load). A lookup of the entry soon
+    /// after finds it in the CPU cache.
+    fn prefetch(&self, key: &[u8]) {
+        let hash = self.hash(key);
+        if let Some(entry) = self.table.find(hash, |_| true) {
+            prefetch_read(std::ptr::from_ref(entry).cast());
+        }
+    }
+}
+
+/// Starts loading the two cache lines at `at` into the CPU cache.
+#[inline(always)]
+#[allow(unsafe_code)] // The one use: a prefetch instruction, a hint.
+fn prefetch_read(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // An entry spans at most two cache lines.
+        let last = at.wrapping_add(std::mem::size_of::<Entry>() - 1);
+        // SAFETY: a prefetch is a hint: it reads nothing into the program
+        // and never faults, whatever the address; SSE is part of x86_64.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(at.cast());
+            _mm_prefetch::<_MM_HINT_T0>(last.cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// Counters of the cache, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -158,6 +236,9 @@ pub struct StateStore {
     budget: usize,
     clock: Arc<dyn Clock>,
     stats: CacheStats,
+    /// The state id of the last lookup, for prefetching.
+    last_state: Option<u32>,
+    prefetch_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -192,6 +273,8 @@ impl StateStore {
             budget,
             clock,
             stats: CacheStats::default(),
+            last_state: None,
+            prefetch_key: Vec::new(),
         }
     }
 
@@ -243,31 +326,55 @@ impl StateStore {
         state_id: u32,
         decode: &dyn Fn(&[u8]) -> Result<T>,
     ) -> Result<&mut Slot> {
-        let backend = &self.backend;
-        // Building the inline key costs a copy, no allocation.
-        match self.cache.entry(CacheKey::from_slice(key)) {
-            hashbrown::hash_map::Entry::Occupied(o) => {
+        self.last_state = Some(state_id);
+        let Cache { table, hasher } = &mut self.cache;
+        let hash = {
+            use std::hash::BuildHasher;
+            hasher.hash_one(key)
+        };
+        let rehash = |e: &Entry| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(&e.key[..])
+        };
+        match table.entry(hash, |e| e.key[..] == *key, rehash) {
+            hashbrown::hash_table::Entry::Occupied(o) => {
                 self.stats.hits += 1;
-                Ok(o.into_mut())
+                Ok(&mut o.into_mut().slot)
             }
-            hashbrown::hash_map::Entry::Vacant(v) => {
+            hashbrown::hash_table::Entry::Vacant(v) => {
                 self.stats.misses += 1;
-                let value: Option<T> = match backend.get(key)? {
+                let value: Option<T> = match self.backend.get(key)? {
                     Some(bytes) => Some(decode(&bytes)?),
                     None => None,
                 };
                 let size = key.len() + 64 + std::mem::size_of::<T>();
                 self.bytes += size;
-                Ok(v.insert(Slot {
+                let slot = Slot {
                     present: value.is_some(),
                     value: smallbox::smallbox!(value),
                     dirty: false,
                     expires_at: None,
                     state_id,
                     size,
-                }))
+                };
+                let entry = v.insert(Entry {
+                    key: CacheKey::from_slice(key),
+                    slot,
+                });
+                Ok(&mut entry.into_mut().slot)
             }
         }
+    }
+
+    /// Prefetches the entry of the state last looked up, for `user_key` in
+    /// key group `kg`: called for a record a few records ahead of the one
+    /// being processed, it overlaps their cache misses.
+    pub(crate) fn prefetch(&mut self, kg: u16, user_key: &[u8]) {
+        let Some(state_id) = self.last_state else {
+            return;
+        };
+        crate::keys::state_key(&mut self.prefetch_key, kg, state_id, user_key, b"");
+        self.cache.prefetch(&self.prefetch_key);
     }
 
     /// Sets a timer key (present or deleted) without reading it first.
@@ -281,8 +388,10 @@ impl StateStore {
         }
         let size = key.len() + 64;
         self.bytes += size;
-        self.cache.insert(
-            CacheKey::from_slice(key),
+        let hash = self.cache.hash(key);
+        self.cache.insert_new(
+            hash,
+            key,
             Slot {
                 value: smallbox::smallbox!(present.then_some(())),
                 present,
@@ -300,7 +409,7 @@ impl StateStore {
         let mut batch = WriteBatch::new();
         let mut scratch = Vec::new();
         let mut written = 0;
-        for (key, slot) in self.cache.iter_mut() {
+        for Entry { key, slot } in self.cache.table.iter_mut() {
             if !slot.dirty {
                 continue;
             }
@@ -347,7 +456,7 @@ impl StateStore {
         let target = self.budget - self.budget / 4;
         let mut bytes = self.bytes;
         let mut evicted = 0;
-        self.cache.retain(|_, slot| {
+        self.cache.table.retain(|Entry { slot, .. }| {
             if bytes <= target || slot.dirty {
                 return true;
             }
@@ -362,7 +471,7 @@ impl StateStore {
 
     /// Dirty entries not yet flushed.
     pub fn dirty_entries(&self) -> usize {
-        self.cache.values().filter(|s| s.dirty).count()
+        self.cache.table.iter().filter(|e| e.slot.dirty).count()
     }
 
     /// Entries and bytes the cache holds.
