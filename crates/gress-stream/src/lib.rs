@@ -28,6 +28,7 @@
 //! This crate does not depend on RocksDB: the application chooses each
 //! worker's backend with a [`BackendFactory`].
 
+pub mod cluster;
 mod codec;
 mod commit;
 mod context;
@@ -48,6 +49,7 @@ pub use commit::{COMMITS, CommitRecord, commits, latest_commit};
 pub use context::{ProcessingContext, Timer};
 pub use data::{Data, Key};
 pub use error::{Error, Result};
+pub use gress_checkpoint::S3Config;
 pub use job::{
     BackendFactory, CheckpointStorage, EpochPolicy, JobBuilder, JobConfig, JobReport, run,
 };

@@ -19,6 +19,10 @@
 //!
 //! Run with `./scripts/example stateful-processing [--backend rocksdb]`;
 //! by default it works in `./example-data/stateful-processing`.
+//! `--processes P` runs the job as P processes on this machine (timely's
+//! cluster mode on loopback); on several machines, start it on each with
+//! `GRESS_PROCESS` and `GRESS_HOSTFILE` set, and `--checkpoints
+//! s3://bucket/prefix` so that every process shares the checkpoints.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +34,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
 use gress_state::Checkpointable;
+use gress_stream::S3Config;
 use gress_stream::{
     BackendFactory, CheckpointStorage, EpochPolicy, FileSink, GeneratorSource,
     KeyedProcessFunction, MapStateDescriptor, ProcessingContext, StateTtl, Timer,
@@ -69,7 +74,9 @@ enum Backend {
 /// across crashes.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Checkpoints: the commit records and every worker's checkpoints.
+    /// Checkpoints: the commit records and every worker's checkpoints. A
+    /// directory, or `s3://bucket/prefix` (endpoint and credentials from
+    /// the `AWS_*` environment variables).
     #[arg(long, default_value = "example-data/stateful-processing/checkpoints")]
     checkpoints: PathBuf,
     /// Committed output: JSON lines under sessions/committed and
@@ -79,9 +86,16 @@ struct Args {
     /// RocksDB databases, one per worker (with --backend rocksdb).
     #[arg(long, default_value = "example-data/stateful-processing/state")]
     state: PathBuf,
-    /// Worker threads; a recovery may use another number (the job rescales).
+    /// Worker threads per process; a recovery may use another number (the
+    /// job rescales).
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Processes to start on this machine, as one job on loopback; a
+    /// recovery may use another number. On several machines, start one
+    /// process on each with GRESS_PROCESS (its index) and GRESS_HOSTFILE (a
+    /// file of `host:port` lines, one per process) instead.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
     /// Where each worker keeps its state.
     #[arg(long, value_enum, default_value_t = Backend::Memory)]
     backend: Backend,
@@ -353,47 +367,102 @@ fn committed_lines(dir: &Path) -> Result<Vec<String>> {
     Ok(lines)
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    if args.fresh {
-        for dir in [&args.checkpoints, &args.output, &args.state] {
-            if dir.exists() {
-                std::fs::remove_dir_all(dir)
-                    .with_context(|| format!("removing {}", dir.display()))?;
+/// The checkpoint storage `--checkpoints` names.
+fn checkpoint_storage(args: &Args) -> Result<CheckpointStorage> {
+    let name = args.checkpoints.to_string_lossy();
+    Ok(match name.strip_prefix("s3://") {
+        Some(rest) => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("{name}: no bucket");
+            }
+            CheckpointStorage::S3(S3Config::new(bucket).with_prefix(prefix.trim_end_matches('/')))
+        }
+        None => CheckpointStorage::Local(args.checkpoints.clone()),
+    })
+}
+
+/// Deletes the checkpoints, output and state.
+fn clear(args: &Args, storage: &CheckpointStorage) -> Result<()> {
+    match storage {
+        CheckpointStorage::Local(dir) => remove_dir(dir)?,
+        _ => {
+            let storage = storage.open("")?;
+            for object in storage.list("")? {
+                storage.delete(&object.path)?;
             }
         }
     }
+    remove_dir(&args.output)?;
+    remove_dir(&args.state)
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let cluster = gress_stream::cluster::from_env()?;
+    let storage = checkpoint_storage(&args)?;
     let sessions_dir = args.output.join("sessions");
     let pages_dir = args.output.join("pages");
-    let storage = CheckpointStorage::Local(args.checkpoints.clone());
-    match latest_commit(&*storage.open("")?)? {
-        Some(c) => println!(
-            "recovering from committed epoch {} in {}",
-            c.epoch,
-            args.checkpoints.display()
-        ),
-        None => {
-            if !committed_lines(&sessions_dir)?.is_empty()
-                || !committed_lines(&pages_dir)?.is_empty()
-            {
-                bail!(
-                    "{} holds output but {} no committed epoch; run with --fresh",
-                    args.output.display(),
-                    args.checkpoints.display()
+    if let Some((process, hosts)) = &cluster {
+        // One of the job's processes: the command that started the job
+        // has cleared and reported.
+        if args.fresh {
+            bail!(
+                "--fresh clears the job's storage: run it before starting the processes, \
+                 not in process {process} of {}",
+                hosts.len()
+            );
+        }
+    } else {
+        if args.fresh {
+            clear(&args, &storage)?;
+        }
+        match latest_commit(&*storage.open("")?)? {
+            Some(c) => println!(
+                "recovering from committed epoch {} in {}",
+                c.epoch,
+                args.checkpoints.display()
+            ),
+            None => {
+                if !committed_lines(&sessions_dir)?.is_empty()
+                    || !committed_lines(&pages_dir)?.is_empty()
+                {
+                    bail!(
+                        "{} holds output but {} no committed epoch; run with --fresh",
+                        args.output.display(),
+                        args.checkpoints.display()
+                    );
+                }
+                println!(
+                    "processing {} events on {} process(es) of {} workers, {:?} state, \
+                     a checkpoint every epoch",
+                    args.events, args.processes, args.workers, args.backend
                 );
             }
-            println!(
-                "processing {} events on {} workers, {:?} state, a checkpoint every epoch",
-                args.events, args.workers, args.backend
-            );
+        }
+        if args.processes > 1 {
+            // Every process gets these arguments; the clearing is done.
+            let each = std::env::args_os().skip(1).filter(|a| a != "--fresh");
+            gress_stream::cluster::launch_local(args.processes, each)?;
+            return summarize(&sessions_dir, &pages_dir);
         }
     }
 
-    let config = gress_stream::JobConfig::new("stateful-processing")
+    let mut config = gress_stream::JobConfig::new("stateful-processing")
         .with_workers(args.workers)
         .with_checkpoints(storage)
         .with_epochs(EpochPolicy::Records(args.epoch_records))
         .with_backend(backend(&args));
+    if let Some((process, hosts)) = cluster.clone() {
+        config = config.with_cluster(process, hosts);
+    }
     let events = args.events;
     let crash_after = args.crash_after;
     let per_partition = events.div_ceil(PARTITIONS as u64);
@@ -423,8 +492,12 @@ fn main() -> Result<()> {
             )
             .sink("pages", FileSink::new(pages_out.clone()))
     })?;
+    let who = match &cluster {
+        Some((process, _)) => format!("process {process}: "),
+        None => String::new(),
+    };
     println!(
-        "done in {:.1?}: {} events processed in this run{}, last committed epoch {:?}",
+        "{who}done in {:.1?}: {} events processed in this run{}, last committed epoch {:?}",
         report.elapsed,
         PROCESSED.load(Ordering::Relaxed),
         report
@@ -433,6 +506,10 @@ fn main() -> Result<()> {
             .unwrap_or_default(),
         report.last_committed,
     );
+    if cluster.is_some() {
+        // The command that started the processes sums up.
+        return Ok(());
+    }
     summarize(&sessions_dir, &pages_dir)
 }
 

@@ -83,3 +83,88 @@ fn crashed_runs_recover_to_the_output_of_a_clean_run() -> R {
     }
     Ok(())
 }
+
+/// One command starts the job as two processes on loopback; a process
+/// that aborts takes the job down (the command fails, naming it), and
+/// starting the processes again, or one process with more workers,
+/// recovers to the output of a clean run.
+#[test]
+fn a_job_of_two_processes_recovers_from_a_crash_of_one() -> R {
+    let clean_dir = tempfile::tempdir()?;
+    let clean = run(clean_dir.path(), "memory", None)?;
+    assert!(clean.status.success(), "{}", text(&clean.stderr));
+    let expected = committed(clean_dir.path())?;
+
+    let dir = tempfile::tempdir()?;
+    let cluster = |extra: &[&str]| -> R<Output> {
+        let mut cmd = Command::new(EXE);
+        cmd.arg("--checkpoints")
+            .arg(dir.path().join("checkpoints"))
+            .arg("--output")
+            .arg(dir.path().join("output"))
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .args(["--backend", "rocksdb", "--events", "120000"])
+            .args(extra);
+        Ok(cmd.output()?)
+    };
+    // Each process counts its own events: the first to pass 20,000 aborts.
+    let out = cluster(&[
+        "--processes",
+        "2",
+        "--workers",
+        "2",
+        "--crash-after",
+        "20000",
+    ])?;
+    assert!(!out.status.success(), "the job did not fail");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("aborting after 20000 events"), "{stderr}");
+    assert!(stderr.contains("process"), "{stderr}");
+    let out = cluster(&[
+        "--processes",
+        "2",
+        "--workers",
+        "1",
+        "--crash-after",
+        "25000",
+    ])?;
+    assert!(!out.status.success(), "the job did not fail");
+    let out = cluster(&["--processes", "1", "--workers", "3"])?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("recovering from committed epoch"));
+    let got = committed(dir.path())?;
+    assert!(
+        got == expected,
+        "{} output lines after the crashes, {} in a clean run",
+        got.len(),
+        expected.len()
+    );
+
+    // A process of a job does not clear the job's storage.
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(&hostfile, "127.0.0.1:1\n127.0.0.1:2\n")?;
+    let out = Command::new(EXE)
+        .arg("--checkpoints")
+        .arg(dir.path().join("checkpoints"))
+        .arg("--output")
+        .arg(dir.path().join("output"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--fresh")
+        .env("GRESS_PROCESS", "1")
+        .env("GRESS_HOSTFILE", &hostfile)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--fresh"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        committed(dir.path())?,
+        expected,
+        "a process cleared the output"
+    );
+    Ok(())
+}
