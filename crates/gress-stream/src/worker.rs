@@ -187,7 +187,10 @@ impl WorkerState {
     /// Whether an operator may apply `epoch` now: every earlier epoch is
     /// cut (with checkpointing off, always).
     pub(crate) fn may_apply(&mut self, epoch: u64, waiter: &Activator) -> bool {
-        if self.checkpoints.is_none() || epoch <= self.next_cut {
+        // Once the final epoch is committed, the epochs some sources opened
+        // after it (empty: every partition had ended) are never cut; they
+        // are drained so that the dataflow can complete.
+        if self.checkpoints.is_none() || epoch <= self.next_cut || self.finished {
             return true;
         }
         self.waiting.push(waiter.clone());
@@ -310,6 +313,9 @@ impl WorkerState {
         self.settled = self.settled.max(epoch + 1);
         if committed && final_epoch {
             self.finished = true;
+            for waiter in self.waiting.drain(..) {
+                waiter.activate();
+            }
         }
         if committed && self.last_report.elapsed() >= std::time::Duration::from_secs(5) {
             let secs = self.last_report.elapsed().as_secs_f64();
