@@ -48,6 +48,32 @@ ensure_moto() {
     }
 }
 
+# The Kafka tests run against tansu, a Kafka-compatible broker from
+# crates.io, with in-memory storage. Its build (about 17 minutes on 2 cores)
+# runs in the background, beside the workspace's, into a cache that later
+# runs reuse; `wait_tansu` waits for it.
+TOOLS="${GRESS_TOOLS:-$HOME/.cache/gress-tools}"
+start_tansu() {
+    export GRESS_TANSU="$TOOLS/bin/tansu"
+    if [ -x "$GRESS_TANSU" ]; then
+        TANSU_PID=
+        return
+    fi
+    mkdir -p "$TOOLS"
+    echo "building the tansu broker in the background (log: $TOOLS/install.log)" >&2
+    cargo install tansu --version 0.6.0 --features dynostore \
+        --root "$TOOLS" --target-dir "$TOOLS/target" >"$TOOLS/install.log" 2>&1 &
+    TANSU_PID=$!
+}
+wait_tansu() {
+    if [ -n "${TANSU_PID:-}" ] && ! wait "$TANSU_PID"; then
+        tail -30 "$TOOLS/install.log" >&2
+        echo "error: could not build the tansu broker" >&2
+        return 1
+    fi
+    rm -rf "$TOOLS/target"
+}
+
 ensure_nextest() {
     if ! cargo nextest --version >/dev/null 2>&1; then
         echo "installing cargo-nextest" >&2
