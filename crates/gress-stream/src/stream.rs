@@ -240,6 +240,7 @@ impl<'s, D: Data> DataStream<'s, D> {
             .borrow_mut()
             .sinks
             .push(Rc::clone(&driver) as Rc<RefCell<dyn CommitSink>>);
+        shared.borrow_mut().register_sink();
         let first_epoch = shared.borrow().next_cut;
         builder.build_reschedule(move |_caps| {
             // Epochs with records written and not yet sealed.
@@ -289,6 +290,9 @@ impl<'s, D: Data> DataStream<'s, D> {
                         s.fail(e);
                         return false;
                     }
+                    // Sealed before the epoch is cut: a commit never names
+                    // an epoch whose output a failure could still lose.
+                    s.sink_done(epoch);
                     epoch += 1;
                 }
                 next_seal = epoch;

@@ -89,8 +89,10 @@ pub(crate) struct WorkerState {
     stateful: usize,
     /// Sources registered.
     sources: usize,
-    /// Per epoch: stateful operators done with it, sources done with it.
-    done: BTreeMap<u64, (usize, usize)>,
+    /// Sinks registered.
+    sink_count: usize,
+    /// Per epoch: stateful operators, sources and sinks done with it.
+    done: BTreeMap<u64, (usize, usize, usize)>,
     /// Per epoch: what sources (offsets, event-time high marks) and
     /// operators (watermarks) recorded at its end, for its checkpoint.
     marks: BTreeMap<u64, Metadata>,
@@ -147,6 +149,7 @@ impl WorkerState {
             checkpoints,
             stateful: 0,
             sources: 0,
+            sink_count: 0,
             done: BTreeMap::new(),
             marks: BTreeMap::new(),
             restored: Metadata::new(),
@@ -174,6 +177,17 @@ impl WorkerState {
 
     pub(crate) fn register_source(&mut self) {
         self.sources += 1;
+    }
+
+    pub(crate) fn register_sink(&mut self) {
+        self.sink_count += 1;
+    }
+
+    /// A sink has sealed `epoch` (its output is durable, or delivered):
+    /// the epoch may be cut, and so committed, only once every sink has.
+    pub(crate) fn sink_done(&mut self, epoch: u64) {
+        self.done.entry(epoch).or_default().2 += 1;
+        self.try_cut();
     }
 
     /// Records the first error; the job stops.
@@ -229,8 +243,8 @@ impl WorkerState {
     }
 
     fn try_cut(&mut self) {
-        while let Some(&(ops, sources)) = self.done.get(&self.next_cut) {
-            if ops < self.stateful || sources < self.sources {
+        while let Some(&(ops, sources, sinks)) = self.done.get(&self.next_cut) {
+            if ops < self.stateful || sources < self.sources || sinks < self.sink_count {
                 return;
             }
             let epoch = self.next_cut;
