@@ -103,6 +103,26 @@ impl Broker {
         )
     }
 
+    /// A client of partition `partition` of `topic` (which must exist).
+    fn partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(KafkaConfig, rskafka::client::partition::PartitionClient), String> {
+        let config = self.config();
+        let client = connect(&config)?;
+        let pc = block_on(
+            config.timeout,
+            "opening a partition",
+            client.partition_client(
+                topic.to_string(),
+                partition,
+                rskafka::client::partition::UnknownTopicHandling::Error,
+            ),
+        )?;
+        Ok((config, pc))
+    }
+
     /// Appends `records` (key, value) to partition `partition` of `topic`,
     /// one record per batch: a fetch from an offset inside a batch of
     /// several records gets, from tansu 0.6, only the batches after it
@@ -114,17 +134,7 @@ impl Broker {
         partition: i32,
         records: Vec<(Option<Vec<u8>>, Vec<u8>)>,
     ) -> Result<(), String> {
-        let config = self.config();
-        let client = connect(&config)?;
-        let pc = block_on(
-            config.timeout,
-            "opening a partition",
-            client.partition_client(
-                topic.to_string(),
-                partition,
-                rskafka::client::partition::UnknownTopicHandling::Retry,
-            ),
-        )?;
+        let (config, pc) = self.partition(topic, partition)?;
         let now = chrono::Utc::now();
         for chunk in records.chunks(1) {
             let batch = chunk
@@ -156,17 +166,7 @@ impl Broker {
         topic: &str,
         partition: i32,
     ) -> Result<Vec<(i64, Option<Vec<u8>>, Vec<u8>, Option<Vec<u8>>)>, String> {
-        let config = self.config();
-        let client = connect(&config)?;
-        let pc = block_on(
-            config.timeout,
-            "opening a partition",
-            client.partition_client(
-                topic.to_string(),
-                partition,
-                rskafka::client::partition::UnknownTopicHandling::Error,
-            ),
-        )?;
+        let (config, pc) = self.partition(topic, partition)?;
         let mut out = Vec::new();
         let mut next = 0i64;
         loop {

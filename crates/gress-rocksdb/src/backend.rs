@@ -585,6 +585,22 @@ impl RocksDbStateBackend {
 
     /// Streams a full snapshot into the new, empty database `db`.
     fn load_snapshot(&self, db: &Db, input: &mut dyn Read) -> Result<RestoreSummary> {
+        let now = self.clock.now_ms();
+        let summary = self.write_full_snapshot(db, input, now, |_| true)?;
+        db.db().flush().map_err(error::engine)?;
+        Ok(summary)
+    }
+
+    /// Writes the entries of a full snapshot that `keep` accepts and that
+    /// have not expired at `now` into `db`, in bounded batches. Reads the
+    /// snapshot to its end, which verifies it.
+    pub(crate) fn write_full_snapshot(
+        &self,
+        db: &Db,
+        input: &mut dyn Read,
+        now: u64,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<RestoreSummary> {
         let mut reader = SnapshotReader::new(input)?;
         if reader.header().kind != SnapshotKind::Full {
             return Err(Error::invalid_argument(
@@ -592,7 +608,6 @@ impl RocksDbStateBackend {
                 "a delta snapshot cannot replace the state; restore its full base first",
             ));
         }
-        let now = self.clock.now_ms();
         let mut summary = RestoreSummary::default();
         let mut wb = rocksdb::WriteBatch::default();
         let mut value_buf = Vec::new();
@@ -609,6 +624,9 @@ impl RocksDbStateBackend {
                     "tombstone in a full snapshot",
                 ));
             };
+            if !keep(key) {
+                continue;
+            }
             if expires_at_ms.is_some_and(|at| is_expired(at, now)) {
                 summary.n_entries_expired += 1;
                 continue;
@@ -622,7 +640,6 @@ impl RocksDbStateBackend {
             }
         }
         self.write_staged(db, &mut wb)?;
-        db.db().flush().map_err(error::engine)?;
         summary.n_entries_read = reader.entries_read();
         summary.n_bytes = reader.bytes_read();
         Ok(summary)

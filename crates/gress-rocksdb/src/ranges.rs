@@ -19,8 +19,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{DB, IngestExternalFileOptions, ReadOptions, SstFileWriter};
 
 use gress_state::checkpoint::{CheckpointFiles, RangeSource, SNAPSHOT_FORMAT};
-use gress_state::snapshot::{SnapshotEntry, SnapshotKind, SnapshotReader};
-use gress_state::ttl::{StoredValue, is_expired};
+use gress_state::ttl::StoredValue;
 use gress_state::{Error, KeyRange, Result, StateBackend};
 
 use crate::backend::{RocksDbStateBackend, discard_dir};
@@ -30,8 +29,6 @@ use crate::error;
 
 /// An SST file written for ingestion is closed at about this size.
 const SST_TARGET_BYTES: u64 = 256 << 20;
-/// Restore writes of a snapshot source go in batches of about this size.
-const BATCH_BYTES: usize = 4 << 20;
 
 /// The keys `lo <= key < hi`; no `hi`: no upper bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,42 +373,10 @@ impl RocksDbStateBackend {
             ));
         };
         let mut input = part.source.files.open(name)?;
-        let mut reader = SnapshotReader::new(&mut input)?;
-        if reader.header().kind != SnapshotKind::Full {
-            return Err(Error::invalid_argument(
-                "snapshot",
-                "a delta snapshot cannot replace the state; restore its full base first",
-            ));
-        }
-        let mut wb = rocksdb::WriteBatch::default();
-        let mut value_buf = Vec::new();
-        // Read to the end even past the last range: the end verifies it.
-        while let Some(entry) = reader.next_entry()? {
-            let SnapshotEntry::Put {
-                key,
-                value,
-                expires_at_ms,
-            } = entry
-            else {
-                return Err(Error::corrupted(
-                    "snapshot stream",
-                    reader.bytes_read(),
-                    "tombstone in a full snapshot",
-                ));
-            };
-            if !part.kept.iter().any(|i| i.contains(key))
-                || expires_at_ms.is_some_and(|at| is_expired(at, now))
-            {
-                continue;
-            }
-            value_buf.clear();
-            StoredValue::encode_into(expires_at_ms, value, &mut value_buf);
-            wb.put(key, &value_buf);
-            if wb.size_in_bytes() >= BATCH_BYTES {
-                self.write_staged(db, &mut wb)?;
-            }
-        }
-        self.write_staged(db, &mut wb)
+        self.write_full_snapshot(db, &mut input, now, |key| {
+            part.kept.iter().any(|i| i.contains(key))
+        })?;
+        Ok(())
     }
 }
 

@@ -9,15 +9,21 @@ type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const EXE: &str = env!("CARGO_BIN_EXE_example-stateful-processing");
 
-fn run(dir: &Path, backend: &str, crash_after: Option<u64>) -> R<Output> {
+/// The example, working in `dir`.
+fn example(dir: &Path) -> Command {
     let mut cmd = Command::new(EXE);
     cmd.arg("--checkpoints")
         .arg(dir.join("checkpoints"))
         .arg("--output")
         .arg(dir.join("output"))
         .arg("--state")
-        .arg(dir.join("state"))
-        .args(["--backend", backend, "--workers", "2", "--events", "120000"]);
+        .arg(dir.join("state"));
+    cmd
+}
+
+fn run(dir: &Path, backend: &str, crash_after: Option<u64>) -> R<Output> {
+    let mut cmd = example(dir);
+    cmd.args(["--backend", backend, "--workers", "2", "--events", "120000"]);
     if let Some(n) = crash_after {
         cmd.args(["--crash-after", &n.to_string()]);
     }
@@ -97,16 +103,10 @@ fn a_job_of_two_processes_recovers_from_a_crash_of_one() -> R {
 
     let dir = tempfile::tempdir()?;
     let cluster = |extra: &[&str]| -> R<Output> {
-        let mut cmd = Command::new(EXE);
-        cmd.arg("--checkpoints")
-            .arg(dir.path().join("checkpoints"))
-            .arg("--output")
-            .arg(dir.path().join("output"))
-            .arg("--state")
-            .arg(dir.path().join("state"))
+        Ok(example(dir.path())
             .args(["--backend", "rocksdb", "--events", "120000"])
-            .args(extra);
-        Ok(cmd.output()?)
+            .args(extra)
+            .output()?)
     };
     // Each process counts its own events: the first to pass 20,000 aborts.
     let out = cluster(&[
@@ -144,13 +144,7 @@ fn a_job_of_two_processes_recovers_from_a_crash_of_one() -> R {
     // A process of a job does not clear the job's storage.
     let hostfile = dir.path().join("hosts");
     std::fs::write(&hostfile, "127.0.0.1:1\n127.0.0.1:2\n")?;
-    let out = Command::new(EXE)
-        .arg("--checkpoints")
-        .arg(dir.path().join("checkpoints"))
-        .arg("--output")
-        .arg(dir.path().join("output"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
+    let out = example(dir.path())
         .arg("--fresh")
         .env("GRESS_PROCESS", "1")
         .env("GRESS_HOSTFILE", &hostfile)

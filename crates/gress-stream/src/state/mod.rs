@@ -156,27 +156,16 @@ impl Cache {
         self.table.len()
     }
 
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Slot> {
-        let hash = self.hash(key);
-        self.table
-            .find_mut(hash, |e| e.key[..] == *key)
-            .map(|e| &mut e.slot)
-    }
-
-    fn insert_new(&mut self, hash: u64, key: &[u8], slot: Slot) -> &mut Slot {
-        let hasher = &self.hasher;
-        let entry = self.table.insert_unique(
-            hash,
-            Entry {
-                key: CacheKey::from_slice(key),
-                slot,
-            },
-            |e| {
-                use std::hash::BuildHasher;
-                hasher.hash_one(&e.key[..])
-            },
-        );
-        &mut entry.into_mut().slot
+    /// The entry of `key`: one hash and one probe, whether it is there
+    /// or not.
+    fn entry(&mut self, key: &[u8]) -> hashbrown::hash_table::Entry<'_, Entry> {
+        use std::hash::BuildHasher;
+        let Cache { table, hasher } = self;
+        table.entry(
+            hasher.hash_one(key),
+            |e| e.key[..] == *key,
+            |e| hasher.hash_one(&e.key[..]),
+        )
     }
 
     /// Asks the CPU to load the entry `key` probably has, without waiting
@@ -327,16 +316,7 @@ impl StateStore {
         decode: &dyn Fn(&[u8]) -> Result<T>,
     ) -> Result<&mut Slot> {
         self.last_state = Some(state_id);
-        let Cache { table, hasher } = &mut self.cache;
-        let hash = {
-            use std::hash::BuildHasher;
-            hasher.hash_one(key)
-        };
-        let rehash = |e: &Entry| {
-            use std::hash::BuildHasher;
-            hasher.hash_one(&e.key[..])
-        };
-        match table.entry(hash, |e| e.key[..] == *key, rehash) {
+        match self.cache.entry(key) {
             hashbrown::hash_table::Entry::Occupied(o) => {
                 self.stats.hits += 1;
                 Ok(&mut o.into_mut().slot)
@@ -379,28 +359,31 @@ impl StateStore {
 
     /// Sets a timer key (present or deleted) without reading it first.
     pub(crate) fn put_raw(&mut self, key: &[u8], state_id: u32, present: bool) {
-        if let Some(slot) = self.cache.get_mut(key) {
-            slot.value = smallbox::smallbox!(present.then_some(()));
-            slot.present = present;
-            slot.dirty = true;
-            slot.expires_at = None;
-            return;
+        let value: Value = smallbox::smallbox!(present.then_some(()));
+        match self.cache.entry(key) {
+            hashbrown::hash_table::Entry::Occupied(o) => {
+                let slot = &mut o.into_mut().slot;
+                slot.value = value;
+                slot.present = present;
+                slot.dirty = true;
+                slot.expires_at = None;
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                let size = key.len() + 64;
+                self.bytes += size;
+                v.insert(Entry {
+                    key: CacheKey::from_slice(key),
+                    slot: Slot {
+                        value,
+                        present,
+                        dirty: true,
+                        expires_at: None,
+                        state_id,
+                        size,
+                    },
+                });
+            }
         }
-        let size = key.len() + 64;
-        self.bytes += size;
-        let hash = self.cache.hash(key);
-        self.cache.insert_new(
-            hash,
-            key,
-            Slot {
-                value: smallbox::smallbox!(present.then_some(())),
-                present,
-                dirty: true,
-                expires_at: None,
-                state_id,
-                size,
-            },
-        );
     }
 
     /// Writes every dirty entry to the backend in one batch.
