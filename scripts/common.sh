@@ -24,12 +24,14 @@ ensure_system_deps() {
     local missing=()
     command -v g++ >/dev/null 2>&1 || missing+=(g++)
     command -v clang >/dev/null 2>&1 || missing+=(clang)
+    # librdkafka (consumer-group offsets) is built by its configure and make.
+    command -v make >/dev/null 2>&1 || missing+=(make)
     if ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 \
         && ! ldconfig -p 2>/dev/null | grep -q 'libclang\.so '; then
         missing+=(libclang-dev)
     fi
     if [ ${#missing[@]} -gt 0 ]; then
-        echo "installing ${missing[*]} (needed to build RocksDB)" >&2
+        echo "installing ${missing[*]} (needed to build RocksDB and librdkafka)" >&2
         as_root apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi

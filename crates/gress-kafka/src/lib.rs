@@ -4,19 +4,22 @@
 //! partitions: the job assigns them to workers (no consumer group, no
 //! rebalancing), and the offset of each is kept in the job's checkpoints,
 //! so a recovery, or a rescale, resumes every partition at the offset of
-//! the committed epoch. Offsets are not committed back to Kafka: the
-//! client used here ([`rskafka`]) has no consumer-group API; the committed
-//! offsets are in the job's checkpoint metadata.
+//! the committed epoch. With [`KafkaConfig::with_group`], the offsets of
+//! each committed epoch are also committed to that consumer group, for the
+//! tools that watch consumer lag: the group is never joined, and a job
+//! never reads where to resume from it ([`group_offsets`] reads them back).
 //!
 //! [`KafkaSink`] is **at-least-once**: an epoch's records are produced (and
 //! acknowledged) when the epoch is sealed, before it commits. After a
 //! failure the epochs after the committed one are replayed and their
-//! records produced again. A transactional producer would make it exactly
-//! once, but the client has no transactions. Give records idempotent keys
-//! (for example the key and its newest value, on a compacted topic): each
-//! replayed record is a copy of one produced before, in the same partition
-//! (the partition is a fixed-seed hash of the key), so the last record of
-//! every key is right. Each record carries a `gress-epoch` header.
+//! records produced again. A transaction per epoch would not make it
+//! exactly once: a Kafka transaction does not survive its producer, so one
+//! left open by a process that died after the job committed the epoch is
+//! aborted by the restarted producer, losing that output. Give records
+//! idempotent keys (for example the key and its newest value, on a
+//! compacted topic): each replayed record is a copy of one produced
+//! before, in the same partition (the partition is a fixed-seed hash of
+//! the key), so the last record of every key is right. Each record carries a `gress-epoch` header.
 //!
 //! ```no_run
 //! use gress_kafka::{KafkaConfig, KafkaSink, KafkaSource};
@@ -38,6 +41,7 @@
 //! # Ok::<(), gress_stream::Error>(())
 //! ```
 
+mod group;
 mod sink;
 mod source;
 #[cfg(feature = "testing")]
@@ -48,6 +52,7 @@ use std::time::Duration;
 
 use rskafka::client::{Client, ClientBuilder};
 
+pub use group::group_offsets;
 pub use sink::{EPOCH_HEADER, KafkaSink};
 pub use source::{KafkaRecord, KafkaSource};
 
@@ -62,6 +67,9 @@ pub struct KafkaConfig {
     pub fetch_max_bytes: i32,
     /// Longest any request to the brokers may take before it fails.
     pub timeout: Duration,
+    /// The consumer group a source commits its committed offsets to, for
+    /// monitoring; none by default.
+    pub group: Option<String>,
 }
 
 impl KafkaConfig {
@@ -73,7 +81,17 @@ impl KafkaConfig {
             fetch_wait: Duration::from_millis(50),
             fetch_max_bytes: 4 << 20,
             timeout: Duration::from_secs(30),
+            group: None,
         }
+    }
+
+    /// Commits a source's offsets to consumer group `group` each time the
+    /// job commits an epoch (best effort: a failure is logged, the job goes
+    /// on). Offsets committed to Kafka are for monitoring only: recovery
+    /// resumes from the job's checkpoints.
+    pub fn with_group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
     }
 }
 

@@ -1,12 +1,14 @@
 //! Reading a topic's partitions as a job's source partitions.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use gress_stream::{Data, PartitionReader, Poll, Source};
 use rskafka::client::Client;
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 
+use crate::group::GroupReporter;
 use crate::{KafkaConfig, block_on, connect, partitions_of, source_error};
 
 /// One record read from Kafka.
@@ -42,6 +44,8 @@ pub struct KafkaSource<T> {
     partitions: usize,
     bounded: bool,
     decode: Decode<T>,
+    /// Commits offsets to the configured consumer group.
+    group: Option<Rc<GroupReporter>>,
 }
 
 impl<T> std::fmt::Debug for KafkaSource<T> {
@@ -65,6 +69,13 @@ impl<T: Data> KafkaSource<T> {
         let client = connect(&config).map_err(|e| source_error(&topic, e))?;
         let partitions =
             partitions_of(&client, &config, &topic).map_err(|e| source_error(&topic, e))?;
+        let group = match &config.group {
+            Some(group) => Some(Rc::new(
+                GroupReporter::start(&config, group, &topic)
+                    .map_err(|e| source_error(&topic, e))?,
+            )),
+            None => None,
+        };
         Ok(KafkaSource {
             config,
             topic,
@@ -72,6 +83,7 @@ impl<T: Data> KafkaSource<T> {
             partitions,
             bounded: false,
             decode: Arc::new(decode),
+            group,
         })
     }
 
@@ -117,6 +129,7 @@ impl<T: Data> Source for KafkaSource<T> {
             bounded: self.bounded,
             buffered: VecDeque::new(),
             decode: Arc::clone(&self.decode),
+            group: self.group.clone(),
         }))
     }
 }
@@ -135,6 +148,7 @@ struct Reader<T> {
     /// Fetched, not yet handed out.
     buffered: VecDeque<KafkaRecord>,
     decode: Decode<T>,
+    group: Option<Rc<GroupReporter>>,
 }
 
 impl<T: Data> Reader<T> {
@@ -210,5 +224,12 @@ impl<T: Data> PartitionReader<T> for Reader<T> {
 
     fn offset(&self) -> u64 {
         self.next
+    }
+
+    fn committed(&mut self, offset: u64) {
+        if let Some(group) = &self.group {
+            // The job partition is the topic partition (checked at open).
+            group.report(self.partition as i32, offset);
+        }
     }
 }

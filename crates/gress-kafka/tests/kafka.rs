@@ -221,3 +221,60 @@ fn a_record_the_decoder_refuses_fails_the_job_naming_its_offset() -> R {
     assert!(err.to_string().contains("offset 1"), "{err}");
     Ok(())
 }
+
+#[test]
+fn committed_offsets_are_reported_to_the_consumer_group() -> R {
+    let broker = Broker::start()?;
+    broker.create_topic("events", 2)?;
+    for p in 0..2 {
+        let records = (0..300u64).map(|i| (None, i.to_string().into_bytes()));
+        broker.produce("events", p, records.collect())?;
+    }
+    let config = broker.config().with_group("gress-count");
+    assert!(
+        gress_kafka::group_offsets(&config, "events", 2)?.is_empty(),
+        "nothing committed yet"
+    );
+    let dir = tempfile::tempdir()?;
+    let job = |fail: bool| {
+        let config = config.clone();
+        let commits = dir.path().join("checkpoints").join("commits");
+        let job = JobConfig::new("group")
+            .with_workers(2)
+            .with_checkpoint_dir(dir.path().join("checkpoints"))
+            .with_epochs(EpochPolicy::Records(50));
+        run(job, move |job| {
+            let source = KafkaSource::new(config.clone(), "events", |r| {
+                String::from_utf8_lossy(&r.value.unwrap_or_default())
+                    .parse::<u64>()
+                    .map_err(|e| e.to_string())
+            })?
+            .bounded();
+            job.source("events", source)?
+                .key_by(|k: &u64| *k % 7)
+                .process(
+                    "count",
+                    Count {
+                        count: ValueStateDescriptor::new("count"),
+                        fail_at: fail.then_some(400),
+                        seen: 0,
+                        commits: commits.clone(),
+                    },
+                )
+                .sink("out", gress_stream::CollectSink::new(Default::default()))
+        })
+    };
+    job(true).expect_err("the injected failure stops the job");
+    let partial = gress_kafka::group_offsets(&config, "events", 2)?;
+    assert!(
+        partial.values().all(|&o| o <= 300),
+        "offsets past the end: {partial:?}"
+    );
+    job(false)?;
+    let done = gress_kafka::group_offsets(&config, "events", 2)?;
+    assert_eq!(done, BTreeMap::from([(0, 300), (1, 300)]));
+    // A group without a name is a clear error, not a guess.
+    let err = gress_kafka::group_offsets(&broker.config(), "events", 2).expect_err("no group");
+    assert!(err.to_string().contains("with_group"), "{err}");
+    Ok(())
+}

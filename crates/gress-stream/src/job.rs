@@ -1,6 +1,7 @@
 //! Configuring and running a job.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -443,6 +444,35 @@ struct PartitionState<T> {
     read_in_epoch: u64,
 }
 
+/// A worker's partitions of one source, and where each stood at the end
+/// of every closed epoch not yet known to be committed.
+struct SourceParts<T> {
+    parts: Vec<PartitionState<T>>,
+    /// Per closed epoch, oldest first: each partition's offset.
+    closed: VecDeque<(u64, Vec<u64>)>,
+}
+
+impl<T: 'static> SourceParts<T> {
+    /// Tells each reader where the newest committed epoch left it.
+    fn report(&mut self, committed: Option<u64>) {
+        let Some(c) = committed else { return };
+        let mut newest = None;
+        while self.closed.front().is_some_and(|(e, _)| *e <= c) {
+            newest = self.closed.pop_front().map(|(_, offsets)| offsets);
+        }
+        for (part, offset) in self.parts.iter_mut().zip(newest.unwrap_or_default()) {
+            part.reader.committed(offset);
+        }
+    }
+}
+
+impl<T: 'static> crate::stream::OnCommit for SourceParts<T> {
+    fn commit_to(&mut self, committed: Option<u64>) -> Result<()> {
+        self.report(committed);
+        Ok(())
+    }
+}
+
 /// Records read per activation at most, so other operators get their turn.
 const BATCH: usize = 4096;
 
@@ -451,7 +481,7 @@ const BATCH: usize = 4096;
 fn source_operator<'s, T: crate::Data>(
     scope: Scope<'s, u64>,
     name: &str,
-    mut parts: Vec<PartitionState<T>>,
+    parts: Vec<PartitionState<T>>,
     time: Option<EventTime<T>>,
     shared: Shared,
     config: &JobConfig,
@@ -467,7 +497,16 @@ fn source_operator<'s, T: crate::Data>(
     let policy = config.epoch;
     let in_flight = config.max_epochs_in_flight;
     let name = name.to_string();
-    shared.borrow_mut().listeners.push(activator.clone());
+    let state = Rc::new(RefCell::new(SourceParts {
+        parts,
+        closed: VecDeque::new(),
+    }));
+    {
+        let mut s = shared.borrow_mut();
+        s.listeners.push(activator.clone());
+        s.on_commit
+            .push(Rc::clone(&state) as Rc<RefCell<dyn crate::stream::OnCommit>>);
+    }
     builder.build(move |mut caps: Vec<Capability<u64>>| {
         let mut token_cap = caps.pop();
         let mut data_cap = caps.pop();
@@ -482,10 +521,21 @@ fn source_operator<'s, T: crate::Data>(
                 return;
             };
             let epoch = *dcap.time();
-            let (error, finished, settled, index, peers) = {
+            let (error, finished, settled, index, peers, committed) = {
                 let s = shared.borrow();
-                (s.error.is_some(), s.finished, s.settled, s.index, s.peers)
+                let c = s.committed;
+                (
+                    s.error.is_some(),
+                    s.finished,
+                    s.settled,
+                    s.index,
+                    s.peers,
+                    c,
+                )
             };
+            let mut guard = state.borrow_mut();
+            guard.report(committed);
+            let SourceParts { parts, closed } = &mut *guard;
             let all_ended = parts.iter().all(|p| p.ended);
             if error || (finished && all_ended) {
                 data_cap = None;
@@ -599,6 +649,7 @@ fn source_operator<'s, T: crate::Data>(
                     ]
                 })
                 .collect();
+            closed.push_back((epoch, parts.iter().map(|p| p.reader.offset()).collect()));
             shared.borrow_mut().source_done(epoch, offsets);
             token_out.activate().session(&*tcap).give(Token {
                 finished: parts.iter().all(|p| p.ended),
@@ -875,8 +926,8 @@ where
     }
     let s = shared.borrow();
     let committed = s.committed;
-    for sink in &s.sinks {
-        sink.borrow_mut().commit_to(committed)?;
+    for each in &s.on_commit {
+        each.borrow_mut().commit_to(committed)?;
     }
     Ok(WorkerReport {
         checkpoints: s.checkpoint_costs.clone(),

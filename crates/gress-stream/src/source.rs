@@ -34,6 +34,14 @@ pub trait PartitionReader<T>: 'static {
     fn poll(&mut self, max: usize, out: &mut Vec<T>) -> Result<Poll>;
     /// The offset of the next record: reopening at it resumes right here.
     fn offset(&self) -> u64;
+    /// Told that the job committed an epoch that ended at `offset` in this
+    /// partition: what precedes it is in committed state and will not be
+    /// read again. For reporting (a Kafka consumer group's offsets, for
+    /// monitoring): the job's checkpoints, not this, say where a recovery
+    /// resumes. Best effort: a reader logs what fails, the job goes on.
+    fn committed(&mut self, offset: u64) {
+        let _ = offset;
+    }
 }
 
 /// A replayable source of partitioned records.

@@ -238,8 +238,8 @@ impl<'s, D: Data> DataStream<'s, D> {
         shared.borrow_mut().listeners.push(activator);
         shared
             .borrow_mut()
-            .sinks
-            .push(Rc::clone(&driver) as Rc<RefCell<dyn CommitSink>>);
+            .on_commit
+            .push(Rc::clone(&driver) as Rc<RefCell<dyn OnCommit>>);
         shared.borrow_mut().register_sink();
         let first_epoch = shared.borrow().next_cut;
         builder.build_reschedule(move |_caps| {
@@ -319,8 +319,9 @@ struct SinkDriver<S, D> {
     _d: std::marker::PhantomData<D>,
 }
 
-/// What the worker needs of a sink at the end of the job.
-pub(crate) trait CommitSink {
+/// What the worker tells sinks and sources of the last commit when the job
+/// ends.
+pub(crate) trait OnCommit {
     fn commit_to(&mut self, committed: Option<u64>) -> Result<()>;
 }
 
@@ -345,7 +346,7 @@ impl<S: Sink<D>, D: Data> SinkDriver<S, D> {
     }
 }
 
-impl<S: Sink<D>, D: Data> CommitSink for SinkDriver<S, D> {
+impl<S: Sink<D>, D: Data> OnCommit for SinkDriver<S, D> {
     fn commit_to(&mut self, committed: Option<u64>) -> Result<()> {
         let Some(c) = committed else { return Ok(()) };
         if self.written.first().is_some_and(|&e| e <= c) {

@@ -113,8 +113,8 @@ pub(crate) struct WorkerState {
     pub(crate) listeners: Vec<Activator>,
     /// The first error of any operator of this worker.
     pub(crate) error: Option<Error>,
-    /// The sinks, for the last commit when the job ends.
-    pub(crate) sinks: Vec<Rc<RefCell<dyn crate::stream::CommitSink>>>,
+    /// Sinks and sources told of the last commit when the job ends.
+    pub(crate) on_commit: Vec<Rc<RefCell<dyn crate::stream::OnCommit>>>,
     pub(crate) records_in: u64,
     pub(crate) records_out: u64,
     pub(crate) epochs_cut: u64,
@@ -160,7 +160,7 @@ impl WorkerState {
             finished: false,
             listeners: Vec::new(),
             error: None,
-            sinks: Vec::new(),
+            on_commit: Vec::new(),
             records_in: 0,
             records_out: 0,
             epochs_cut: 0,
