@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::stream::Backend;
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct RescaleArgs {
+pub struct RescaleArgs {
     /// State size in MiB (keys and values), over all workers.
     #[arg(long, default_value_t = 1024)]
     mib: u64,
@@ -43,9 +43,6 @@ pub(crate) struct RescaleArgs {
     /// Where the state and checkpoints go (a temporary directory inside).
     #[arg(long, default_value = "target/bench-data")]
     dir: PathBuf,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,10 +111,10 @@ fn bench_one(args: &RescaleArgs, backend: Backend, root: &Path) -> Result<Rescal
     let entries = (args.mib << 20) / (key_len + args.value_bytes) as u64;
     let kgs = u64::from(args.key_groups);
     let (from, to) = (args.from, args.to);
-    eprintln!(
+    crate::status(&format!(
         "rescale {}: writing {entries} entries over {from} workers",
         backend_name(backend)
-    );
+    ));
 
     // The old workers' state, each holding its key groups.
     let (old, _) = on_threads(from, |w| {
@@ -231,7 +228,8 @@ fn count_all(backends: &[Arc<dyn Checkpointable>]) -> Result<u64> {
     Ok(n)
 }
 
-pub(crate) fn main(args: &RescaleArgs) -> Result<()> {
+pub(crate) fn run(args: &RescaleArgs) -> Result<crate::Outcome> {
+    use std::fmt::Write;
     if args.from == 0 || args.to == 0 {
         bail!("--from and --to must be at least 1");
     }
@@ -242,16 +240,20 @@ pub(crate) fn main(args: &RescaleArgs) -> Result<()> {
         let tmp = tempfile::tempdir_in(&args.dir)?;
         rows.push(bench_one(args, backend, tmp.path())?);
     }
-    println!(
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
         "rescale {} -> {} workers, {} key groups, {} MiB of state",
         args.from, args.to, args.key_groups, args.mib
     );
-    println!(
+    let _ = writeln!(
+        table,
         "{:<10} {:>12} {:>12} {:>14} {:>12} {:>12}",
         "backend", "entries", "MiB", "checkpoint s", "restore s", "rescale s"
     );
     for r in &rows {
-        println!(
+        let _ = writeln!(
+        table,
             "{:<10} {:>12} {:>12} {:>14.2} {:>12.2} {:>12.2}",
             backend_name(r.backend),
             r.entries,
@@ -261,10 +263,25 @@ pub(crate) fn main(args: &RescaleArgs) -> Result<()> {
             r.rescale_s
         );
     }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    let plot = rows
+        .iter()
+        .flat_map(|r| {
+            [
+                ("full checkpoint", r.checkpoint_s),
+                ("full restore", r.restore_s),
+                ("rescale", r.rescale_s),
+            ]
+            .map(|(what, s)| crate::PlotRow {
+                label: format!("{} {what}", backend_name(r.backend)),
+                throughput: r.state_bytes as f64 / s.max(1e-9),
+                latency_ns: vec![("time", s * 1e9)],
+            })
+        })
+        .collect();
+    Ok(crate::Outcome {
+        table,
+        json: serde_json::to_value(&rows)?,
+        plot,
+        throughput_unit: "bytes",
+    })
 }

@@ -14,7 +14,7 @@ use crate::workload::{Keys, VALUE_LEN};
 use crate::{Row, Runner, compare_with};
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct RocksArgs {
+pub struct RocksArgs {
     /// State sizes (number of keys) to measure.
     #[arg(long, value_delimiter = ',', default_values_t = vec![10_000u64, 100_000, 1_000_000])]
     sizes: Vec<u64>,
@@ -37,9 +37,6 @@ pub(crate) struct RocksArgs {
     /// Only these cases (e.g. `get,put`); all when empty.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    pub(crate) json: Option<PathBuf>,
 }
 
 /// A value that compresses as poorly as real payloads, fixed per key.
@@ -130,7 +127,7 @@ fn case(
     if !args.only.is_empty() && !args.only.iter().any(|o| o == op) {
         return;
     }
-    eprintln!("rocksdb: {op} {detail} {n} keys");
+    crate::status(&format!("rocksdb: {op} {detail} {n} keys"));
     // A batch is 100 writes: measure a hundredth as many batches.
     let ops = if op.starts_with("batch") {
         (args.ops / 100).max(1_000)
@@ -168,7 +165,7 @@ fn run_size(
     let tmp = tempfile::tempdir_in(&args.dir)?;
     let s = open(tmp.path(), wal, cache)?;
     let keys = Keys::new(n);
-    eprintln!("rocksdb: loading {n} keys ({label})");
+    crate::status(&format!("rocksdb: loading {n} keys ({label})"));
     load(&s, n)?;
     let detail = |what: &str| format!("{label} {what}");
 

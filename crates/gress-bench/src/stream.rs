@@ -36,7 +36,7 @@ use crate::timed::{CutLog, TimedBackend};
 use crate::workload::{mix, scale};
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct StreamArgs {
+pub struct StreamArgs {
     /// Events per run, over all workers.
     #[arg(long, default_value_t = 5_000_000)]
     events: u64,
@@ -69,9 +69,6 @@ pub(crate) struct StreamArgs {
     /// Where RocksDB and the checkpoints go (a temporary directory inside).
     #[arg(long, default_value = "target/bench-data")]
     dir: PathBuf,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
 }
 
 impl StreamArgs {
@@ -625,15 +622,32 @@ fn row_of(args: &StreamArgs, subject: Subject, workers: usize, runs: Vec<Run>) -
     }
 }
 
-/// Runs the benchmark, prints the table, writes the JSON if asked.
-pub(crate) fn main(args: &StreamArgs) -> Result<()> {
+/// Runs the benchmark.
+pub(crate) fn run(args: &StreamArgs) -> Result<crate::Outcome> {
     let report = bench_stream(args)?;
-    print_table(&report);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    let mut table = String::new();
+    write_table(&mut table, &report);
+    let plot = report
+        .rows
+        .iter()
+        .map(|r| crate::PlotRow {
+            label: format!(
+                "{} ckpt {} {} wrk",
+                r.subject, r.checkpoints, r.workers
+            ),
+            throughput: r.events_per_sec,
+            latency_ns: [("p50", r.latency_ms_p50), ("p99", r.latency_ms_p99), ("max", r.latency_ms_max)]
+                .into_iter()
+                .filter_map(|(n, ms)| Some((n, ms? * 1e6)))
+                .collect(),
+        })
+        .collect();
+    Ok(crate::Outcome {
+        table,
+        json: serde_json::to_value(&report)?,
+        plot,
+        throughput_unit: "events",
+    })
 }
 
 /// The 1-minute load average.
@@ -675,14 +689,14 @@ fn bench_stream(args: &StreamArgs) -> Result<StreamReport> {
                 let i = (round + k) % subjects.len();
                 let subject = subjects[i];
                 let run = run_subject(args, subject, workers)?;
-                eprintln!(
+                crate::status(&format!(
                     "stream: {} checkpoints {} workers {workers} round {}: {:.2}M events/s in {:.2}s",
                     subject.name(),
                     subject.checkpoints(&args.epoch_label()),
                     round + 1,
                     args.events as f64 / run.elapsed.as_secs_f64() / 1e6,
                     run.elapsed.as_secs_f64(),
-                );
+                ));
                 runs[i].push(run);
             }
         }
@@ -715,18 +729,22 @@ fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-fn print_table(report: &StreamReport) {
-    println!(
+fn write_table(out: &mut String, report: &StreamReport) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
         "keyed count: {} events over {} keys; epochs: {}; rocksdb: {}",
         report.events, report.keys, report.epoch_policy, report.rocksdb
     );
-    println!(
+    let _ = writeln!(
+        out,
         "load average before/after: {}/{} on {} cpus",
         opt(report.load_before, 2),
         opt(report.load_after, 2),
         report.machine.cpus
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:<15} {:>6} {:>3} {:>12} {:>7} {:>7} {:>6} {:>5} {:>15} {:>15} {:>15} {:>7}",
         "subject",
         "ckpt",
@@ -746,7 +764,8 @@ fn print_table(report: &StreamReport) {
             (None, None) => "-".to_string(),
             _ => format!("{}/{}", opt(a, d), opt(b, d)),
         };
-        println!(
+        let _ = writeln!(
+        out,
             "{:<15} {:>6} {:>3} {:>12.0} {:>6.2}s {:>7} {:>6} {:>5} {:>15} {:>15} {:>15} {:>7}",
             r.subject,
             r.checkpoints,

@@ -184,11 +184,7 @@ impl Catalog {
         let mut out = Vec::new();
         for backend in &manifest.backends {
             for file in &backend.files {
-                let problem = match verify_stored(&*self.storage, file) {
-                    Ok(()) => None,
-                    Err(e) if e.is_damage() || e.is_not_found() => Some(e.to_string()),
-                    Err(e) => return Err(e),
-                };
+                let problem = self.verify_file(file)?;
                 out.push(FileCheck {
                     backend: backend.name.clone(),
                     path: file.path.clone(),
@@ -198,6 +194,17 @@ impl Catalog {
             }
         }
         Ok(out)
+    }
+
+    /// Reads one file of a manifest in full and checks its size and
+    /// checksum: `None` if it is intact, else what is wrong (damaged or
+    /// missing). `Err` only if the storage fails.
+    pub fn verify_file(&self, file: &crate::manifest::FileEntry) -> Result<Option<String>> {
+        match verify_stored(&*self.storage, file) {
+            Ok(()) => Ok(None),
+            Err(e) if e.is_damage() || e.is_not_found() => Ok(Some(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 
     /// Restores checkpoint `id` into `backends` (name, backend), which no

@@ -44,7 +44,7 @@ pub use catalog::{Catalog, DamagedManifest, FileCheck};
 pub use error::{Error, Result};
 pub use gress_state::SNAPSHOT_FORMAT;
 pub use info::{CheckpointInfo, CheckpointReport, CheckpointStats, OpenReport};
-pub use manager::{CheckpointConfig, CheckpointManager, PendingCheckpoint};
+pub use manager::{CheckpointConfig, CheckpointManager, PendingCheckpoint, SweepPlan};
 pub use manifest::{Manifest, Metadata};
 pub use restore::RangePart;
 pub use storage::{LocalStorage, Storage};

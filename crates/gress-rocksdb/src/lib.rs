@@ -24,6 +24,7 @@ mod checkpoint;
 mod config;
 mod db;
 mod error;
+mod inspect;
 mod ranges;
 mod ttl_filter;
 
@@ -31,6 +32,7 @@ pub use backend::RocksDbStateBackend;
 pub use capture::ROCKSDB_CHECKPOINT_FORMAT;
 pub use config::{Compression, RocksDbConfig};
 pub use db::LAYOUT_VERSION;
+pub use inspect::{LevelInfo, ReadOnlyDb, StoredEntry};
 pub use gress_state::{Error, Result, StateBackend};
 pub use rocksdb::LiveFile;
 

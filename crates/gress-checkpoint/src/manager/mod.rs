@@ -11,6 +11,7 @@
 
 mod commit;
 mod open;
+pub use open::SweepPlan;
 mod periodic;
 mod restore;
 mod retention;

@@ -79,26 +79,29 @@ impl CheckpointManager {
             );
         }
 
-        // Checkpoints beyond retention, oldest first. A manifest that
-        // cannot be deleted stays a checkpoint, with all its files.
-        let mut kept: BTreeMap<u64, _> = catalog.manifests().clone();
-        let mut dropped = Vec::new();
-        while kept.len() > config.retain {
-            let Some(oldest) = kept.pop_first() else {
-                break;
-            };
-            dropped.push(oldest);
-        }
-        if !dropped.is_empty() {
+        // Checkpoints beyond retention, and what no kept checkpoint needs.
+        // A manifest that cannot be deleted stays a checkpoint, with all
+        // its files.
+        let plan = plan_sweep(&catalog, &data, config.retain)?;
+        report.odd_names.extend(plan.odd_names);
+        if !plan.checkpoints.is_empty() {
             fence.check()?;
         }
-        for (id, m) in dropped {
+        let mut kept: BTreeMap<u64, _> = catalog.manifests().clone();
+        let mut doomed = plan.files;
+        for id in plan.checkpoints {
             match storage.delete(&manifest_path(id)) {
-                Ok(()) => report.removed += 1,
+                Ok(()) => {
+                    report.removed += 1;
+                    kept.remove(&id);
+                }
                 Err(e) => {
                     tracing::warn!(id, error = %e, "could not delete an old checkpoint; keeping it");
                     report.not_removed += 1;
-                    kept.insert(id, m);
+                    if let Some(m) = kept.get(&id) {
+                        let needed: HashSet<&str> = m.paths().map(|f| f.path.as_str()).collect();
+                        doomed.retain(|p| !needed.contains(p.as_str()));
+                    }
                 }
             }
         }
@@ -106,22 +109,6 @@ impl CheckpointManager {
             state.refs.add(m.paths());
         }
         state.retained = kept;
-
-        let mut doomed: Vec<String> = catalog.temporary().to_vec();
-        for path in data {
-            if is_temporary(&path) {
-                doomed.push(path);
-            } else if owner_of(&path).is_none() || check_path(&path).is_err() {
-                tracing::warn!(
-                    path,
-                    "leaving alone an object whose name is not of this layout"
-                );
-                report.odd_names.push(path);
-            } else if state.may_delete(&path) {
-                doomed.push(path);
-            }
-        }
-        doomed.extend(savepoint_leftovers(&*storage, &mut report)?);
 
         let shared = Arc::new(Shared {
             storage,
@@ -150,6 +137,76 @@ impl CheckpointManager {
             shared,
             periodic: Mutex::new(None),
         })
+    }
+}
+
+/// What sweeping a location would delete: see [`Catalog::sweep_plan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepPlan {
+    /// Checkpoints beyond retention, oldest first (their manifests go
+    /// first, then the files only they need).
+    pub checkpoints: Vec<u64>,
+    /// Kept checkpoints, oldest first.
+    pub kept: Vec<u64>,
+    /// Objects to delete: files no kept checkpoint needs, temporary files,
+    /// leftovers of failed savepoints.
+    pub files: Vec<String>,
+    /// Objects whose names are not of this layout, left alone.
+    pub odd_names: Vec<String>,
+}
+
+/// The sweep that keeps the newest `retain` readable checkpoints of
+/// `catalog`, given every object under the data areas.
+pub(crate) fn plan_sweep(catalog: &Catalog, data: &[String], retain: usize) -> Result<SweepPlan> {
+    let mut plan = SweepPlan::default();
+    let manifests = catalog.manifests();
+    let dropped = manifests.len().saturating_sub(retain);
+    plan.checkpoints = manifests.keys().take(dropped).copied().collect();
+    plan.kept = manifests.keys().skip(dropped).copied().collect();
+    let mut state = State {
+        max_damaged: catalog.damaged().iter().map(|d| d.id).max(),
+        ..State::default()
+    };
+    for id in &plan.kept {
+        if let Some(m) = manifests.get(id) {
+            state.refs.add(m.paths());
+        }
+    }
+    plan.files = catalog.temporary().to_vec();
+    for path in data {
+        if is_temporary(path) {
+            plan.files.push(path.clone());
+        } else if owner_of(path).is_none() || check_path(path).is_err() {
+            tracing::warn!(
+                path,
+                "leaving alone an object whose name is not of this layout"
+            );
+            plan.odd_names.push(path.clone());
+        } else if state.may_delete(path) {
+            plan.files.push(path.clone());
+        }
+    }
+    let mut report = OpenReport::default();
+    plan.files
+        .extend(savepoint_leftovers(catalog.storage().as_ref(), &mut report)?);
+    plan.odd_names.extend(report.odd_names);
+    Ok(plan)
+}
+
+impl Catalog {
+    /// What [`CheckpointManager::open`] with `retain` kept checkpoints
+    /// would delete, computed without deleting or writing anything (a dry
+    /// run of a sweep).
+    pub fn sweep_plan(&self, retain: usize) -> Result<SweepPlan> {
+        let data: Vec<String> = [SHARED, PRIVATE]
+            .into_iter()
+            .map(|area| self.storage().list(area))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .map(|o| o.path)
+            .collect();
+        plan_sweep(self, &data, retain)
     }
 }
 

@@ -153,9 +153,14 @@ impl Storage for LocalStorage {
                     tracing::warn!(path = %shown(), "skipping a special file in checkpoint storage");
                     continue;
                 }
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| Error::storage("listing", shown(), e))?;
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Renamed or deleted since the directory was read (a
+                    // writer publishing or sweeping beside this listing):
+                    // not there any more.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::storage("listing", shown(), e)),
+                };
                 let Ok(rel) = full.strip_prefix(&self.root) else {
                     continue;
                 };

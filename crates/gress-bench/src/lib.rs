@@ -1,10 +1,10 @@
-//! `gress-bench`: ops/s and latency percentiles of each backend, beside a
-//! plain baseline measured in the same run.
+//! The benchmarks behind `gress bench`: ops/s and latency percentiles of
+//! each backend, beside a plain baseline measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p gress-bench -- memory
-//! cargo run --release -p gress-bench -- memory --sizes 10000 --threads 1 --json out.json
-//! cargo run --release -p gress-bench -- stream --workers 1,2 --backends memory,rocksdb
+//! gress bench memory
+//! gress bench memory --sizes 10000 --threads 1 --json > out.json
+//! gress bench stream --workers 1,2 --backends memory,rocksdb --plot stream.svg
 //! ```
 //!
 //! Each case alternates its subjects (backend and baseline) over several
@@ -19,7 +19,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -30,17 +30,14 @@ mod rocks;
 mod stream;
 mod timed;
 mod workload;
+pub use rescale::RescaleArgs;
+pub use rocks::RocksArgs;
+pub use stream::StreamArgs;
 use workload::{Keys, VALUE_LEN};
 
-#[derive(Parser, Debug)]
-#[command(about = "Benchmarks gress-state backends against plain baselines")]
-struct Cli {
-    #[command(subcommand)]
-    backend: BackendCmd,
-}
-
+/// Which benchmark to run, with its settings.
 #[derive(Subcommand, Debug)]
-enum BackendCmd {
+pub enum BenchCmd {
     /// MemoryStateBackend against std::collections::HashMap.
     Memory(CommonArgs),
     /// RocksDbStateBackend (TTL off and on) against a raw rocksdb::DB with
@@ -54,8 +51,9 @@ enum BackendCmd {
     Rescale(rescale::RescaleArgs),
 }
 
+/// Settings of the memory benchmark.
 #[derive(clap::Args, Debug, Clone)]
-struct CommonArgs {
+pub struct CommonArgs {
     /// State sizes (number of keys) to measure.
     #[arg(long, value_delimiter = ',', default_values_t = vec![10_000u64, 1_000_000])]
     sizes: Vec<u64>,
@@ -71,9 +69,96 @@ struct CommonArgs {
     /// Latency sampling of the backend's own metrics (1 in N calls).
     #[arg(long, default_value_t = gress_state::metrics::DEFAULT_SAMPLE_EVERY)]
     sample_every: u32,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
+}
+
+/// What a benchmark produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The results as a table for a terminal.
+    pub table: String,
+    /// The whole report (machine, settings, every row).
+    pub json: serde_json::Value,
+    /// One entry per measured row, for plotting.
+    pub plot: Vec<PlotRow>,
+    /// What `PlotRow::throughput` counts per second (`ops` or `events`).
+    pub throughput_unit: &'static str,
+}
+
+/// One measured row, reduced to what a plot shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlotRow {
+    /// Subject, operation and case.
+    pub label: String,
+    /// Operations (or events) per second.
+    pub throughput: f64,
+    /// Latency percentiles in nanoseconds, by name (`p50`, `p99`, ...).
+    pub latency_ns: Vec<(&'static str, f64)>,
+}
+
+type StatusFn = Box<dyn Fn(&str) + Send + Sync>;
+static STATUS: std::sync::OnceLock<StatusFn> = std::sync::OnceLock::new();
+
+/// Where progress messages go (a progress bar); standard error by
+/// default. Set once per process.
+pub fn set_status(f: impl Fn(&str) + Send + Sync + 'static) {
+    let _ = STATUS.set(Box::new(f));
+}
+
+/// Reports what the benchmark is doing now.
+pub(crate) fn status(msg: &str) {
+    match STATUS.get() {
+        Some(f) => f(msg),
+        None => eprintln!("{msg}"),
+    }
+}
+
+/// Runs one benchmark.
+pub fn run(cmd: &BenchCmd) -> Result<Outcome> {
+    let rows = match cmd {
+        BenchCmd::Memory(args) => bench_memory(args)?,
+        BenchCmd::Rocksdb(args) => rocks::bench_rocksdb(args)?,
+        BenchCmd::Stream(args) => return stream::run(args),
+        BenchCmd::Rescale(args) => return rescale::run(args),
+    };
+    let timer_ns = timer_overhead();
+    let mut table = format!("timer overhead in latency columns: {timer_ns:.1} ns per call\n");
+    write_table(&mut table, &rows);
+    let plot = rows
+        .iter()
+        .map(|r| PlotRow {
+            label: [
+                r.subject.clone(),
+                r.op.clone(),
+                r.case.clone(),
+                format!("{} keys", r.n_keys),
+                format!("{} thr", r.threads),
+            ]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
+            throughput: r.ops_per_sec,
+            latency_ns: vec![
+                ("p50", r.p50_ns as f64),
+                ("p99", r.p99_ns as f64),
+                ("p99.9", r.p999_ns as f64),
+            ],
+        })
+        .collect();
+    let report = Report {
+        machine: machine(),
+        timer_ns,
+        key_len: workload::KEY_LEN,
+        value_len: VALUE_LEN,
+        rows,
+    };
+    Ok(Outcome {
+        table,
+        json: serde_json::to_value(&report)?,
+        plot,
+        throughput_unit: "ops",
+    })
 }
 
 /// One measured row.
@@ -267,7 +352,7 @@ fn bench_memory(args: &CommonArgs) -> Result<Vec<Row>> {
     let value = [0xABu8; VALUE_LEN];
     for &n in &args.sizes {
         let keys = Keys::new(n);
-        eprintln!("memory: loading {n} keys");
+        status(&format!("memory: loading {n} keys"));
         let config = MemoryConfig::default().with_latency_sampling(args.sample_every);
         let backend = MemoryStateBackend::new(config)?;
         let mut map: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
@@ -278,7 +363,7 @@ fn bench_memory(args: &CommonArgs) -> Result<Vec<Row>> {
         }
         let b = &backend;
         for &threads in &args.threads {
-            eprintln!("memory: {n} keys, {threads} thread(s)");
+            status(&format!("memory: {n} keys, {threads} thread(s)"));
             let m = &map;
             let base_hit = |x| {
                 black_box(m.get(&keys.hit(x)[..]).cloned());
@@ -345,8 +430,10 @@ fn bench_memory(args: &CommonArgs) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn print_table(rows: &[Row]) {
-    println!(
+fn write_table(out: &mut String, rows: &[Row]) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
         "{:<14} {:<14} {:<16} {:>9} {:>3} {:>12} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7}",
         "subject",
         "op",
@@ -362,7 +449,8 @@ fn print_table(rows: &[Row]) {
         "vs-ttl"
     );
     for r in rows {
-        println!(
+        let _ = writeln!(
+        out,
             "{:<14} {:<14} {:<16} {:>9} {:>3} {:>12.0} {:>9.1} {:>8} {:>8} {:>8} {:>7} {:>7}",
             r.subject,
             r.op,
@@ -399,29 +487,4 @@ pub(crate) fn machine() -> Machine {
         os: std::env::consts::OS,
         arch: std::env::consts::ARCH,
     }
-}
-
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let (rows, json) = match &cli.backend {
-        BackendCmd::Memory(args) => (bench_memory(args)?, args.json.clone()),
-        BackendCmd::Rocksdb(args) => (rocks::bench_rocksdb(args)?, args.json.clone()),
-        BackendCmd::Stream(args) => return stream::main(args),
-        BackendCmd::Rescale(args) => return rescale::main(args),
-    };
-    let timer_ns = timer_overhead();
-    println!("timer overhead in latency columns: {timer_ns:.1} ns per call");
-    print_table(&rows);
-    let report = Report {
-        machine: machine(),
-        timer_ns,
-        key_len: workload::KEY_LEN,
-        value_len: VALUE_LEN,
-        rows,
-    };
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
 }
