@@ -450,7 +450,7 @@ fn write_table(out: &mut String, rows: &[Row]) {
     );
     for r in rows {
         let _ = writeln!(
-        out,
+            out,
             "{:<14} {:<14} {:<16} {:>9} {:>3} {:>12.0} {:>9.1} {:>8} {:>8} {:>8} {:>7} {:>7}",
             r.subject,
             r.op,

@@ -253,7 +253,7 @@ pub(crate) fn run(args: &RescaleArgs) -> Result<crate::Outcome> {
     );
     for r in &rows {
         let _ = writeln!(
-        table,
+            table,
             "{:<10} {:>12} {:>12} {:>14.2} {:>12.2} {:>12.2}",
             backend_name(r.backend),
             r.entries,

@@ -631,15 +631,16 @@ pub(crate) fn run(args: &StreamArgs) -> Result<crate::Outcome> {
         .rows
         .iter()
         .map(|r| crate::PlotRow {
-            label: format!(
-                "{} ckpt {} {} wrk",
-                r.subject, r.checkpoints, r.workers
-            ),
+            label: format!("{} ckpt {} {} wrk", r.subject, r.checkpoints, r.workers),
             throughput: r.events_per_sec,
-            latency_ns: [("p50", r.latency_ms_p50), ("p99", r.latency_ms_p99), ("max", r.latency_ms_max)]
-                .into_iter()
-                .filter_map(|(n, ms)| Some((n, ms? * 1e6)))
-                .collect(),
+            latency_ns: [
+                ("p50", r.latency_ms_p50),
+                ("p99", r.latency_ms_p99),
+                ("max", r.latency_ms_max),
+            ]
+            .into_iter()
+            .filter_map(|(n, ms)| Some((n, ms? * 1e6)))
+            .collect(),
         })
         .collect();
     Ok(crate::Outcome {
@@ -765,7 +766,7 @@ fn write_table(out: &mut String, report: &StreamReport) {
             _ => format!("{}/{}", opt(a, d), opt(b, d)),
         };
         let _ = writeln!(
-        out,
+            out,
             "{:<15} {:>6} {:>3} {:>12.0} {:>6.2}s {:>7} {:>6} {:>5} {:>15} {:>15} {:>15} {:>7}",
             r.subject,
             r.checkpoints,

@@ -43,12 +43,12 @@ pub(crate) fn run(args: &Args, out: &Out) -> Result<u8> {
         plot(&outcome, path).with_context(|| format!("drawing {}", path.display()))?;
     }
     out.emit(&outcome.json, || {
-        print!("{}", outcome.table);
+        say_raw!("{}", outcome.table);
         if let Some(p) = &args.save {
-            println!("wrote {}", p.display());
+            say!("wrote {}", p.display());
         }
         if let Some(p) = &args.plot {
-            println!("plotted {}", p.display());
+            say!("plotted {}", p.display());
         }
     });
     Ok(exit::OK)

@@ -27,13 +27,17 @@ use crate::out::{Out, size, time};
 pub(crate) enum Cmd {
     /// Committed checkpoints: id, time, size, backends, metadata (source
     /// offsets); for a job, its commits and each worker's checkpoints.
-    #[command(after_help = "Examples:\n  gress checkpoint list ./checkpoints\n  gress checkpoint list s3://bucket/jobs/orders --json")]
+    #[command(
+        after_help = "Examples:\n  gress checkpoint list ./checkpoints\n  gress checkpoint list s3://bucket/jobs/orders --json"
+    )]
     List {
         /// A local directory or s3://bucket/prefix.
         location: String,
     },
     /// One checkpoint's manifest: backends, files, sizes, checksums, metadata.
-    #[command(after_help = "Examples:\n  gress checkpoint inspect ./checkpoints 12\n  gress checkpoint inspect ./job-checkpoints --worker 1")]
+    #[command(
+        after_help = "Examples:\n  gress checkpoint inspect ./checkpoints 12\n  gress checkpoint inspect ./job-checkpoints --worker 1"
+    )]
     Inspect {
         location: String,
         /// The checkpoint id (default: the newest; for a job, the one of
@@ -45,7 +49,9 @@ pub(crate) enum Cmd {
     },
     /// Read every file of a checkpoint and check its size and checksum.
     /// Exit code 3 and a report naming each damaged file if any is.
-    #[command(after_help = "Examples:\n  gress checkpoint verify ./checkpoints\n  gress checkpoint verify s3://bucket/jobs/orders --all")]
+    #[command(
+        after_help = "Examples:\n  gress checkpoint verify ./checkpoints\n  gress checkpoint verify s3://bucket/jobs/orders --all"
+    )]
     Verify {
         location: String,
         /// The checkpoint id (default: the newest; for a job, every
@@ -59,7 +65,9 @@ pub(crate) enum Cmd {
         worker: Option<usize>,
     },
     /// Restore a checkpoint into a new RocksDB directory or a snapshot file.
-    #[command(after_help = "Examples:\n  gress checkpoint restore ./checkpoints --to-rocksdb ./state\n  gress checkpoint restore ./job-checkpoints --worker 0 --to-snapshot w0.snap")]
+    #[command(
+        after_help = "Examples:\n  gress checkpoint restore ./checkpoints --to-rocksdb ./state\n  gress checkpoint restore ./job-checkpoints --worker 0 --to-snapshot w0.snap"
+    )]
     Restore {
         location: String,
         /// The checkpoint id (default: the newest; for a job, the worker's
@@ -72,7 +80,11 @@ pub(crate) enum Cmd {
         #[arg(long)]
         backend: Option<String>,
         /// A RocksDB state directory to create.
-        #[arg(long, conflicts_with = "to_snapshot", required_unless_present = "to_snapshot")]
+        #[arg(
+            long,
+            conflicts_with = "to_snapshot",
+            required_unless_present = "to_snapshot"
+        )]
         to_rocksdb: Option<PathBuf>,
         /// A snapshot file to write (replaced atomically).
         #[arg(long)]
@@ -80,7 +92,9 @@ pub(crate) enum Cmd {
     },
     /// Delete old checkpoints beyond `--retain` and every file no kept
     /// checkpoint needs. Refused while a job holds the location.
-    #[command(after_help = "Examples:\n  gress checkpoint gc ./checkpoints --retain 3 --dry-run\n  gress checkpoint gc s3://bucket/jobs/orders --retain 2")]
+    #[command(
+        after_help = "Examples:\n  gress checkpoint gc ./checkpoints --retain 3 --dry-run\n  gress checkpoint gc s3://bucket/jobs/orders --retain 2"
+    )]
     Gc {
         location: String,
         /// Checkpoints to keep (per worker for a job; never fewer than the
@@ -165,9 +179,12 @@ fn catalog_json(c: &Catalog) -> Value {
 }
 
 fn print_checkpoints(c: &Catalog, indent: &str) {
-    println!(
+    say!(
         "{indent}{:>8}  {:<24}  {:>10}  {:<34}  metadata",
-        "id", "created", "size", "backends (format, files, deltas)"
+        "id",
+        "created",
+        "size",
+        "backends (format, files, deltas)"
     );
     for i in c.checkpoints() {
         let backends: Vec<String> = i
@@ -176,7 +193,7 @@ fn print_checkpoints(c: &Catalog, indent: &str) {
             .map(|(n, f, files, d)| format!("{n} ({f}, {files}, {d})"))
             .collect();
         let meta: Vec<String> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        say!(
             "{indent}{:>8}  {:<24}  {:>10}  {:<34}  {}",
             i.id,
             time(i.created_at_ms),
@@ -186,7 +203,12 @@ fn print_checkpoints(c: &Catalog, indent: &str) {
         );
     }
     for d in c.damaged() {
-        println!("{indent}{:>8}  DAMAGED manifest {}: {}", d.id, d.path, d.reason);
+        say!(
+            "{indent}{:>8}  DAMAGED manifest {}: {}",
+            d.id,
+            d.path,
+            d.reason
+        );
     }
 }
 
@@ -205,7 +227,11 @@ fn list(loc: &Location, out: &Out) -> Result<u8> {
                 })
                 .unwrap_or(Value::Null);
             out.emit(&doc, || {
-                println!("{}: {} checkpoints", loc.shown(), catalog.checkpoints().len());
+                say!(
+                    "{}: {} checkpoints",
+                    loc.shown(),
+                    catalog.checkpoints().len()
+                );
                 print_checkpoints(&catalog, "");
             });
         }
@@ -239,9 +265,9 @@ fn list(loc: &Location, out: &Out) -> Result<u8> {
                 }).collect::<Vec<_>>(),
             });
             out.emit(&doc, || {
-                println!("{}: a job's checkpoints", loc.shown());
+                say!("{}: a job's checkpoints", loc.shown());
                 match commits.first() {
-                    Some(c) => println!(
+                    Some(c) => say!(
                         "job `{}`, {} workers, {} key groups; {} commits, newest epoch {} at {}",
                         c.job,
                         c.workers,
@@ -250,10 +276,10 @@ fn list(loc: &Location, out: &Out) -> Result<u8> {
                         c.epoch,
                         time(c.created_at_ms)
                     ),
-                    None => println!("no committed epoch"),
+                    None => say!("no committed epoch"),
                 }
                 for c in &commits {
-                    println!(
+                    say!(
                         "  epoch {:>8}  {}  checkpoints {:?}",
                         c.epoch,
                         time(c.created_at_ms),
@@ -261,7 +287,7 @@ fn list(loc: &Location, out: &Out) -> Result<u8> {
                     );
                 }
                 for (w, c) in &workers {
-                    println!("worker {w} ({}):", worker_sub(*w));
+                    say!("worker {w} ({}):", worker_sub(*w));
                     print_checkpoints(c, "  ");
                 }
             });
@@ -276,7 +302,10 @@ fn target(loc: &Location, id: Option<u64>, worker: Option<usize>) -> Result<(Cat
     let storage = match (loc.kind()?, worker) {
         (Kind::Manager(storage), None) => storage,
         (Kind::Manager(_), Some(_)) => {
-            bail!("{} is one backend's checkpoints: no --worker here", loc.shown())
+            bail!(
+                "{} is one backend's checkpoints: no --worker here",
+                loc.shown()
+            )
         }
         (Kind::Job, None) => bail!(
             "{} is a job's checkpoints: say which worker (--worker N, one of {:?})",
@@ -295,7 +324,10 @@ fn target(loc: &Location, id: Option<u64>, worker: Option<usize>) -> Result<(Cat
     let catalog = Catalog::open(storage).context("reading the manifests")?;
     let id = match id.or_else(|| catalog.latest().map(|i| i.id)) {
         Some(id) => id,
-        None => bail!(NotFound(format!("{}: no committed checkpoint", loc.shown()))),
+        None => bail!(NotFound(format!(
+            "{}: no committed checkpoint",
+            loc.shown()
+        ))),
     };
     if catalog.manifest(id).is_none() {
         bail!(NotFound(format!("{}: no checkpoint {id}", loc.shown())));
@@ -344,7 +376,7 @@ fn or_not_found(out: &Out, f: impl FnOnce() -> Result<u8>) -> Result<u8> {
     match f() {
         Err(e) if e.downcast_ref::<NotFound>().is_some() => {
             if out.json {
-                println!("{}", json!({ "error": e.to_string(), "not_found": true }));
+                say!("{}", json!({ "error": e.to_string(), "not_found": true }));
             }
             eprintln!("error: {e}");
             Ok(exit::NOT_FOUND)
@@ -379,7 +411,7 @@ fn inspect(loc: &Location, id: Option<u64>, worker: Option<usize>, out: &Out) ->
             .manifest(id)
             .ok_or_else(|| NotFound(format!("no checkpoint {id}")))?;
         out.emit(&manifest_json(m), || {
-            println!(
+            say!(
                 "checkpoint {} of {}, {} ({})",
                 m.id,
                 loc.shown(),
@@ -387,10 +419,10 @@ fn inspect(loc: &Location, id: Option<u64>, worker: Option<usize>, out: &Out) ->
                 size(m.total_bytes())
             );
             for (k, v) in &m.metadata {
-                println!("  {k} = {v}");
+                say!("  {k} = {v}");
             }
             for b in &m.backends {
-                println!(
+                say!(
                     "backend `{}`: format {}, {} files, {} deltas in its chain",
                     b.name,
                     b.format,
@@ -398,7 +430,7 @@ fn inspect(loc: &Location, id: Option<u64>, worker: Option<usize>, out: &Out) ->
                     b.chain_deltas
                 );
                 for f in &b.files {
-                    println!(
+                    say!(
                         "  {:<24} {:>12}  crc32c {:08x}  {}",
                         f.name,
                         size(f.size),
@@ -437,7 +469,10 @@ fn verify(
         match loc.kind()? {
             Kind::Manager(storage) => {
                 if worker.is_some() {
-                    bail!("{} is one backend's checkpoints: no --worker here", loc.shown());
+                    bail!(
+                        "{} is one backend's checkpoints: no --worker here",
+                        loc.shown()
+                    );
                 }
                 let catalog = Catalog::open(storage).context("reading the manifests")?;
                 let ids = pick(&catalog, id, all, None, loc)?;
@@ -453,7 +488,10 @@ fn verify(
                 for w in workers {
                     let storage = loc.worker(w)?;
                     if id.is_none() && !all {
-                        if newest.as_ref().is_none_or(|c| c.checkpoints.get(w).is_none()) {
+                        if newest
+                            .as_ref()
+                            .is_none_or(|c| c.checkpoints.get(w).is_none())
+                        {
                             // A worker beyond the newest commit's count
                             // (left by a job that ran with more workers).
                             continue;
@@ -500,9 +538,7 @@ fn verify(
                         bar.inc(1);
                     }
                 }
-                if !c.problems.is_empty()
-                    && catalog.storage().size(&manifest_path(id))?.is_none()
-                {
+                if !c.problems.is_empty() && catalog.storage().size(&manifest_path(id))?.is_none() {
                     c.retired = true;
                 }
                 checked.push(c);
@@ -529,31 +565,31 @@ fn verify(
             for c in &checked {
                 let who = c.worker.map_or(String::new(), |w| format!("worker {w} "));
                 if c.retired {
-                    println!(
+                    say!(
                         "{who}checkpoint {}: retired by its job while being verified (not damage)",
                         c.id
                     );
                 } else if c.problems.is_empty() {
-                    println!(
+                    say!(
                         "{who}checkpoint {}: ok ({} files, {})",
                         c.id,
                         c.files,
                         size(c.bytes)
                     );
                 } else {
-                    println!(
+                    say!(
                         "{who}checkpoint {}: DAMAGED ({} of {} files)",
                         c.id,
                         c.problems.len(),
                         c.files
                     );
                     for (b, p, why) in &c.problems {
-                        println!("  backend `{b}`: {p}: {why}");
+                        say!("  backend `{b}`: {p}: {why}");
                     }
                 }
             }
             if checked.is_empty() {
-                println!("{}: nothing to verify", loc.shown());
+                say!("{}: nothing to verify", loc.shown());
             }
         });
         Ok(if damaged { exit::DAMAGED } else { exit::OK })
@@ -573,7 +609,10 @@ fn pick(
     }
     let id = match id.or(committed).or_else(|| catalog.latest().map(|i| i.id)) {
         Some(id) => id,
-        None => bail!(NotFound(format!("{}: no committed checkpoint", loc.shown()))),
+        None => bail!(NotFound(format!(
+            "{}: no committed checkpoint",
+            loc.shown()
+        ))),
     };
     if catalog.manifest(id).is_none() {
         bail!(NotFound(format!("{}: no checkpoint {id}", loc.shown())));
@@ -670,7 +709,7 @@ fn restore(
             "entries": entries,
         });
         out.emit(&doc, || {
-            println!(
+            say!(
                 "restored checkpoint {id} (backend `{name}`, {format}) into {}: {entries} entries",
                 written.display()
             );
@@ -786,7 +825,7 @@ fn gc(loc: &Location, retain: usize, dry_run: bool, out: &Out) -> Result<u8> {
     out.emit(&doc, || {
         for (w, keep, plan, removed, not_removed) in &reports {
             let who = w.map_or(String::new(), |w| format!("worker {w}: "));
-            println!(
+            say!(
                 "{who}keeping {} checkpoints {:?} (retain {keep}); {} {} checkpoints {:?} and {} files",
                 plan.kept.len(),
                 plan.kept,
@@ -797,10 +836,10 @@ fn gc(loc: &Location, retain: usize, dry_run: bool, out: &Out) -> Result<u8> {
             );
             if dry_run {
                 for f in &plan.files {
-                    println!("  {f}");
+                    say!("  {f}");
                 }
             } else {
-                println!("  {removed} objects deleted, {not_removed} could not be");
+                say!("  {removed} objects deleted, {not_removed} could not be");
             }
         }
     });

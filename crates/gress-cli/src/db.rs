@@ -25,9 +25,15 @@ pub(crate) enum Cmd {
         /// Also print RocksDB's own statistics text (`rocksdb.stats`).
         #[arg(long)]
         verbose: bool,
+        /// Count entries exactly, live and expired (reads every key);
+        /// `estimate-num-keys` is RocksDB's estimate.
+        #[arg(long)]
+        count: bool,
     },
     /// One key's value and expiry (read-only). Exit code 4 if absent.
-    #[command(after_help = "Examples:\n  gress db get ./state user:42\n  gress db get ./state 0001ab --key-encoding hex")]
+    #[command(
+        after_help = "Examples:\n  gress db get ./state user:42\n  gress db get ./state 0001ab --key-encoding hex"
+    )]
     Get {
         dir: PathBuf,
         /// The key.
@@ -40,7 +46,9 @@ pub(crate) enum Cmd {
         encoding: Encoding,
     },
     /// Entries in key order, optionally under a prefix (read-only).
-    #[command(after_help = "Examples:\n  gress db scan ./state --prefix user: --limit 20\n  gress db scan ./state --json --encoding base64")]
+    #[command(
+        after_help = "Examples:\n  gress db scan ./state --prefix user: --limit 20\n  gress db scan ./state --json --encoding base64"
+    )]
     Scan {
         dir: PathBuf,
         /// Only keys starting with this.
@@ -67,7 +75,11 @@ pub(crate) enum Cmd {
 
 pub(crate) fn run(cmd: &Cmd, out: &Out) -> Result<u8> {
     match cmd {
-        Cmd::Stats { dir, verbose } => stats(dir, *verbose, out),
+        Cmd::Stats {
+            dir,
+            verbose,
+            count,
+        } => stats(dir, *verbose, *count, out),
         Cmd::Get {
             dir,
             key,
@@ -81,7 +93,14 @@ pub(crate) fn run(cmd: &Cmd, out: &Out) -> Result<u8> {
             limit,
             encoding,
             live,
-        } => scan(dir, &key_encoding.parse(prefix)?, *limit, *encoding, *live, out),
+        } => scan(
+            dir,
+            &key_encoding.parse(prefix)?,
+            *limit,
+            *encoding,
+            *live,
+            out,
+        ),
         Cmd::Compact { dir } => compact(dir, out),
     }
 }
@@ -115,8 +134,25 @@ const PROPERTIES: [&str; 10] = [
     "rocksdb.num-snapshots",
 ];
 
-fn stats(dir: &Path, verbose: bool, out: &Out) -> Result<u8> {
+fn stats(dir: &Path, verbose: bool, count: bool, out: &Out) -> Result<u8> {
     let db = open(dir)?;
+    let counted = if count {
+        let now = now_ms();
+        let bar = out.spinner("counting entries");
+        let (mut all, mut expired) = (0u64, 0u64);
+        db.scan(b"", |e| {
+            all += 1;
+            expired += u64::from(e.expires_at_ms.is_some_and(|t| t <= now));
+            if all.is_multiple_of(65_536) {
+                bar.set_message(format!("counting entries: {all}"));
+            }
+            true
+        })?;
+        bar.finish_and_clear();
+        Some((all, expired))
+    } else {
+        None
+    };
     let mut props = serde_json::Map::new();
     for p in PROPERTIES {
         if let Some(v) = db.property_int(p)? {
@@ -137,24 +173,32 @@ fn stats(dir: &Path, verbose: bool, out: &Out) -> Result<u8> {
             "level": l.level, "files": l.files, "bytes": l.bytes,
         })).collect::<Vec<_>>(),
         "rocksdb_stats": text,
+        "entries": counted.map(|(all, _)| all),
+        "expired_entries": counted.map(|(_, expired)| expired),
     });
     out.emit(&doc, || {
-        println!("{} (live database {})", dir.display(), db.live());
+        say!("{} (live database {})", dir.display(), db.live());
         for (k, v) in &props {
             let n = v.as_u64().unwrap_or(0);
-            let shown = if k.contains("size") || k.contains("bytes") || k.contains("mem") {
+            let shown = if k.contains("size") || k.contains("bytes") || k.ends_with("-mem") {
                 format!("{n} ({})", size(n))
             } else {
                 n.to_string()
             };
-            println!("  {:<44} {shown}", k.trim_start_matches("rocksdb."));
+            say!("  {:<44} {shown}", k.trim_start_matches("rocksdb."));
         }
-        println!("  {:<6} {:>6} {:>12}", "level", "files", "size");
+        if let Some((all, expired)) = counted {
+            say!(
+                "  {:<44} {all} ({expired} expired, kept until compaction)",
+                "entries"
+            );
+        }
+        say!("  {:<6} {:>6} {:>12}", "level", "files", "size");
         for l in &levels {
-            println!("  {:<6} {:>6} {:>12}", l.level, l.files, size(l.bytes));
+            say!("  {:<6} {:>6} {:>12}", l.level, l.files, size(l.bytes));
         }
         if let Some(t) = &text {
-            println!("{t}");
+            say!("{t}");
         }
     });
     Ok(exit::OK)
@@ -182,7 +226,7 @@ fn get(dir: &Path, key: &[u8], encoding: Encoding, out: &Out) -> Result<u8> {
                 o.extend(x);
             }
             out.emit(&doc, || {
-                println!("{}", encoding.show(&e.value));
+                say!("{}", encoding.show(&e.value));
                 if let Some(t) = e.expires_at_ms {
                     let state = if t <= now { "expired" } else { "expires" };
                     eprintln!("({state} at {})", time(t));
@@ -272,7 +316,7 @@ fn compact(dir: &Path, out: &Out) -> Result<u8> {
         "estimated_keys_after": keys_after,
     });
     out.emit(&doc, || {
-        println!(
+        say!(
             "compacted {}: {} -> {}, about {keys_before} -> {keys_after} keys",
             dir.display(),
             size(before),

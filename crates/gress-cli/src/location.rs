@@ -102,7 +102,14 @@ impl Location {
             .list("workers/")
             .with_context(|| format!("listing {}", self.shown))?
             .iter()
-            .filter_map(|o| o.path.strip_prefix("workers/")?.split('/').next()?.parse().ok())
+            .filter_map(|o| {
+                o.path
+                    .strip_prefix("workers/")?
+                    .split('/')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .collect();
         found.sort_unstable();
         found.dedup();

@@ -9,11 +9,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+mod out;
 mod bench;
 mod checkpoint;
 mod db;
 mod location;
-mod out;
 mod snapshot;
 
 /// Exit codes scripts can rely on.
@@ -100,7 +101,7 @@ fn main() -> ExitCode {
         Err(e) => {
             if out.json {
                 let doc = serde_json::json!({ "error": format!("{e:#}") });
-                println!("{doc}");
+                say!("{doc}");
             }
             eprintln!("error: {e:#}");
             ExitCode::from(exit::FAILED)

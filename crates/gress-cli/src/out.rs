@@ -6,6 +6,29 @@ use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+/// Prints a line on standard output; if the reader went away (`| head`),
+/// stops the process quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::out::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// [`say!`] without the newline.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {
+        $crate::out::write_stdout(format_args!($($arg)*))
+    };
+}
+
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if out.write_fmt(args).is_err() {
+        std::process::exit(i32::from(crate::exit::FAILED));
+    }
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Out {
@@ -16,7 +39,7 @@ impl Out {
     /// Prints `doc` as JSON when `--json`, else `human()`.
     pub(crate) fn emit(&self, doc: &Value, human: impl FnOnce()) {
         if self.json {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(doc).unwrap_or_else(|_| doc.to_string())
             );
@@ -217,4 +240,3 @@ mod tests {
         assert_eq!(time(1_795_740_173_123), "2026-11-27T00:42:53.123Z");
     }
 }
-

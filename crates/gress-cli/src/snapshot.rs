@@ -19,14 +19,18 @@ use crate::out::{Encoding, Out, size, time};
 pub(crate) enum Cmd {
     /// Header, entry count, key and value sizes, TTL statistics; reads the
     /// whole file, so a damaged one is reported (exit code 3).
-    #[command(after_help = "Examples:\n  gress snapshot inspect state.snap\n  gress snapshot inspect state.snap --json")]
+    #[command(
+        after_help = "Examples:\n  gress snapshot inspect state.snap\n  gress snapshot inspect state.snap --json"
+    )]
     Inspect {
         /// The snapshot file.
         file: PathBuf,
     },
     /// Entries as JSON lines: key, value (escaped, base64 or hex),
     /// expiry, or a tombstone.
-    #[command(after_help = "Examples:\n  gress snapshot dump state.snap --limit 10\n  gress snapshot dump state.snap --encoding base64 > entries.jsonl")]
+    #[command(
+        after_help = "Examples:\n  gress snapshot dump state.snap --limit 10\n  gress snapshot dump state.snap --encoding base64 > entries.jsonl"
+    )]
     Dump {
         file: PathBuf,
         /// At most this many entries.
@@ -39,7 +43,9 @@ pub(crate) enum Cmd {
     /// Converts a snapshot file into a new RocksDB state directory, or a
     /// RocksDB state directory into a snapshot file (read-only on the
     /// directory; refused while a process holds it).
-    #[command(after_help = "Examples:\n  gress snapshot convert state.snap ./rocksdb-dir\n  gress snapshot convert ./rocksdb-dir state.snap")]
+    #[command(
+        after_help = "Examples:\n  gress snapshot convert state.snap ./rocksdb-dir\n  gress snapshot convert ./rocksdb-dir state.snap"
+    )]
     Convert {
         /// A snapshot file or a RocksDB state directory.
         from: PathBuf,
@@ -153,35 +159,40 @@ fn inspect(file: &Path, out: &Out) -> Result<u8> {
         "damage": damage,
     });
     out.emit(&doc, || {
-        println!("{}: {} snapshot, {}", file.display(), kind(header.kind), size(total));
-        println!("created      {}", time(header.created_at_ms));
-        println!(
+        say!(
+            "{}: {} snapshot, {}",
+            file.display(),
+            kind(header.kind),
+            size(total)
+        );
+        say!("created      {}", time(header.created_at_ms));
+        say!(
             "entries      {} ({} puts, {} tombstones)",
             s.puts + s.tombstones,
             s.puts,
             s.tombstones
         );
-        println!(
+        say!(
             "keys         {} (longest {} B)",
             size(s.key_bytes),
             s.max_key
         );
-        println!(
+        say!(
             "values       {} (longest {} B)",
             size(s.value_bytes),
             s.max_value
         );
-        println!(
+        say!(
             "ttl          {} expiring ({} already expired), {} without",
             s.expiring,
             s.expired_now,
             s.puts - s.expiring
         );
         if let (Some(a), Some(b)) = (s.min_expiry, s.max_expiry) {
-            println!("expiries     {} .. {}", time(a), time(b));
+            say!("expiries     {} .. {}", time(a), time(b));
         }
         if let Some(d) = &damage {
-            println!("DAMAGED after {} entries: {d}", s.puts + s.tombstones);
+            say!("DAMAGED after {} entries: {d}", s.puts + s.tombstones);
         }
     });
     Ok(if damage.is_some() {
@@ -202,7 +213,10 @@ fn dump(file: &Path, limit: Option<u64>, encoding: Encoding) -> Result<u8> {
             Ok(None) => break,
             Err(e) => {
                 w.flush()?;
-                eprintln!("error: {} is damaged after {n} entries: {e}", file.display());
+                eprintln!(
+                    "error: {} is damaged after {n} entries: {e}",
+                    file.display()
+                );
                 return Ok(exit::DAMAGED);
             }
         };
@@ -298,7 +312,7 @@ fn convert(from: &Path, to: &Path, out: &Out) -> Result<u8> {
         "entries": entries,
     });
     out.emit(&doc, || {
-        println!(
+        say!(
             "wrote {entries} entries from {} into the {what} {}",
             from.display(),
             to.display()

@@ -33,8 +33,7 @@ fn value(i: u64, round: u64) -> Vec<u8> {
 /// keys rewritten before each; returns the final contents.
 fn make_checkpoints(storage: Arc<dyn Storage>) -> R<BTreeMap<Vec<u8>, Vec<u8>>> {
     let backend = Arc::new(MemoryStateBackend::new(MemoryConfig::default())?);
-    let manager =
-        CheckpointManager::open(storage, CheckpointConfig::default().with_retain(10))?;
+    let manager = CheckpointManager::open(storage, CheckpointConfig::default().with_retain(10))?;
     manager.register("state", backend.clone())?;
     let mut expected = BTreeMap::new();
     for round in 1..=3 {
@@ -110,12 +109,23 @@ fn checkpoints_are_listed_inspected_verified_and_restored_into_rocksdb_and_snaps
     let id = cps[1]["id"].as_u64().ok_or("id")?;
     let manifest = run_json(&["checkpoint", "inspect", s(&loc), &id.to_string()])?;
     assert_eq!(manifest["id"], id);
-    assert!(!manifest["backends"][0]["files"].as_array().ok_or("files")?.is_empty());
-    gress().args(["checkpoint", "inspect", s(&loc), "999"]).assert().code(4);
+    assert!(
+        !manifest["backends"][0]["files"]
+            .as_array()
+            .ok_or("files")?
+            .is_empty()
+    );
+    gress()
+        .args(["checkpoint", "inspect", s(&loc), "999"])
+        .assert()
+        .code(4);
 
     let verified = run_json(&["checkpoint", "verify", s(&loc), "--all"])?;
     assert_eq!(verified["ok"], true);
-    assert_eq!(verified["checkpoints"].as_array().ok_or("checked")?.len(), 3);
+    assert_eq!(
+        verified["checkpoints"].as_array().ok_or("checked")?.len(),
+        3
+    );
 
     // Restore the newest into a snapshot file and into RocksDB.
     let snap = tmp.path().join("state.snap");
@@ -153,19 +163,39 @@ fn checkpoints_are_listed_inspected_verified_and_restored_into_rocksdb_and_snaps
     );
     let binary = run_json(&["db", "get", s(&db), "\\x00\\xff\\\\\\x0a"])?;
     assert_eq!(binary["value"], "\\x01\\x02");
-    gress().args(["db", "get", s(&db), "user:99999"]).assert().code(4);
+    gress()
+        .args(["db", "get", s(&db), "user:99999"])
+        .assert()
+        .code(4);
     let scan = gress()
-        .args(["db", "scan", s(&db), "--prefix", "user:", "--limit", "1000", "--json"])
+        .args([
+            "db",
+            "scan",
+            s(&db),
+            "--prefix",
+            "user:",
+            "--limit",
+            "1000",
+            "--json",
+        ])
         .output()?;
     let scanned = String::from_utf8(scan.stdout)?.lines().count();
     assert_eq!(scanned as u64, KEYS, "every user key once");
     let stats = run_json(&["db", "stats", s(&db)])?;
-    assert!(stats["properties"]["rocksdb.estimate-num-keys"].as_u64().is_some(), "{stats}");
+    assert!(
+        stats["properties"]["rocksdb.estimate-num-keys"]
+            .as_u64()
+            .is_some(),
+        "{stats}"
+    );
 
     // Conversions both ways keep every entry.
     let back = tmp.path().join("back.snap");
     run_json(&["snapshot", "convert", s(&db), s(&back)])?;
-    assert_eq!(run_json(&["snapshot", "inspect", s(&back)])?["entries"], expected.len() as u64);
+    assert_eq!(
+        run_json(&["snapshot", "inspect", s(&back)])?["entries"],
+        expected.len() as u64
+    );
     let db2 = tmp.path().join("db2");
     run_json(&["snapshot", "convert", s(&back), s(&db2)])?;
     let again = run_json(&["db", "get", s(&db2), "session"])?;
@@ -180,7 +210,11 @@ fn checkpoints_are_listed_inspected_verified_and_restored_into_rocksdb_and_snaps
     // A directory a process holds is refused, and left alone.
     let before = tree(&db)?;
     let held = RocksDbStateBackend::open(RocksDbConfig::new(&db))?;
-    for args in [vec!["db", "stats"], vec!["db", "compact"], vec!["db", "scan"]] {
+    for args in [
+        vec!["db", "stats"],
+        vec!["db", "compact"],
+        vec!["db", "scan"],
+    ] {
         let out = gress().args(&args).arg(s(&db)).output()?;
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8(out.stderr)?;
@@ -224,7 +258,10 @@ fn damage_is_found_named_and_exits_with_code_3() -> R {
     let out = gress().args(["checkpoint", "verify", s(&loc)]).output()?;
     assert_eq!(out.status.code(), Some(3));
     let report = String::from_utf8(out.stdout)?;
-    assert!(report.contains("DAMAGED") && report.contains(&file), "{report}");
+    assert!(
+        report.contains("DAMAGED") && report.contains(&file),
+        "{report}"
+    );
     let out = gress()
         .args(["checkpoint", "verify", s(&loc), "--json"])
         .output()?;
@@ -266,17 +303,31 @@ fn damage_is_found_named_and_exits_with_code_3() -> R {
     bytes[at] ^= 1;
     let bad = tmp.path().join("bad.snap");
     std::fs::write(&bad, &bytes)?;
-    gress().args(["snapshot", "inspect", s(&bad)]).assert().code(3);
+    gress()
+        .args(["snapshot", "inspect", s(&bad)])
+        .assert()
+        .code(3);
     gress().args(["snapshot", "dump", s(&bad)]).assert().code(3);
     gress()
-        .args(["snapshot", "convert", s(&bad), s(&tmp.path().join("bad-db"))])
+        .args([
+            "snapshot",
+            "convert",
+            s(&bad),
+            s(&tmp.path().join("bad-db")),
+        ])
         .assert()
         .code(1);
     bytes.truncate(bytes.len() - 10);
     std::fs::write(&bad, &bytes)?;
-    gress().args(["snapshot", "inspect", s(&bad)]).assert().code(3);
+    gress()
+        .args(["snapshot", "inspect", s(&bad)])
+        .assert()
+        .code(3);
     std::fs::write(&bad, b"not a snapshot")?;
-    gress().args(["snapshot", "inspect", s(&bad)]).assert().code(1);
+    gress()
+        .args(["snapshot", "inspect", s(&bad)])
+        .assert()
+        .code(1);
     Ok(())
 }
 
@@ -291,7 +342,13 @@ fn gc_dry_run_changes_nothing_and_gc_keeps_what_it_says() -> R {
     let plan = run_json(&["checkpoint", "gc", s(&loc), "--retain", "1", "--dry-run"])?;
     assert_eq!(tree(&loc)?, before, "a dry run changes nothing");
     let place = &plan["places"][0];
-    assert_eq!(place["checkpoints_to_delete"].as_array().ok_or("ids")?.len(), 2);
+    assert_eq!(
+        place["checkpoints_to_delete"]
+            .as_array()
+            .ok_or("ids")?
+            .len(),
+        2
+    );
     assert_eq!(place["kept"].as_array().ok_or("kept")?.len(), 1);
 
     let done = run_json(&["checkpoint", "gc", s(&loc), "--retain", "1"])?;
@@ -375,13 +432,14 @@ fn read_only_commands_run_beside_a_checkpointing_job_and_change_nothing() -> R {
     let report = job.join().map_err(|_| "job panicked")??;
     assert!(rounds >= 1);
     // The job saw nothing of it: its result is that of any run.
-    let counts: BTreeMap<u64, u64> = std::mem::take(&mut *collected.lock())
-        .into_iter()
-        .fold(BTreeMap::new(), |mut m, (k, n)| {
+    let counts: BTreeMap<u64, u64> = std::mem::take(&mut *collected.lock()).into_iter().fold(
+        BTreeMap::new(),
+        |mut m, (k, n)| {
             let e = m.entry(k).or_insert(0);
             *e = (*e).max(n);
             m
-        });
+        },
+    );
     assert_eq!(counts.len(), 1000);
     assert_eq!(counts.values().sum::<u64>(), 600_000);
     assert!(report.last_committed.is_some());
@@ -405,12 +463,22 @@ fn checkpoints_on_s3_are_listed_verified_and_damage_is_found() -> R {
     let url = "s3://ops/jobs/orders";
     let mut c = gress();
     env(&mut c);
-    let list = json_of(&c.args(["checkpoint", "list", url, "--json"]).output()?.stdout)?;
-    assert_eq!(list["checkpoints"].as_array().ok_or("cps")?.len(), 3, "{list}");
+    let list = json_of(
+        &c.args(["checkpoint", "list", url, "--json"])
+            .output()?
+            .stdout,
+    )?;
+    assert_eq!(
+        list["checkpoints"].as_array().ok_or("cps")?.len(),
+        3,
+        "{list}"
+    );
 
     let mut c = gress();
     env(&mut c);
-    c.args(["checkpoint", "verify", url, "--all"]).assert().code(0);
+    c.args(["checkpoint", "verify", url, "--all"])
+        .assert()
+        .code(0);
 
     let tmp = tempfile::tempdir()?;
     let snap = tmp.path().join("s3.snap");
@@ -477,8 +545,14 @@ fn bench_prints_json_and_draws_a_plot() -> R {
         s(&saved),
     ])?;
     let rows = doc["rows"].as_array().ok_or("rows")?;
-    assert!(rows.iter().any(|r| r["subject"] == "memory" && r["op"] == "get_hit"));
-    assert!(rows.iter().all(|r| r["ops_per_sec"].as_f64().is_some_and(|v| v > 0.0)));
+    assert!(
+        rows.iter()
+            .any(|r| r["subject"] == "memory" && r["op"] == "get_hit")
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["ops_per_sec"].as_f64().is_some_and(|v| v > 0.0))
+    );
     let plot = std::fs::read_to_string(&svg)?;
     assert!(plot.starts_with("<svg") && plot.contains("throughput") && plot.contains("p99"));
     assert_eq!(json_of(&std::fs::read(&saved)?)?, doc);
@@ -489,7 +563,10 @@ fn bench_prints_json_and_draws_a_plot() -> R {
 fn help_shows_examples_and_exit_codes() -> R {
     let out = gress().arg("--help").output()?;
     let text = String::from_utf8(out.stdout)?;
-    assert!(text.contains("Exit codes") && text.contains("Examples"), "{text}");
+    assert!(
+        text.contains("Exit codes") && text.contains("Examples"),
+        "{text}"
+    );
     for cmd in [
         vec!["checkpoint", "verify"],
         vec!["snapshot", "dump"],
@@ -497,7 +574,10 @@ fn help_shows_examples_and_exit_codes() -> R {
         vec!["bench"],
     ] {
         let out = gress().args(&cmd).arg("--help").output()?;
-        assert!(String::from_utf8(out.stdout)?.contains("Examples"), "{cmd:?}");
+        assert!(
+            String::from_utf8(out.stdout)?.contains("Examples"),
+            "{cmd:?}"
+        );
     }
     gress().arg("no-such-command").assert().code(2);
     Ok(())
