@@ -444,6 +444,23 @@ fn read_only_commands_run_beside_a_checkpointing_job_and_change_nothing() -> R {
     assert_eq!(counts.values().sum::<u64>(), 600_000);
     assert!(report.last_committed.is_some());
     run_json(&["checkpoint", "verify", s(&loc), "--all"])?;
+
+    // Damage in a worker's committed checkpoint is found and named.
+    let manifest = run_json(&["checkpoint", "inspect", s(&loc), "--worker", "1"])?;
+    let file = manifest["backends"][0]["files"][0]["path"]
+        .as_str()
+        .ok_or("path")?
+        .to_string();
+    let path = loc.join("workers/00001").join(&file);
+    let len = std::fs::metadata(&path)?.len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)?
+        .set_len(len - 1)?;
+    let out = gress().args(["checkpoint", "verify", s(&loc)]).output()?;
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8(out.stdout)?;
+    assert!(text.contains("worker 1") && text.contains(&file), "{text}");
     Ok(())
 }
 
@@ -580,5 +597,44 @@ fn help_shows_examples_and_exit_codes() -> R {
         );
     }
     gress().arg("no-such-command").assert().code(2);
+    Ok(())
+}
+
+#[test]
+fn rocksdb_checkpoints_restore_into_a_snapshot_and_a_new_directory() -> R {
+    let tmp = tempfile::tempdir()?;
+    let loc = tmp.path().join("checkpoints");
+    let backend = Arc::new(RocksDbStateBackend::open(RocksDbConfig::new(
+        tmp.path().join("live"),
+    ))?);
+    let manager = CheckpointManager::open(
+        Arc::new(LocalStorage::new(&loc)?),
+        CheckpointConfig::default(),
+    )?;
+    manager.register("rocks", backend.clone())?;
+    for i in 0..KEYS {
+        backend.put(&key(i), &value(i, 1))?;
+    }
+    manager.trigger_checkpoint(BTreeMap::new())?;
+    for i in 0..KEYS / 2 {
+        backend.delete(&key(i))?;
+    }
+    manager.trigger_checkpoint(BTreeMap::new())?;
+    drop(manager);
+
+    let list = run_json(&["checkpoint", "list", s(&loc)])?;
+    assert_eq!(list["checkpoints"][0]["backends"][0]["format"], "rocksdb-v1");
+    let snap = tmp.path().join("rocks.snap");
+    run_json(&["checkpoint", "restore", s(&loc), "--to-snapshot", s(&snap)])?;
+    assert_eq!(run_json(&["snapshot", "inspect", s(&snap)])?["entries"], KEYS - KEYS / 2);
+    // The older checkpoint, into a new directory, while the live one is
+    // still open in this process.
+    let first = list["checkpoints"][0]["id"].as_u64().ok_or("id")?.to_string();
+    let dir = tmp.path().join("restored");
+    run_json(&["checkpoint", "restore", s(&loc), &first, "--to-rocksdb", s(&dir)])?;
+    let counted = run_json(&["db", "stats", s(&dir), "--count"])?;
+    assert_eq!(counted["entries"], KEYS);
+    let got = run_json(&["db", "get", s(&dir), "user:00000"])?;
+    assert_eq!(got["value"], "v1-0");
     Ok(())
 }
