@@ -353,6 +353,35 @@ fn gc_dry_run_changes_nothing_and_gc_keeps_what_it_says() -> R {
 
     let done = run_json(&["checkpoint", "gc", s(&loc), "--retain", "1"])?;
     assert!(done["places"][0]["removed"].as_u64().ok_or("removed")? >= 2);
+    // The dry run said exactly what would go.
+    let after = tree(&loc)?;
+    let gone: Vec<String> = before
+        .keys()
+        .filter(|p| !after.contains_key(*p))
+        .map(|p| p.strip_prefix(&loc).map(|r| r.display().to_string()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        // The manager's fencing token is renewed by any opening.
+        .filter(|p| !p.starts_with("fence/"))
+        .collect();
+    let mut said: Vec<String> = place["files_to_delete"]
+        .as_array()
+        .ok_or("files")?
+        .iter()
+        .filter_map(|f| f.as_str().map(String::from))
+        .chain(
+            place["checkpoints_to_delete"]
+                .as_array()
+                .ok_or("ids")?
+                .iter()
+                .filter_map(|id| id.as_u64())
+                .map(gress_checkpoint::manifest::manifest_path),
+        )
+        .collect();
+    said.sort();
+    let mut gone = gone;
+    gone.sort();
+    assert_eq!(gone, said, "deleted what the dry run listed, nothing else");
     let list = run_json(&["checkpoint", "list", s(&loc)])?;
     assert_eq!(list["checkpoints"].as_array().ok_or("cps")?.len(), 1);
     assert_eq!(list["checkpoints"][0]["id"], place["kept"][0]);
@@ -623,15 +652,31 @@ fn rocksdb_checkpoints_restore_into_a_snapshot_and_a_new_directory() -> R {
     drop(manager);
 
     let list = run_json(&["checkpoint", "list", s(&loc)])?;
-    assert_eq!(list["checkpoints"][0]["backends"][0]["format"], "rocksdb-v1");
+    assert_eq!(
+        list["checkpoints"][0]["backends"][0]["format"],
+        "rocksdb-v1"
+    );
     let snap = tmp.path().join("rocks.snap");
     run_json(&["checkpoint", "restore", s(&loc), "--to-snapshot", s(&snap)])?;
-    assert_eq!(run_json(&["snapshot", "inspect", s(&snap)])?["entries"], KEYS - KEYS / 2);
+    assert_eq!(
+        run_json(&["snapshot", "inspect", s(&snap)])?["entries"],
+        KEYS - KEYS / 2
+    );
     // The older checkpoint, into a new directory, while the live one is
     // still open in this process.
-    let first = list["checkpoints"][0]["id"].as_u64().ok_or("id")?.to_string();
+    let first = list["checkpoints"][0]["id"]
+        .as_u64()
+        .ok_or("id")?
+        .to_string();
     let dir = tmp.path().join("restored");
-    run_json(&["checkpoint", "restore", s(&loc), &first, "--to-rocksdb", s(&dir)])?;
+    run_json(&[
+        "checkpoint",
+        "restore",
+        s(&loc),
+        &first,
+        "--to-rocksdb",
+        s(&dir),
+    ])?;
     let counted = run_json(&["db", "stats", s(&dir), "--count"])?;
     assert_eq!(counted["entries"], KEYS);
     let got = run_json(&["db", "get", s(&dir), "user:00000"])?;
