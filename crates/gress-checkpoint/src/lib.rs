@@ -38,6 +38,7 @@ mod manager;
 pub mod manifest;
 mod restore;
 pub mod storage;
+pub mod telemetry;
 mod verify;
 
 pub use catalog::{Catalog, DamagedManifest, FileCheck};

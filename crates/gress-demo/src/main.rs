@@ -2,13 +2,16 @@
 
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
+use gress_state::telemetry::{MetricsPublisher, PrometheusEndpoint, serve_prometheus};
 use gress_state::{MemoryConfig, MemoryStateBackend, Op, StateBackend};
 
 #[derive(Parser, Debug)]
@@ -26,6 +29,16 @@ struct Args {
     /// Number of events in the keyed aggregation.
     #[arg(long, default_value_t = 100_000)]
     events: u64,
+    /// Serve the backend's metrics for Prometheus at this address while
+    /// the demo runs: http://ADDR/metrics.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_addr: SocketAddr,
+    /// Serve no metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Keep serving metrics this many seconds after the demo finishes.
+    #[arg(long, default_value_t = 0)]
+    metrics_linger: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,24 +64,46 @@ fn main() -> Result<()> {
     fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
 
+    let endpoint = if args.no_metrics {
+        None
+    } else {
+        match serve_prometheus(args.metrics_addr) {
+            Ok(endpoint) => {
+                println!("metrics: {}", endpoint.url());
+                Some(endpoint)
+            }
+            // The demo does not need the endpoint: say why and go on.
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                println!("metrics: not served ({e:#}); try --metrics-addr 127.0.0.1:0");
+                None
+            }
+        }
+    };
+    let publisher = MetricsPublisher::new(MetricsPublisher::DEFAULT_INTERVAL)?;
+
     match args.backend {
         Backend::Memory => {
-            let backend = MemoryStateBackend::new(MemoryConfig::default().with_ttl(DEFAULT_TTL))?;
+            let backend = Arc::new(MemoryStateBackend::new(
+                MemoryConfig::default().with_ttl(DEFAULT_TTL),
+            )?);
+            publisher.register(METRICS_LABEL, &backend)?;
             println!("opened the memory backend (default TTL 1 h)");
-            exercise(&backend, &args)?;
-            report_metrics(&backend);
+            exercise(&*backend, &args)?;
+            report_metrics(&*backend, endpoint.as_ref(), &publisher);
             backend.close()?;
         }
         Backend::Rocksdb => {
             let config = rocksdb_config(&args);
-            let backend = RocksDbStateBackend::open(config.clone())?;
+            let backend = Arc::new(RocksDbStateBackend::open(config.clone())?);
+            publisher.register(METRICS_LABEL, &backend)?;
             println!(
                 "opened the RocksDB backend in {} (default TTL 1 h)",
                 config.path.display()
             );
-            exercise(&backend, &args)?;
+            exercise(&*backend, &args)?;
             rocksdb_extras(&backend, &args)?;
-            report_metrics(&backend);
+            report_metrics(&*backend, endpoint.as_ref(), &publisher);
             backend.close()?;
             drop(backend);
             let reopened = RocksDbStateBackend::open(config)?;
@@ -80,8 +115,21 @@ fn main() -> Result<()> {
         }
     }
     println!("demo finished");
+    if let Some(endpoint) = &endpoint
+        && args.metrics_linger > 0
+    {
+        println!(
+            "metrics: still served at {} for {} s",
+            endpoint.url(),
+            args.metrics_linger
+        );
+        std::thread::sleep(Duration::from_secs(args.metrics_linger));
+    }
     Ok(())
 }
+
+/// The `backend` label of the demo's metrics.
+const METRICS_LABEL: &str = "demo";
 
 /// What every backend does: writes, an aggregation, TTL, snapshot, restore.
 fn exercise(backend: &dyn StateBackend, args: &Args) -> Result<()> {
@@ -196,7 +244,11 @@ fn rocksdb_extras(backend: &RocksDbStateBackend, args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn report_metrics(backend: &dyn StateBackend) {
+fn report_metrics(
+    backend: &dyn StateBackend,
+    endpoint: Option<&PrometheusEndpoint>,
+    publisher: &MetricsPublisher,
+) {
     let m = backend.metrics();
     println!(
         "metrics: gets {} (hits {}, misses {}), puts {}, deletes {}, keys {}{}",
@@ -234,6 +286,23 @@ fn report_metrics(backend: &dyn StateBackend) {
     ] {
         if let Some(v) = m.engine.get(name) {
             println!("  rocksdb {name}: {v}");
+        }
+    }
+    if let Some(endpoint) = endpoint {
+        // What a scrape of the endpoint says now.
+        publisher.publish_now();
+        let wanted = [
+            "gress_state_puts_total{",
+            "gress_state_gets_total{",
+            "gress_state_keys{",
+        ];
+        println!("  served at {}:", endpoint.url());
+        for line in endpoint.render().lines() {
+            if wanted.iter().any(|w| line.starts_with(w))
+                && line.contains(&format!("backend=\"{METRICS_LABEL}\""))
+            {
+                println!("    {line}");
+            }
         }
     }
 }

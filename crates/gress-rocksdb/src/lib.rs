@@ -32,8 +32,8 @@ pub use backend::RocksDbStateBackend;
 pub use capture::ROCKSDB_CHECKPOINT_FORMAT;
 pub use config::{Compression, RocksDbConfig};
 pub use db::LAYOUT_VERSION;
-pub use inspect::{LevelInfo, ReadOnlyDb, StoredEntry};
 pub use gress_state::{Error, Result, StateBackend};
+pub use inspect::{LevelInfo, ReadOnlyDb, StoredEntry};
 pub use rocksdb::LiveFile;
 
 /// Plain RocksDB with the options this backend uses, for measuring the

@@ -108,6 +108,17 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
+    /// The metrics endpoint cannot serve at this address: this process
+    /// already serves metrics elsewhere, or another `metrics` recorder is
+    /// installed. (An address that cannot be bound is an [`Error::Io`].)
+    #[error("cannot serve metrics at {addr}: {reason}")]
+    MetricsEndpoint {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why not.
+        reason: Cow<'static, str>,
+    },
+
     /// The backend does not implement this operation.
     #[error("`{operation}` is not supported by the {backend} backend")]
     Unsupported {

@@ -1,5 +1,6 @@
 //! Keyed state for stream processors: the [`StateBackend`] contract, TTL,
-//! the portable snapshot format, metrics, and the in-memory backend.
+//! the portable snapshot format, metrics (and their export, [`telemetry`]),
+//! and the in-memory backend.
 //!
 //! ```
 //! use gress_state::{MemoryStateBackend, StateBackend};
@@ -27,6 +28,7 @@ pub mod fsutil;
 pub mod memory;
 pub mod metrics;
 pub mod snapshot;
+pub mod telemetry;
 pub mod ttl;
 mod util;
 

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::keys::{DEFAULT_KEY_GROUPS, groups_key_range, groups_of};
 use crate::source::{PartitionReader, Poll, Source};
 use crate::state::StateStore;
 use crate::stream::DataStream;
+use crate::telemetry::MetricsPublisher;
 use crate::worker::{Shared, WorkerState, upload_thread};
 
 pub(crate) fn now_ms() -> u64 {
@@ -185,6 +187,16 @@ pub struct JobConfig {
     /// Epochs in a row that fail to commit before the job stops with an
     /// error (the checkpoint storage is likely unreachable).
     pub max_failed_epochs: u64,
+    /// Serve this process's metrics for Prometheus at this address while
+    /// the job runs ([`crate::telemetry`]); the endpoint then serves until
+    /// the process exits. In a job of several processes, process `p`
+    /// serves at the port plus `p` (port 0: a free port each). `None` (the
+    /// default): no endpoint; the metrics still go to whatever `metrics`
+    /// recorder the application installed.
+    pub prometheus: Option<SocketAddr>,
+    /// How often each worker copies its counts, and its backend's metrics,
+    /// into the metrics facade. At least 1 ms; default 1 s.
+    pub metrics_interval: Duration,
 }
 
 impl JobConfig {
@@ -205,6 +217,8 @@ impl JobConfig {
             clock: Arc::new(SystemClock),
             checkpoint: CheckpointConfig::default(),
             max_failed_epochs: 10,
+            prometheus: None,
+            metrics_interval: MetricsPublisher::DEFAULT_INTERVAL,
         }
     }
 
@@ -257,6 +271,50 @@ impl JobConfig {
         self
     }
 
+    /// Serves the process's metrics for Prometheus at `addr` while the job
+    /// runs: `http://<addr>/metrics`. See [`JobConfig::prometheus`].
+    ///
+    /// ```no_run
+    /// # use gress_stream::JobConfig;
+    /// let config = JobConfig::new("orders").with_prometheus("127.0.0.1:9464".parse()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_prometheus(mut self, addr: SocketAddr) -> Self {
+        self.prometheus = Some(addr);
+        self
+    }
+
+    /// Sets how often workers refresh their metrics.
+    pub fn with_metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = interval;
+        self
+    }
+
+    /// Where this process serves metrics: [`JobConfig::prometheus`] with
+    /// the port moved up by the process index.
+    fn prometheus_addr(&self) -> Result<Option<SocketAddr>> {
+        let Some(mut addr) = self.prometheus else {
+            return Ok(None);
+        };
+        if addr.port() != 0 {
+            let port = u16::try_from(self.process)
+                .ok()
+                .and_then(|p| addr.port().checked_add(p))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "prometheus",
+                        format!(
+                            "port {} plus process index {} is beyond 65535",
+                            addr.port(),
+                            self.process
+                        ),
+                    )
+                })?;
+            addr.set_port(port);
+        }
+        Ok(Some(addr))
+    }
+
     /// Takes over checkpoint locations held by a process that may still run.
     pub fn with_take_over(mut self, take_over: bool) -> Self {
         self.checkpoint.take_over = take_over;
@@ -282,6 +340,10 @@ impl JobConfig {
         if self.max_epochs_in_flight == 0 {
             return Err(Error::invalid("max_epochs_in_flight", "at least one"));
         }
+        if self.metrics_interval < Duration::from_millis(1) {
+            return Err(Error::invalid("metrics_interval", "at least 1 ms"));
+        }
+        self.prometheus_addr()?;
         let total = self.workers * self.hosts.len().max(1);
         if total > usize::from(self.key_groups) {
             return Err(Error::invalid(
@@ -550,6 +612,7 @@ fn source_operator<'s, T: crate::Data>(
             let mut session = out.session(&*dcap);
             let mut idle = true;
             let mut failed = None;
+            let mut read = 0;
             for part in parts.iter_mut().filter(|p| !p.ended) {
                 let want = match policy {
                     EpochPolicy::Records(n) => {
@@ -571,6 +634,7 @@ fn source_operator<'s, T: crate::Data>(
                     }
                 }
                 part.read_in_epoch += buf.len() as u64;
+                read += buf.len() as u64;
                 for record in buf.drain(..) {
                     let t = match &time {
                         Some((f, _)) => {
@@ -588,6 +652,9 @@ fn source_operator<'s, T: crate::Data>(
                 }
             }
             drop(session);
+            if read > 0 {
+                shared.borrow_mut().records_read += read;
+            }
             if let Some(e) = failed {
                 shared.borrow_mut().fail(Error::Source {
                     source_name: name.clone(),
@@ -700,6 +767,13 @@ where
     F: Fn(&mut JobBuilder<'_>) -> Result<()> + Send + Sync + 'static,
 {
     config.validate()?;
+    if let Some(addr) = config.prometheus_addr()? {
+        let endpoint = crate::telemetry::serve_prometheus(addr)?;
+        tracing::info!(job = %config.job_id, url = %endpoint.url(), "serving metrics");
+    }
+    crate::telemetry::describe();
+    gress_checkpoint::telemetry::describe();
+    let publisher = Arc::new(MetricsPublisher::new(config.metrics_interval)?);
     let communication = if !config.hosts.is_empty() {
         timely::CommunicationConfig::Cluster {
             threads: config.workers,
@@ -722,11 +796,12 @@ where
     let config = Arc::new(config);
     let build = Arc::new(build);
     let worker_abort = Arc::clone(&abort);
+    let worker_publisher = Arc::clone(&publisher);
     let guards = timely::execute(timely_config, move |worker| {
         // A panic in a user operator unwinds this thread: tell the others.
         let _on_panic = AbortOnPanic(&worker_abort);
         let dataflow = worker.next_dataflow_index();
-        let result = run_worker(worker, &config, &*build, &worker_abort);
+        let result = run_worker(worker, &config, &*build, &worker_abort, &worker_publisher);
         if result.is_err() {
             worker_abort.store(true, Ordering::Release);
             // Timely steps a worker until its dataflows finish; a failed
@@ -796,6 +871,7 @@ fn run_worker<F>(
     config: &Arc<JobConfig>,
     build: &F,
     abort: &AtomicBool,
+    publisher: &MetricsPublisher,
 ) -> Result<WorkerReport>
 where
     F: Fn(&mut JobBuilder<'_>) -> Result<()>,
@@ -817,7 +893,8 @@ where
                 .checkpoint
                 .clone()
                 .with_retain(config.max_epochs_in_flight as usize + 3)
-                .with_max_in_flight(config.max_epochs_in_flight as usize + 1),
+                .with_max_in_flight(config.max_epochs_in_flight as usize + 1)
+                .with_metrics_label(format!("{}/{index}", config.job_id)),
         )?),
         None => None,
     };
@@ -829,6 +906,8 @@ where
         check_commit(c, config, peers)?;
     }
     let backend = config.backend.make(index, &config.clock)?;
+    let backend_label = format!("{}/{index}", config.job_id);
+    publisher.register(backend_label.clone(), &backend)?;
     // The metadata of the checkpoint recovered from (offsets, watermarks).
     let mut restored = Metadata::new();
     let slot: Arc<Mutex<Option<timely::scheduling::SyncActivator>>> = Arc::new(Mutex::new(None));
@@ -892,6 +971,7 @@ where
         checkpoints,
         first_epoch,
         commit.as_ref().map(|c| c.epoch),
+        config.metrics_interval,
     )));
     shared.borrow_mut().restored = restored;
     let built = worker.dataflow::<u64, _, _>(|scope| {
@@ -923,6 +1003,11 @@ where
         if !worker.step_or_park(Some(Duration::from_millis(50))) {
             break;
         }
+        shared.borrow_mut().refresh_metrics(false);
+    }
+    shared.borrow_mut().refresh_metrics(true);
+    if !backend.is_closed() {
+        gress_state::telemetry::publish(&backend_label, &backend.metrics());
     }
     let s = shared.borrow();
     let committed = s.committed;

@@ -41,6 +41,7 @@ mod sink;
 mod source;
 mod state;
 mod stream;
+pub mod telemetry;
 mod timers;
 pub(crate) mod worker;
 

@@ -14,12 +14,14 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use gress_checkpoint::{CheckpointManager, Metadata, PendingCheckpoint};
 use timely::scheduling::{Activator, SyncActivator};
 
 use crate::error::{Error, Result};
 use crate::state::StateStore;
+use crate::telemetry::{Counts, WorkerMetrics};
 
 /// The result of one worker's checkpoint of an epoch.
 #[derive(Debug, Clone)]
@@ -115,9 +117,19 @@ pub(crate) struct WorkerState {
     pub(crate) error: Option<Error>,
     /// Sinks and sources told of the last commit when the job ends.
     pub(crate) on_commit: Vec<Rc<RefCell<dyn crate::stream::OnCommit>>>,
+    /// Records read by this worker's sources.
+    pub(crate) records_read: u64,
     pub(crate) records_in: u64,
     pub(crate) records_out: u64,
     pub(crate) epochs_cut: u64,
+    /// The first epoch of this run.
+    first_epoch: u64,
+    /// The newest epoch this worker's sources have opened.
+    opened: u64,
+    /// When each epoch not yet settled was cut.
+    cut_at: BTreeMap<u64, Instant>,
+    /// This worker's metrics in the `metrics` facade.
+    pub(crate) metrics: WorkerMetrics,
     /// Flush time of each epoch cut, until its checkpoint is reported.
     pub(crate) flushes: BTreeMap<u64, std::time::Duration>,
     /// Finished checkpoints of this worker.
@@ -139,7 +151,9 @@ impl WorkerState {
         checkpoints: Option<Checkpoints>,
         first_epoch: u64,
         committed: Option<u64>,
+        metrics_interval: Duration,
     ) -> Self {
+        let metrics = WorkerMetrics::new(&job_id, index, metrics_interval);
         WorkerState {
             index,
             peers,
@@ -161,9 +175,14 @@ impl WorkerState {
             listeners: Vec::new(),
             error: None,
             on_commit: Vec::new(),
+            records_read: 0,
             records_in: 0,
             records_out: 0,
             epochs_cut: 0,
+            first_epoch,
+            opened: first_epoch,
+            cut_at: BTreeMap::new(),
+            metrics,
             flushes: BTreeMap::new(),
             checkpoint_costs: Vec::new(),
             last_report: std::time::Instant::now(),
@@ -238,6 +257,7 @@ impl WorkerState {
     /// partitions stand now.
     pub(crate) fn source_done(&mut self, epoch: u64, offsets: Metadata) {
         self.done.entry(epoch).or_default().1 += 1;
+        self.opened = self.opened.max(epoch + 1);
         self.marks.entry(epoch).or_default().extend(offsets);
         self.try_cut();
     }
@@ -250,10 +270,15 @@ impl WorkerState {
             let epoch = self.next_cut;
             self.done.remove(&epoch);
             let marks = self.marks.remove(&epoch).unwrap_or_default();
+            let started = Instant::now();
             if let Err(e) = self.cut(epoch, marks) {
                 self.fail(e);
                 return;
             }
+            self.metrics
+                .cut_duration
+                .record(started.elapsed().as_secs_f64());
+            self.cut_at.insert(epoch, started);
             self.next_cut = epoch + 1;
             for waiter in self.waiting.drain(..) {
                 waiter.activate();
@@ -318,12 +343,43 @@ impl WorkerState {
         }
     }
 
+    /// Copies this worker's counts into the metrics facade, if the
+    /// interval has passed since the last time or `now` is set.
+    pub(crate) fn refresh_metrics(&mut self, now: bool) {
+        if !now && !self.metrics.due() {
+            return;
+        }
+        let epoch_lag = if self.finished {
+            0
+        } else {
+            let first_uncommitted = self.committed.map_or(self.first_epoch, |c| c + 1);
+            (self.opened + 1).saturating_sub(first_uncommitted)
+        };
+        self.metrics.refresh(Counts {
+            records_read: self.records_read,
+            records_in: self.records_in,
+            records_out: self.records_out,
+            epochs_cut: self.epochs_cut,
+            committed: self.committed,
+            epoch_lag,
+        });
+    }
+
     /// Learned from the committer: `epoch` was dealt with, committed or
     /// not; `final_epoch` says the job is complete.
     pub(crate) fn settle(&mut self, epoch: u64, committed: bool, final_epoch: bool) {
         if committed {
             self.committed = Some(self.committed.map_or(epoch, |c| c.max(epoch)));
+            self.metrics.epochs_committed.increment(1);
+            if let Some(cut) = self.cut_at.get(&epoch) {
+                self.metrics
+                    .commit_latency
+                    .record(cut.elapsed().as_secs_f64());
+            }
+        } else {
+            self.metrics.epochs_failed.increment(1);
         }
+        self.cut_at = self.cut_at.split_off(&(epoch + 1));
         self.settled = self.settled.max(epoch + 1);
         if committed && final_epoch {
             self.finished = true;

@@ -21,6 +21,7 @@ use gress_state::{Checkpointable, ManualClock, Result, StateBackend};
 
 pub mod conformance;
 pub mod model;
+pub mod prometheus;
 
 /// What the suite asks of a backend it opens.
 #[derive(Debug, Clone)]

@@ -318,6 +318,7 @@ impl PendingCheckpoint {
         let result = self.commit_inner();
         match &result {
             Ok(report) => {
+                crate::telemetry::committed(&self.config.metrics_label, report);
                 let mut stats = shared.stats.lock();
                 stats.committed += 1;
                 stats.last = Some(report.clone());
@@ -419,6 +420,7 @@ impl PendingCheckpoint {
                 tracing::warn!(id = self.id, error = %error_chain(&e), "cannot tell whether the checkpoint was published; keeping its files");
                 self.shared.keep_uncertain(&manifest);
                 self.shared.stats.lock().uncertain += 1;
+                crate::telemetry::uncertain(&self.config.metrics_label);
                 return Err(e);
             }
         }

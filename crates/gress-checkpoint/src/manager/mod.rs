@@ -72,6 +72,10 @@ pub struct CheckpointConfig {
     /// that are no longer registered (Flink's `allowNonRestoredState`).
     /// Default false: such a restore is refused.
     pub allow_non_restored_state: bool,
+    /// The value of the `manager` label on this manager's metrics
+    /// ([`crate::telemetry`]), to tell several managers of a process
+    /// apart. Not empty. Default `"default"`.
+    pub metrics_label: String,
 }
 
 impl Default for CheckpointConfig {
@@ -88,6 +92,7 @@ impl Default for CheckpointConfig {
             lease: Some(Duration::from_secs(20)),
             take_over: false,
             allow_non_restored_state: false,
+            metrics_label: "default".into(),
         }
     }
 }
@@ -135,6 +140,12 @@ impl CheckpointConfig {
         self
     }
 
+    /// Sets the `manager` label of this manager's metrics.
+    pub fn with_metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.metrics_label = label.into();
+        self
+    }
+
     /// Sets the files uploaded or downloaded at once.
     pub fn with_parallelism(mut self, parallelism: usize) -> Self {
         self.parallelism = parallelism;
@@ -168,6 +179,9 @@ impl CheckpointConfig {
         }
         if self.lease.is_some_and(|l| l < Duration::from_millis(30)) {
             return Err(Error::invalid("lease", "must be at least 30 ms"));
+        }
+        if self.metrics_label.is_empty() {
+            return Err(Error::invalid("metrics_label", "must not be empty"));
         }
         Ok(())
     }
@@ -214,6 +228,7 @@ struct Shared {
 
 impl Shared {
     fn record_failure(&self, e: &Error) {
+        crate::telemetry::failed(&self.config.read().metrics_label);
         let mut stats = self.stats.lock();
         stats.failed += 1;
         stats.last_error = Some(error_chain(e));
@@ -283,6 +298,7 @@ impl CheckpointManager {
             ));
         }
         backend.claim_checkpoints(self.shared.owner)?;
+        crate::telemetry::describe();
         backends.push(Arc::new(Registered {
             name: name.to_string(),
             backend,

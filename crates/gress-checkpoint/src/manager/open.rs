@@ -187,8 +187,10 @@ pub(crate) fn plan_sweep(catalog: &Catalog, data: &[String], retain: usize) -> R
         }
     }
     let mut report = OpenReport::default();
-    plan.files
-        .extend(savepoint_leftovers(catalog.storage().as_ref(), &mut report)?);
+    plan.files.extend(savepoint_leftovers(
+        catalog.storage().as_ref(),
+        &mut report,
+    )?);
     plan.odd_names.extend(report.odd_names);
     Ok(plan)
 }

@@ -7,6 +7,8 @@
 //! remains: the manager then refuses to checkpoint (backends may be at
 //! different checkpoints) until a restore completes.
 
+use std::time::Instant;
+
 use gress_state::checkpoint::Checkpointable;
 
 use super::{CheckpointManager, Shared, error_chain};
@@ -130,6 +132,24 @@ impl Shared {
     /// state (nothing changes), then the intent is recorded and every
     /// backend switched.
     pub(super) fn restore_with<T>(
+        &self,
+        target: &str,
+        prepare: impl for<'b> FnOnce(
+            &[(&'b str, &'b dyn Checkpointable)],
+            bool,
+            usize,
+        ) -> Result<(Prepared<'b>, T)>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let result = self.restore_inner(target, prepare);
+        crate::telemetry::restored(
+            &self.config.read().metrics_label,
+            result.as_ref().ok().map(|_| started.elapsed()),
+        );
+        result
+    }
+
+    fn restore_inner<T>(
         &self,
         target: &str,
         prepare: impl for<'b> FnOnce(
