@@ -87,6 +87,12 @@ impl Catalog {
                 Ok(m) => {
                     catalog.checkpoints.insert(id, Arc::new(m));
                 }
+                // Deleted since the listing (a running manager retired
+                // that checkpoint): no checkpoint any more. Asked again,
+                // so that a read failing for another reason stops here.
+                Err(e) if e.is_not_found() && catalog.storage.size(&path)?.is_none() => {
+                    tracing::debug!(id, "a manifest was deleted while the location was read");
+                }
                 Err(e) if e.is_damage() => {
                     tracing::warn!(id, reason = %e, "setting aside a damaged checkpoint manifest");
                     catalog.damaged.push(DamagedManifest {

@@ -418,7 +418,7 @@ fn read_only_commands_run_beside_a_checkpointing_job_and_change_nothing() -> R {
         run(config, move |job| {
             job.source(
                 "numbers",
-                GeneratorSource::new(4, Some(150_000), |p, i| (p as u64 * 7 + i) % 1000),
+                GeneratorSource::new(4, Some(300_000), |p, i| (p as u64 * 7 + i) % 1000),
             )?
             .key_by(|v: &u64| *v)
             .count("count")
@@ -470,7 +470,7 @@ fn read_only_commands_run_beside_a_checkpointing_job_and_change_nothing() -> R {
         },
     );
     assert_eq!(counts.len(), 1000);
-    assert_eq!(counts.values().sum::<u64>(), 600_000);
+    assert_eq!(counts.values().sum::<u64>(), 1_200_000);
     assert!(report.last_committed.is_some());
     run_json(&["checkpoint", "verify", s(&loc), "--all"])?;
 
