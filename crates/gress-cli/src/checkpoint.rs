@@ -330,7 +330,7 @@ fn target(loc: &Location, id: Option<u64>, worker: Option<usize>) -> Result<(Cat
         ))),
     };
     if catalog.manifest(id).is_none() {
-        bail!(NotFound(format!("{}: no checkpoint {id}", loc.shown())));
+        return Err(missing(&catalog, id, loc));
     }
     Ok((catalog, id))
 }
@@ -371,18 +371,37 @@ impl std::fmt::Display for NotFound {
 
 impl std::error::Error for NotFound {}
 
-/// Runs `f`, turning a [`NotFound`] into exit code 4 with its message.
-fn or_not_found(out: &Out, f: impl FnOnce() -> Result<u8>) -> Result<u8> {
-    match f() {
-        Err(e) if e.downcast_ref::<NotFound>().is_some() => {
-            if out.json {
-                say!("{}", json!({ "error": e.to_string(), "not_found": true }));
-            }
-            eprintln!("error: {e}");
-            Ok(exit::NOT_FOUND)
-        }
-        other => other,
+/// An error that maps to exit code 3: what was asked for is damaged.
+#[derive(Debug)]
+pub(crate) struct Damaged(pub(crate) String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
+}
+
+impl std::error::Error for Damaged {}
+
+/// Runs `f`, turning a [`NotFound`] into exit code 4 and a [`Damaged`]
+/// into exit code 3, with their messages.
+fn or_not_found(out: &Out, f: impl FnOnce() -> Result<u8>) -> Result<u8> {
+    let result = f();
+    let code = match &result {
+        Err(e) if e.downcast_ref::<NotFound>().is_some() => exit::NOT_FOUND,
+        Err(e) if e.downcast_ref::<Damaged>().is_some() => exit::DAMAGED,
+        _ => return result,
+    };
+    if let Err(e) = result {
+        if out.json {
+            say!(
+                "{}",
+                json!({ "error": e.to_string(), "not_found": code == exit::NOT_FOUND })
+            );
+        }
+        eprintln!("error: {e}");
+    }
+    Ok(code)
 }
 
 fn manifest_json(m: &Manifest) -> Value {
@@ -475,7 +494,7 @@ fn verify(
                     );
                 }
                 let catalog = Catalog::open(storage).context("reading the manifests")?;
-                let ids = pick(&catalog, id, all, None, loc)?;
+                let ids = pick(&catalog, id, all, loc)?;
                 plan.push((None, catalog, ids));
             }
             Kind::Job => {
@@ -502,7 +521,7 @@ fn verify(
                     }
                     let catalog = Catalog::open(storage)
                         .with_context(|| format!("reading worker {w}'s manifests"))?;
-                    let ids = pick(&catalog, id, all, None, loc)?;
+                    let ids = pick(&catalog, id, all, loc)?;
                     plan.push((Some(w), catalog, ids));
                 }
             }
@@ -545,10 +564,19 @@ fn verify(
             }
         }
         bar.finish_and_clear();
-        let damaged = checked.iter().any(|c| !c.problems.is_empty() && !c.retired);
+        // Manifests that cannot be read are damage too: a checkpoint lost.
+        let torn: Vec<(Option<usize>, gress_checkpoint::DamagedManifest)> = plan
+            .iter()
+            .flat_map(|(w, c, _)| c.damaged().iter().map(|d| (*w, d.clone())))
+            .collect();
+        let damaged =
+            !torn.is_empty() || checked.iter().any(|c| !c.problems.is_empty() && !c.retired);
         let doc = json!({
             "location": loc.shown(),
             "ok": !damaged,
+            "damaged_manifests": torn.iter().map(|(w, d)| json!({
+                "worker": w, "id": d.id, "path": d.path, "reason": d.reason,
+            })).collect::<Vec<_>>(),
             "checkpoints": checked.iter().map(|c| json!({
                 "worker": c.worker,
                 "id": c.id,
@@ -588,7 +616,16 @@ fn verify(
                     }
                 }
             }
-            if checked.is_empty() {
+            for (w, d) in &torn {
+                let who = w.map_or(String::new(), |w| format!("worker {w} "));
+                say!(
+                    "{who}checkpoint {}: DAMAGED manifest {}: {}",
+                    d.id,
+                    d.path,
+                    d.reason
+                );
+            }
+            if checked.is_empty() && torn.is_empty() {
                 say!("{}: nothing to verify", loc.shown());
             }
         });
@@ -597,17 +634,11 @@ fn verify(
 }
 
 /// The ids to verify in one catalog.
-fn pick(
-    catalog: &Catalog,
-    id: Option<u64>,
-    all: bool,
-    committed: Option<u64>,
-    loc: &Location,
-) -> Result<Vec<u64>> {
+fn pick(catalog: &Catalog, id: Option<u64>, all: bool, loc: &Location) -> Result<Vec<u64>> {
     if all {
         return Ok(catalog.checkpoints().iter().map(|i| i.id).collect());
     }
-    let id = match id.or(committed).or_else(|| catalog.latest().map(|i| i.id)) {
+    let id = match id.or_else(|| catalog.latest().map(|i| i.id)) {
         Some(id) => id,
         None => bail!(NotFound(format!(
             "{}: no committed checkpoint",
@@ -615,9 +646,24 @@ fn pick(
         ))),
     };
     if catalog.manifest(id).is_none() {
-        bail!(NotFound(format!("{}: no checkpoint {id}", loc.shown())));
+        return Err(missing(catalog, id, loc));
     }
     Ok(vec![id])
+}
+
+/// Why checkpoint `id` is not readable: its manifest is damaged (exit
+/// code 3), or there is none (exit code 4).
+fn missing(catalog: &Catalog, id: u64, loc: &Location) -> anyhow::Error {
+    match catalog.damaged().iter().find(|d| d.id == id) {
+        Some(d) => Damaged(format!(
+            "{}: checkpoint {id}'s manifest {} is damaged: {}",
+            loc.shown(),
+            d.path,
+            d.reason
+        ))
+        .into(),
+        None => NotFound(format!("{}: no checkpoint {id}", loc.shown())).into(),
+    }
 }
 
 enum Target {

@@ -290,6 +290,21 @@ fn damage_is_found_named_and_exits_with_code_3() -> R {
     let list = run_json(&["checkpoint", "list", s(&loc)])?;
     assert_eq!(list["damaged"].as_array().ok_or("damaged")?.len(), 1);
     assert_eq!(list["checkpoints"].as_array().ok_or("cps")?.len(), 2);
+    let torn = list["damaged"][0]["id"].as_u64().ok_or("id")?.to_string();
+    // Verifying reports it; asking for it says it is damaged.
+    let out = gress()
+        .args(["checkpoint", "verify", s(&loc), "--all"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8(out.stdout)?.contains("DAMAGED manifest"));
+    for cmd in ["inspect", "verify"] {
+        let out = gress().args(["checkpoint", cmd, s(&loc), &torn]).output()?;
+        assert_eq!(out.status.code(), Some(3), "{cmd}");
+        assert!(
+            String::from_utf8(out.stderr)?.contains("is damaged"),
+            "{cmd}"
+        );
+    }
 
     // A damaged snapshot file.
     let good = tmp.path().join("good.snap");
