@@ -97,6 +97,7 @@ fn checkpoints_are_listed_inspected_verified_and_restored_into_rocksdb_and_snaps
     let tmp = tempfile::tempdir()?;
     let loc = tmp.path().join("checkpoints");
     let expected = make_checkpoints(Arc::new(LocalStorage::new(&loc)?))?;
+    let untouched = tree(&loc)?;
 
     let list = run_json(&["checkpoint", "list", s(&loc)])?;
     let cps = list["checkpoints"].as_array().ok_or("no checkpoints")?;
@@ -156,6 +157,11 @@ fn checkpoints_are_listed_inspected_verified_and_restored_into_rocksdb_and_snaps
 
     let db = tmp.path().join("db");
     run_json(&["checkpoint", "restore", s(&loc), "--to-rocksdb", s(&db)])?;
+    assert_eq!(
+        tree(&loc)?,
+        untouched,
+        "list, inspect, verify and restore leave every byte of the location as it was"
+    );
     let got = run_json(&["db", "get", s(&db), "user:00001"])?;
     assert_eq!(
         got["value"].as_str().map(str::as_bytes),
