@@ -104,6 +104,10 @@ pub(crate) enum Cmd {
         /// Only report what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Check the kept checkpoints' checksums, not only their files'
+        /// sizes, before deleting older ones.
+        #[arg(long)]
+        verify: bool,
     },
 }
 
@@ -147,12 +151,16 @@ pub(crate) fn run(cmd: &Cmd, out: &Out) -> Result<u8> {
             location,
             retain,
             dry_run,
-        } => gc(
-            &Location::parse(location)?,
-            usize::try_from(*retain).unwrap_or(usize::MAX),
-            *dry_run,
-            out,
-        ),
+            verify,
+        } => or_not_found(out, || {
+            gc(
+                &Location::parse(location)?,
+                usize::try_from(*retain).unwrap_or(usize::MAX),
+                *dry_run,
+                *verify,
+                out,
+            )
+        }),
     }
 }
 
@@ -805,7 +813,26 @@ pub(crate) fn write_snapshot(
     Ok(summary)
 }
 
-fn gc(loc: &Location, retain: usize, dry_run: bool, out: &Out) -> Result<u8> {
+/// Whether every file of checkpoint `id` is there with its size (and,
+/// with `full`, its checksum).
+fn intact(catalog: &Catalog, id: u64, full: bool) -> Result<bool> {
+    let Some(m) = catalog.manifest(id) else {
+        return Ok(false);
+    };
+    for f in m.paths() {
+        let ok = if full {
+            catalog.verify_file(f)?.is_none()
+        } else {
+            catalog.storage().size(&f.path)? == Some(f.size)
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn gc(loc: &Location, retain: usize, dry_run: bool, verify: bool, out: &Out) -> Result<u8> {
     // (worker, storage, retain there)
     let mut places: Vec<(Option<usize>, Arc<dyn Storage>, usize)> = Vec::new();
     match loc.kind()? {
@@ -830,10 +857,35 @@ fn gc(loc: &Location, retain: usize, dry_run: bool, out: &Out) -> Result<u8> {
             }
         }
     }
-    let mut reports = Vec::new();
+    // Plan everything first: nothing is deleted if any place would keep
+    // no intact checkpoint (the older, intact ones would go).
+    let mut planned = Vec::new();
     for (w, storage, keep) in places {
         let catalog = Catalog::open(Arc::clone(&storage))?;
         let plan = catalog.sweep_plan(keep)?;
+        if !dry_run && !plan.checkpoints.is_empty() {
+            let mut any = false;
+            for &id in &plan.kept {
+                if intact(&catalog, id, verify)? {
+                    any = true;
+                    break;
+                }
+            }
+            if !any {
+                bail!(Damaged(format!(
+                    "{}{}: none of the checkpoints gc would keep ({:?}) is intact; deleting the \
+                     older ones could lose the last good checkpoint. Run `gress checkpoint verify \
+                     --all`, or keep more with --retain",
+                    loc.shown(),
+                    w.map_or(String::new(), |w| format!(" worker {w}")),
+                    plan.kept
+                )));
+            }
+        }
+        planned.push((w, storage, keep, plan));
+    }
+    let mut reports = Vec::new();
+    for (w, storage, keep, plan) in planned {
         let (removed, not_removed) = if dry_run {
             (0, 0)
         } else {

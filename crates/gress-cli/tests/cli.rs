@@ -581,6 +581,49 @@ fn checkpoints_on_s3_are_listed_verified_and_damage_is_found() -> R {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8(out.stdout)?.contains(&path));
 
+    // Sweeping on S3: the dry run deletes nothing, the sweep keeps one.
+    let objects = storage.list("")?.len();
+    let mut c = gress();
+    env(&mut c);
+    let plan = json_of(
+        &c.args([
+            "checkpoint",
+            "gc",
+            url,
+            "--retain",
+            "1",
+            "--dry-run",
+            "--json",
+        ])
+        .output()?
+        .stdout,
+    )?;
+    assert_eq!(plan["places"][0]["kept"], serde_json::json!([newest]));
+    assert_eq!(storage.list("")?.len(), objects);
+    // The only checkpoint gc would keep is damaged: it refuses.
+    let mut c = gress();
+    env(&mut c);
+    let refused = c
+        .args(["checkpoint", "gc", url, "--retain", "1", "--verify"])
+        .output()?;
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8(refused.stderr)?.contains("is intact"));
+    assert_eq!(storage.list("")?.len(), objects);
+    // Keeping an intact one too, it sweeps.
+    let mut c = gress();
+    env(&mut c);
+    c.args(["checkpoint", "gc", url, "--retain", "2", "--verify"])
+        .assert()
+        .code(0);
+    let mut c = gress();
+    env(&mut c);
+    let after = json_of(
+        &c.args(["checkpoint", "list", url, "--json"])
+            .output()?
+            .stdout,
+    )?;
+    assert_eq!(after["checkpoints"].as_array().ok_or("cps")?.len(), 2);
+
     // A bucket that is not there: a clear failure.
     let mut c = gress();
     env(&mut c);
