@@ -718,23 +718,23 @@ fn restore(
         };
         let (written, entries) = match target_to {
             Target::Rocksdb(dir) => {
-                let rocks = new_rocksdb(dir)?;
-                if format == ROCKSDB_CHECKPOINT_FORMAT || format == SNAPSHOT_FORMAT {
-                    restore_into(&rocks)?;
-                } else {
-                    // A memory checkpoint (a full snapshot and its deltas):
-                    // through a memory backend, as one snapshot stream.
-                    let mem = MemoryStateBackend::new(MemoryConfig::default())?;
-                    restore_into(&mem)?;
-                    bar.set_message("writing into RocksDB");
-                    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-                    mem.snapshot_to(&mut std::io::BufWriter::new(tmp.as_file()))?;
-                    let mut input = std::io::BufReader::new(tmp.reopen()?);
-                    rocks.restore_from(&mut input)?;
-                }
-                rocks.flush()?;
-                let n = rocks.metrics().n_keys;
-                rocks.close()?;
+                let n = build_rocksdb(dir, |rocks| {
+                    if format == ROCKSDB_CHECKPOINT_FORMAT || format == SNAPSHOT_FORMAT {
+                        restore_into(rocks)?;
+                    } else {
+                        // A memory checkpoint (a full snapshot and its
+                        // deltas): through a memory backend, as one
+                        // snapshot stream.
+                        let mem = MemoryStateBackend::new(MemoryConfig::default())?;
+                        restore_into(&mem)?;
+                        bar.set_message("writing into RocksDB");
+                        let tmp = tempfile::NamedTempFile::new_in(parent_dir(dir))?;
+                        mem.snapshot_to(&mut std::io::BufWriter::new(tmp.as_file()))?;
+                        let mut input = std::io::BufReader::new(tmp.reopen()?);
+                        rocks.restore_from(&mut input)?;
+                    }
+                    Ok(rocks.metrics().n_keys)
+                })?;
                 (dir.clone(), n)
             }
             Target::Snapshot(file) => {
@@ -779,16 +779,42 @@ fn parent_dir(file: &Path) -> &Path {
     }
 }
 
-/// A new RocksDB state directory at `dir` (refusing one that holds state).
-pub(crate) fn new_rocksdb(dir: &Path) -> Result<RocksDbStateBackend> {
-    if dir.join("LIVE").exists() {
+/// Builds a new RocksDB state directory at `dir` with `fill`: in a
+/// temporary directory beside it, closed, synced and renamed into place,
+/// so that `dir` appears whole or not at all (a crash midway leaves only
+/// the temporary directory, never a half-filled `dir`). Refuses a `dir`
+/// that exists and is not empty.
+pub(crate) fn build_rocksdb(
+    dir: &Path,
+    fill: impl FnOnce(&RocksDbStateBackend) -> Result<u64>,
+) -> Result<u64> {
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) || dir.is_file() {
         bail!(
-            "{} already holds RocksDB state; restore into a new directory",
+            "{} already exists and is not empty; restore into a new directory",
             dir.display()
         );
     }
-    RocksDbStateBackend::open(RocksDbConfig::new(dir))
-        .with_context(|| format!("creating RocksDB state in {}", dir.display()))
+    let parent = parent_dir(dir);
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".gress-restoring-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a directory in {}", parent.display()))?;
+    let rocks = RocksDbStateBackend::open(RocksDbConfig::new(scratch.path()))
+        .with_context(|| format!("creating RocksDB state in {}", scratch.path().display()))?;
+    let n = fill(&rocks)?;
+    rocks.flush()?;
+    rocks.close()?;
+    drop(rocks);
+    // An empty directory at `dir` (made by the user) is replaced.
+    if dir.is_dir() {
+        std::fs::remove_dir(dir).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    let built = scratch.keep();
+    std::fs::rename(&built, dir)
+        .with_context(|| format!("moving the new state to {}", dir.display()))?;
+    gress_state::fsutil::sync_dir(parent)?;
+    Ok(n)
 }
 
 /// Writes `backend`'s snapshot to `file`: a temporary file beside it,

@@ -11,7 +11,7 @@ use gress_state::snapshot::{SnapshotEntry, SnapshotReader, SnapshotWriter};
 use gress_state::{SnapshotKind, StateBackend};
 use serde_json::json;
 
-use crate::checkpoint::new_rocksdb;
+use crate::checkpoint::build_rocksdb;
 use crate::exit;
 use crate::out::{Encoding, Out, size, time};
 
@@ -287,22 +287,22 @@ fn convert(from: &Path, to: &Path, out: &Out) -> Result<u8> {
         ("snapshot file", summary.n_entries)
     } else {
         // Snapshot file -> a new RocksDB directory.
-        let mut r = open(from)?;
+        let r = open(from)?;
         if r.header().kind == SnapshotKind::Delta {
             bail!(
                 "{} is a delta snapshot: only a full snapshot is a whole state",
                 from.display()
             );
         }
-        drop(r.next_entry());
-        let rocks = new_rocksdb(to)?;
-        let f = File::open(from)?;
-        let summary = rocks
-            .restore_from(&mut BufReader::with_capacity(1 << 20, f))
-            .with_context(|| format!("loading {}", from.display()))?;
-        rocks.flush()?;
-        rocks.close()?;
-        ("RocksDB directory", summary.n_entries_restored)
+        drop(r);
+        let summary = build_rocksdb(to, |rocks| {
+            let f = File::open(from)?;
+            let summary = rocks
+                .restore_from(&mut BufReader::with_capacity(1 << 20, f))
+                .with_context(|| format!("loading {}", from.display()))?;
+            Ok(summary.n_entries_restored)
+        })?;
+        ("RocksDB directory", summary)
     };
     bar.finish_and_clear();
     let doc = json!({

@@ -733,6 +733,8 @@ fn rocksdb_checkpoints_restore_into_a_snapshot_and_a_new_directory() -> R {
         .ok_or("id")?
         .to_string();
     let dir = tmp.path().join("restored");
+    // An empty directory made beforehand is fine; a non-empty one is not.
+    std::fs::create_dir(&dir)?;
     run_json(&[
         "checkpoint",
         "restore",
@@ -741,6 +743,19 @@ fn rocksdb_checkpoints_restore_into_a_snapshot_and_a_new_directory() -> R {
         "--to-rocksdb",
         s(&dir),
     ])?;
+    gress()
+        .args(["checkpoint", "restore", s(&loc), "--to-rocksdb", s(&dir)])
+        .assert()
+        .code(1);
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".gress-restoring")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "the scratch directory is gone");
     let counted = run_json(&["db", "stats", s(&dir), "--count"])?;
     assert_eq!(counted["entries"], KEYS);
     let got = run_json(&["db", "get", s(&dir), "user:00000"])?;
