@@ -67,26 +67,34 @@ fn plot(outcome: &Outcome, path: &Path) -> Result<()> {
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(height);
     let label_of = |i: usize| rows.get(i).map_or(String::new(), |r| r.label.clone());
+    // A panel: one band per row, labelled, along an x axis of `range`.
+    macro_rules! panel {
+        ($area:expr, $caption:expr, $range:expr) => {{
+            let mut chart = ChartBuilder::on($area)
+                .caption($caption, ("sans-serif", 20))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(320)
+                .build_cartesian_2d($range, (0..n).into_segmented())?;
+            chart
+                .configure_mesh()
+                .y_labels(n)
+                .y_label_formatter(&|v| match v {
+                    SegmentValue::CenterOf(i) => label_of(*i),
+                    _ => String::new(),
+                })
+                .x_label_formatter(&|v| human(*v))
+                .draw()?;
+            chart
+        }};
+    }
 
     let max_tput = rows.iter().map(|r| r.throughput).fold(0.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&top)
-        .caption(
-            format!("throughput ({}/s)", outcome.throughput_unit),
-            ("sans-serif", 20),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(320)
-        .build_cartesian_2d(0.0..max_tput.max(1.0), (0..n).into_segmented())?;
-    chart
-        .configure_mesh()
-        .y_labels(n)
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => label_of(*i),
-            _ => String::new(),
-        })
-        .x_label_formatter(&|v| human(*v))
-        .draw()?;
+    let mut chart = panel!(
+        &top,
+        format!("throughput ({}/s)", outcome.throughput_unit),
+        0.0..max_tput.max(1.0)
+    );
     chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
         Rectangle::new(
             [
@@ -104,21 +112,11 @@ fn plot(outcome: &Outcome, path: &Path) -> Result<()> {
         .collect();
     let lo = lat.iter().copied().fold(f64::MAX, f64::min).max(1.0) / 2.0;
     let hi = lat.iter().copied().fold(1.0, f64::max) * 2.0;
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("latency percentiles (ns, log scale)", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(320)
-        .build_cartesian_2d((lo.min(hi / 4.0)..hi).log_scale(), (0..n).into_segmented())?;
-    chart
-        .configure_mesh()
-        .y_labels(n)
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => label_of(*i),
-            _ => String::new(),
-        })
-        .x_label_formatter(&|v| human(*v))
-        .draw()?;
+    let mut chart = panel!(
+        &bottom,
+        "latency percentiles (ns, log scale)",
+        (lo.min(hi / 4.0)..hi).log_scale()
+    );
     let names: Vec<&str> = {
         let mut v: Vec<&str> = Vec::new();
         for r in rows {

@@ -5,6 +5,7 @@
 //! job that is checkpointing into it. `gc` opens the location as a
 //! checkpoint manager does, which refuses a location a live job holds.
 
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -224,16 +225,9 @@ fn list(loc: &Location, out: &Out) -> Result<u8> {
     match loc.kind()? {
         Kind::Manager(storage) => {
             let catalog = Catalog::open(storage).context("reading the manifests")?;
-            let doc = json!({ "location": loc.shown(), "kind": "backend" })
-                .as_object()
-                .cloned()
-                .map(|mut o| {
-                    if let Value::Object(c) = catalog_json(&catalog) {
-                        o.extend(c);
-                    }
-                    Value::Object(o)
-                })
-                .unwrap_or(Value::Null);
+            let mut doc = catalog_json(&catalog);
+            doc["location"] = json!(loc.shown());
+            doc["kind"] = json!("backend");
             out.emit(&doc, || {
                 say!(
                     "{}: {} checkpoints",
@@ -243,11 +237,11 @@ fn list(loc: &Location, out: &Out) -> Result<u8> {
                 print_checkpoints(&catalog, "");
             });
         }
-        Kind::Job => {
+        Kind::Job(indexes) => {
             let root = loc.open("")?;
             let commits = gress_stream::commits(&*root).context("reading the commit records")?;
             let mut workers = Vec::new();
-            for w in loc.workers()? {
+            for w in indexes {
                 let catalog = Catalog::open(loc.worker(w)?)
                     .with_context(|| format!("reading worker {w}'s manifests"))?;
                 workers.push((w, catalog));
@@ -266,9 +260,7 @@ fn list(loc: &Location, out: &Out) -> Result<u8> {
                 })).collect::<Vec<_>>(),
                 "workers": workers.iter().map(|(w, c)| {
                     let mut v = catalog_json(c);
-                    if let Value::Object(o) = &mut v {
-                        o.insert("worker".into(), json!(w));
-                    }
+                    v["worker"] = json!(w);
                     v
                 }).collect::<Vec<_>>(),
             });
@@ -315,12 +307,11 @@ fn target(loc: &Location, id: Option<u64>, worker: Option<usize>) -> Result<(Cat
                 loc.shown()
             )
         }
-        (Kind::Job, None) => bail!(
-            "{} is a job's checkpoints: say which worker (--worker N, one of {:?})",
+        (Kind::Job(workers), None) => bail!(
+            "{} is a job's checkpoints: say which worker (--worker N, one of {workers:?})",
             loc.shown(),
-            loc.workers()?
         ),
-        (Kind::Job, Some(w)) => {
+        (Kind::Job(_), Some(w)) => {
             let storage = loc.worker(w)?;
             if id.is_some() {
                 storage
@@ -332,7 +323,7 @@ fn target(loc: &Location, id: Option<u64>, worker: Option<usize>) -> Result<(Cat
     let catalog = Catalog::open(storage).context("reading the manifests")?;
     let id = match id.or_else(|| catalog.latest().map(|i| i.id)) {
         Some(id) => id,
-        None => bail!(NotFound(format!(
+        None => bail!(Fail::not_found(format!(
             "{}: no committed checkpoint",
             loc.shown()
         ))),
@@ -351,7 +342,7 @@ fn committed_of(loc: &Location, w: usize, storage: Arc<dyn Storage>) -> Result<(
     for _ in 0..5 {
         let newest = gress_stream::latest_commit(&*root)?;
         let Some(id) = newest.and_then(|c| c.checkpoints.get(w).copied()) else {
-            bail!(NotFound(format!(
+            bail!(Fail::not_found(format!(
                 "{}: no committed epoch names a checkpoint of worker {w}",
                 loc.shown()
             )));
@@ -361,55 +352,62 @@ fn committed_of(loc: &Location, w: usize, storage: Arc<dyn Storage>) -> Result<(
             return Ok((catalog, id));
         }
     }
-    bail!(NotFound(format!(
+    bail!(Fail::not_found(format!(
         "{}: worker {w}'s committed checkpoint keeps disappearing (a job is retiring them)",
         loc.shown()
     )))
 }
 
-/// An error that maps to exit code 4.
+/// An error with its own exit code: what was asked for is not there
+/// (4) or is damaged (3).
 #[derive(Debug)]
-pub(crate) struct NotFound(pub(crate) String);
-
-impl std::fmt::Display for NotFound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+pub(crate) struct Fail {
+    code: u8,
+    message: String,
 }
 
-impl std::error::Error for NotFound {}
-
-/// An error that maps to exit code 3: what was asked for is damaged.
-#[derive(Debug)]
-pub(crate) struct Damaged(pub(crate) String);
-
-impl std::fmt::Display for Damaged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Damaged {}
-
-/// Runs `f`, turning a [`NotFound`] into exit code 4 and a [`Damaged`]
-/// into exit code 3, with their messages.
-fn or_not_found(out: &Out, f: impl FnOnce() -> Result<u8>) -> Result<u8> {
-    let result = f();
-    let code = match &result {
-        Err(e) if e.downcast_ref::<NotFound>().is_some() => exit::NOT_FOUND,
-        Err(e) if e.downcast_ref::<Damaged>().is_some() => exit::DAMAGED,
-        _ => return result,
-    };
-    if let Err(e) = result {
-        if out.json {
-            say!(
-                "{}",
-                json!({ "error": e.to_string(), "not_found": code == exit::NOT_FOUND })
-            );
+impl Fail {
+    pub(crate) fn not_found(message: String) -> Self {
+        Fail {
+            code: exit::NOT_FOUND,
+            message,
         }
-        eprintln!("error: {e}");
     }
-    Ok(code)
+
+    pub(crate) fn damaged(message: String) -> Self {
+        Fail {
+            code: exit::DAMAGED,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Fail {}
+
+/// Runs `f`, turning a [`Fail`] into its exit code and message.
+fn or_not_found(out: &Out, f: impl FnOnce() -> Result<u8>) -> Result<u8> {
+    match f() {
+        Err(e) => match e.downcast_ref::<Fail>() {
+            Some(fail) => {
+                if out.json {
+                    say!(
+                        "{}",
+                        json!({ "error": fail.message, "not_found": fail.code == exit::NOT_FOUND })
+                    );
+                }
+                eprintln!("error: {fail}");
+                Ok(fail.code)
+            }
+            None => Err(e),
+        },
+        ok => ok,
+    }
 }
 
 fn manifest_json(m: &Manifest) -> Value {
@@ -436,7 +434,7 @@ fn inspect(loc: &Location, id: Option<u64>, worker: Option<usize>, out: &Out) ->
         let (catalog, id) = target(loc, id, worker)?;
         let m = catalog
             .manifest(id)
-            .ok_or_else(|| NotFound(format!("no checkpoint {id}")))?;
+            .ok_or_else(|| Fail::not_found(format!("no checkpoint {id}")))?;
         out.emit(&manifest_json(m), || {
             say!(
                 "checkpoint {} of {}, {} ({})",
@@ -505,12 +503,12 @@ fn verify(
                 let ids = pick(&catalog, id, all, loc)?;
                 plan.push((None, catalog, ids));
             }
-            Kind::Job => {
+            Kind::Job(indexes) => {
                 let root = loc.open("")?;
                 let newest = gress_stream::latest_commit(&*root)?;
                 let workers = match worker {
                     Some(w) => vec![w],
-                    None => loc.workers()?,
+                    None => indexes,
                 };
                 for w in workers {
                     let storage = loc.worker(w)?;
@@ -648,7 +646,7 @@ fn pick(catalog: &Catalog, id: Option<u64>, all: bool, loc: &Location) -> Result
     }
     let id = match id.or_else(|| catalog.latest().map(|i| i.id)) {
         Some(id) => id,
-        None => bail!(NotFound(format!(
+        None => bail!(Fail::not_found(format!(
             "{}: no committed checkpoint",
             loc.shown()
         ))),
@@ -663,14 +661,14 @@ fn pick(catalog: &Catalog, id: Option<u64>, all: bool, loc: &Location) -> Result
 /// code 3), or there is none (exit code 4).
 fn missing(catalog: &Catalog, id: u64, loc: &Location) -> anyhow::Error {
     match catalog.damaged().iter().find(|d| d.id == id) {
-        Some(d) => Damaged(format!(
+        Some(d) => Fail::damaged(format!(
             "{}: checkpoint {id}'s manifest {} is damaged: {}",
             loc.shown(),
             d.path,
             d.reason
         ))
         .into(),
-        None => NotFound(format!("{}: no checkpoint {id}", loc.shown())).into(),
+        None => Fail::not_found(format!("{}: no checkpoint {id}", loc.shown())).into(),
     }
 }
 
@@ -691,10 +689,10 @@ fn restore(
         let (catalog, id) = target(loc, id, worker)?;
         let m = catalog
             .manifest(id)
-            .ok_or_else(|| NotFound(format!("no checkpoint {id}")))?;
+            .ok_or_else(|| Fail::not_found(format!("no checkpoint {id}")))?;
         let entry = match backend {
             Some(name) => m.backend(name).ok_or_else(|| {
-                NotFound(format!(
+                Fail::not_found(format!(
                     "checkpoint {id} has no backend `{name}` (it has {:?})",
                     m.backends.iter().map(|b| &b.name).collect::<Vec<_>>()
                 ))
@@ -817,26 +815,31 @@ pub(crate) fn build_rocksdb(
     Ok(n)
 }
 
-/// Writes `backend`'s snapshot to `file`: a temporary file beside it,
-/// synced, then renamed over it.
-pub(crate) fn write_snapshot(
+/// Writes `file` through `write`: into a temporary file beside it, then
+/// flushed, synced and renamed over it, so `file` is whole or untouched.
+pub(crate) fn write_atomically<T>(
     file: &Path,
-    backend: &dyn StateBackend,
-) -> Result<gress_state::SnapshotSummary> {
+    write: impl FnOnce(&mut dyn Write) -> Result<T>,
+) -> Result<T> {
     let parent = parent_dir(file);
     let tmp = tempfile::NamedTempFile::new_in(parent)
         .with_context(|| format!("creating a file in {}", parent.display()))?;
-    let summary = {
-        let mut w = std::io::BufWriter::new(tmp.as_file());
-        let s = backend.snapshot_to(&mut w)?;
-        std::io::Write::flush(&mut w)?;
-        s
+    let value = {
+        let mut w = BufWriter::new(tmp.as_file());
+        let value = write(&mut w)?;
+        w.flush()?;
+        value
     };
     tmp.as_file().sync_all()?;
     tmp.persist(file)
         .with_context(|| format!("writing {}", file.display()))?;
     gress_state::fsutil::sync_dir(parent)?;
-    Ok(summary)
+    Ok(value)
+}
+
+/// Writes `backend`'s snapshot to `file`, atomically.
+fn write_snapshot(file: &Path, backend: &dyn StateBackend) -> Result<gress_state::SnapshotSummary> {
+    write_atomically(file, |w| Ok(backend.snapshot_to(w)?))
 }
 
 /// Whether every file of checkpoint `id` is there with its size (and,
@@ -863,10 +866,10 @@ fn gc(loc: &Location, retain: usize, dry_run: bool, verify: bool, out: &Out) -> 
     let mut places: Vec<(Option<usize>, Arc<dyn Storage>, usize)> = Vec::new();
     match loc.kind()? {
         Kind::Manager(storage) => places.push((None, storage, retain)),
-        Kind::Job => {
+        Kind::Job(indexes) => {
             let root = loc.open("")?;
             let newest = gress_stream::latest_commit(&*root)?;
-            for w in loc.workers()? {
+            for w in indexes {
                 let storage = loc.worker(w)?;
                 let catalog = Catalog::open(Arc::clone(&storage))?;
                 // Never drop what the newest commit names, nor anything
@@ -898,7 +901,7 @@ fn gc(loc: &Location, retain: usize, dry_run: bool, verify: bool, out: &Out) -> 
                 }
             }
             if !any {
-                bail!(Damaged(format!(
+                bail!(Fail::damaged(format!(
                     "{}{}: none of the checkpoints gc would keep ({:?}) is intact; deleting the \
                      older ones could lose the last good checkpoint. Run `gress checkpoint verify \
                      --all`, or keep more with --retain",

@@ -204,27 +204,17 @@ fn stats(dir: &Path, verbose: bool, count: bool, out: &Out) -> Result<u8> {
     Ok(exit::OK)
 }
 
-fn expiry_json(expires: Option<u64>, now: u64) -> serde_json::Value {
-    json!({
-        "expires_at_ms": expires,
-        "expired": expires.is_some_and(|t| t <= now),
-    })
-}
-
 fn get(dir: &Path, key: &[u8], encoding: Encoding, out: &Out) -> Result<u8> {
     let db = open(dir)?;
     let now = now_ms();
     match db.get(key)? {
         Some(e) => {
-            let mut doc = json!({
+            let doc = json!({
                 "key": encoding.show(&e.key),
                 "value": encoding.show(&e.value),
+                "expires_at_ms": e.expires_at_ms,
+                "expired": e.expires_at_ms.is_some_and(|t| t <= now),
             });
-            if let (Some(o), serde_json::Value::Object(x)) =
-                (doc.as_object_mut(), expiry_json(e.expires_at_ms, now))
-            {
-                o.extend(x);
-            }
             out.emit(&doc, || {
                 say!("{}", encoding.show(&e.value));
                 if let Some(t) = e.expires_at_ms {

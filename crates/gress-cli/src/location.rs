@@ -20,8 +20,9 @@ pub(crate) struct Location {
 pub(crate) enum Kind {
     /// A checkpoint manager's location (`manifests/`).
     Manager(Arc<dyn Storage>),
-    /// A stream job's: `commits/` and `workers/<index>/`.
-    Job,
+    /// A stream job's: `commits/` and `workers/<index>/`, with the worker
+    /// indexes found there.
+    Job(Vec<usize>),
 }
 
 impl Location {
@@ -74,33 +75,15 @@ impl Location {
         self.open(&worker_sub(w))
     }
 
-    /// Whether this is a manager's location or a job's.
+    /// Whether this is a manager's location or a job's (one listing of
+    /// `workers/`, which a job's commands need anyway).
     pub(crate) fn kind(&self) -> Result<Kind> {
         let root = self.open("")?;
-        let has = |prefix: &str| -> Result<bool> {
-            Ok(!root
-                .list(prefix)
-                .with_context(|| format!("listing {}", self.shown))?
-                .is_empty())
+        let list = |prefix: &str| {
+            root.list(prefix)
+                .with_context(|| format!("listing {}", self.shown))
         };
-        if has(COMMITS)? || has("workers/")? {
-            return Ok(Kind::Job);
-        }
-        if has(MANIFESTS)? {
-            return Ok(Kind::Manager(root));
-        }
-        bail!(
-            "{}: no checkpoints here (neither manifests/ of a backend's checkpoints nor commits/ of a job)",
-            self.shown
-        )
-    }
-
-    /// The workers of a job location, by index.
-    pub(crate) fn workers(&self) -> Result<Vec<usize>> {
-        let root = self.open("")?;
-        let mut found: Vec<usize> = root
-            .list("workers/")
-            .with_context(|| format!("listing {}", self.shown))?
+        let mut workers: Vec<usize> = list("workers/")?
             .iter()
             .filter_map(|o| {
                 o.path
@@ -111,9 +94,18 @@ impl Location {
                     .ok()
             })
             .collect();
-        found.sort_unstable();
-        found.dedup();
-        Ok(found)
+        workers.sort_unstable();
+        workers.dedup();
+        if !workers.is_empty() || !list(COMMITS)?.is_empty() {
+            return Ok(Kind::Job(workers));
+        }
+        if !list(MANIFESTS)?.is_empty() {
+            return Ok(Kind::Manager(root));
+        }
+        bail!(
+            "{}: no checkpoints here (neither manifests/ of a backend's checkpoints nor commits/ of a job)",
+            self.shown
+        )
     }
 }
 

@@ -11,7 +11,7 @@ use gress_state::snapshot::{SnapshotEntry, SnapshotReader, SnapshotWriter};
 use gress_state::{SnapshotKind, StateBackend};
 use serde_json::json;
 
-use crate::checkpoint::build_rocksdb;
+use crate::checkpoint::{build_rocksdb, write_atomically};
 use crate::exit;
 use crate::out::{Encoding, Out, size, time};
 
@@ -252,38 +252,26 @@ fn convert(from: &Path, to: &Path, out: &Out) -> Result<u8> {
         // RocksDB directory -> snapshot file, read-only on the directory.
         let db = ReadOnlyDb::open(from)
             .with_context(|| format!("opening {} read-only", from.display()))?;
-        let parent = match to.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let tmp = tempfile::NamedTempFile::new_in(parent)
-            .with_context(|| format!("creating a file in {}", parent.display()))?;
-        let mut w = SnapshotWriter::new(
-            BufWriter::new(tmp.as_file()),
-            SnapshotKind::Full,
-            crate::out::now_ms(),
-        )?;
-        let mut failed = None;
-        let mut n = 0u64;
-        db.scan(b"", |e| {
-            if let Err(err) = w.put(&e.key, &e.value, e.expires_at_ms) {
-                failed = Some(err);
-                return false;
+        let summary = write_atomically(to, |out| {
+            let mut w = SnapshotWriter::new(out, SnapshotKind::Full, crate::out::now_ms())?;
+            let mut failed = None;
+            let mut n = 0u64;
+            db.scan(b"", |e| {
+                if let Err(err) = w.put(&e.key, &e.value, e.expires_at_ms) {
+                    failed = Some(err);
+                    return false;
+                }
+                n += 1;
+                if n.is_multiple_of(65_536) {
+                    bar.set_message(format!("converting: {n} entries"));
+                }
+                true
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
             }
-            n += 1;
-            if n.is_multiple_of(65_536) {
-                bar.set_message(format!("converting: {n} entries"));
-            }
-            true
+            Ok(w.finish()?)
         })?;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
-        let summary = w.finish()?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(to)
-            .with_context(|| format!("writing {}", to.display()))?;
-        gress_state::fsutil::sync_dir(parent)?;
         ("snapshot file", summary.n_entries)
     } else {
         // Snapshot file -> a new RocksDB directory.

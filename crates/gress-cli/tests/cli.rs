@@ -520,18 +520,20 @@ fn checkpoints_on_s3_are_listed_verified_and_damage_is_found() -> R {
     let config = server.bucket("ops")?.with_prefix("jobs/orders");
     let storage: Arc<dyn Storage> = Arc::new(S3Storage::new(config)?);
     let expected = make_checkpoints(Arc::clone(&storage))?;
-    let env = |c: &mut Command| {
+    // `gress` with the server's endpoint and keys in its environment.
+    let gress_s3 = || {
+        let mut c = gress();
         c.env("AWS_ENDPOINT_URL", server.endpoint())
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ALLOW_HTTP", "true");
+        c
     };
     let url = "s3://ops/jobs/orders";
-    let mut c = gress();
-    env(&mut c);
     let list = json_of(
-        &c.args(["checkpoint", "list", url, "--json"])
+        &gress_s3()
+            .args(["checkpoint", "list", url, "--json"])
             .output()?
             .stdout,
     )?;
@@ -541,17 +543,15 @@ fn checkpoints_on_s3_are_listed_verified_and_damage_is_found() -> R {
         "{list}"
     );
 
-    let mut c = gress();
-    env(&mut c);
-    c.args(["checkpoint", "verify", url, "--all"])
+    gress_s3()
+        .args(["checkpoint", "verify", url, "--all"])
         .assert()
         .code(0);
 
     let tmp = tempfile::tempdir()?;
     let snap = tmp.path().join("s3.snap");
-    let mut c = gress();
-    env(&mut c);
-    c.args(["checkpoint", "restore", url, "--to-snapshot", s(&snap)])
+    gress_s3()
+        .args(["checkpoint", "restore", url, "--to-snapshot", s(&snap)])
         .assert()
         .code(0);
     let info = run_json(&["snapshot", "inspect", s(&snap)])?;
@@ -559,10 +559,9 @@ fn checkpoints_on_s3_are_listed_verified_and_damage_is_found() -> R {
 
     // Damage one object of the newest checkpoint.
     let newest = list["checkpoints"][2]["id"].as_u64().ok_or("id")?;
-    let mut c = gress();
-    env(&mut c);
     let manifest = json_of(
-        &c.args(["checkpoint", "inspect", url, &newest.to_string(), "--json"])
+        &gress_s3()
+            .args(["checkpoint", "inspect", url, &newest.to_string(), "--json"])
             .output()?
             .stdout,
     )?;
@@ -575,59 +574,51 @@ fn checkpoints_on_s3_are_listed_verified_and_damage_is_found() -> R {
     bytes[last] ^= 0xff;
     storage.delete(&path)?;
     storage.put_new(&path, &bytes)?;
-    let mut c = gress();
-    env(&mut c);
-    let out = c.args(["checkpoint", "verify", url]).output()?;
+    let out = gress_s3().args(["checkpoint", "verify", url]).output()?;
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8(out.stdout)?.contains(&path));
 
     // Sweeping on S3: the dry run deletes nothing, the sweep keeps one.
     let objects = storage.list("")?.len();
-    let mut c = gress();
-    env(&mut c);
     let plan = json_of(
-        &c.args([
-            "checkpoint",
-            "gc",
-            url,
-            "--retain",
-            "1",
-            "--dry-run",
-            "--json",
-        ])
-        .output()?
-        .stdout,
+        &gress_s3()
+            .args([
+                "checkpoint",
+                "gc",
+                url,
+                "--retain",
+                "1",
+                "--dry-run",
+                "--json",
+            ])
+            .output()?
+            .stdout,
     )?;
     assert_eq!(plan["places"][0]["kept"], serde_json::json!([newest]));
     assert_eq!(storage.list("")?.len(), objects);
     // The only checkpoint gc would keep is damaged: it refuses.
-    let mut c = gress();
-    env(&mut c);
-    let refused = c
+    let refused = gress_s3()
         .args(["checkpoint", "gc", url, "--retain", "1", "--verify"])
         .output()?;
     assert_eq!(refused.status.code(), Some(3));
     assert!(String::from_utf8(refused.stderr)?.contains("is intact"));
     assert_eq!(storage.list("")?.len(), objects);
     // Keeping an intact one too, it sweeps.
-    let mut c = gress();
-    env(&mut c);
-    c.args(["checkpoint", "gc", url, "--retain", "2", "--verify"])
+    gress_s3()
+        .args(["checkpoint", "gc", url, "--retain", "2", "--verify"])
         .assert()
         .code(0);
-    let mut c = gress();
-    env(&mut c);
     let after = json_of(
-        &c.args(["checkpoint", "list", url, "--json"])
+        &gress_s3()
+            .args(["checkpoint", "list", url, "--json"])
             .output()?
             .stdout,
     )?;
     assert_eq!(after["checkpoints"].as_array().ok_or("cps")?.len(), 2);
 
     // A bucket that is not there: a clear failure.
-    let mut c = gress();
-    env(&mut c);
-    c.args(["checkpoint", "list", "s3://no-such-bucket/x"])
+    gress_s3()
+        .args(["checkpoint", "list", "s3://no-such-bucket/x"])
         .assert()
         .code(1);
     Ok(())

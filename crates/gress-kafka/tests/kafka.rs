@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use gress_kafka::testing::Broker;
-use gress_kafka::{KafkaConfig, KafkaSink, KafkaSource};
+use gress_kafka::{KafkaConfig, KafkaRecord, KafkaSink, KafkaSource};
 use gress_stream::{
     EpochPolicy, Error, JobConfig, KeyedProcessFunction, ProcessingContext, Result,
     ValueStateDescriptor, run,
@@ -71,12 +71,7 @@ fn run_job(config: &KafkaConfig, dir: &Path, workers: usize, fail_at: Option<u64
         .with_epochs(EpochPolicy::Records(300));
     let (input, output) = (config.clone(), config.clone());
     run(job, move |job| {
-        let source = KafkaSource::new(input.clone(), "events", |r| {
-            let value = r.value.ok_or("no value")?;
-            let text = String::from_utf8(value).map_err(|e| e.to_string())?;
-            text.parse::<u64>().map_err(|e| e.to_string())
-        })?
-        .bounded();
+        let source = KafkaSource::new(input.clone(), "events", number)?.bounded();
         job.source("events", source)?
             .key_by(|k: &u64| *k)
             .process(
@@ -96,6 +91,13 @@ fn run_job(config: &KafkaConfig, dir: &Path, workers: usize, fail_at: Option<u64
             )
     })?;
     Ok(())
+}
+
+/// A record whose value is a number in decimal text.
+fn number(r: KafkaRecord) -> std::result::Result<u64, String> {
+    let value = r.value.ok_or("no value")?;
+    let text = String::from_utf8(value).map_err(|e| e.to_string())?;
+    text.parse::<u64>().map_err(|e| e.to_string())
 }
 
 fn u64_of(bytes: &[u8]) -> u64 {
@@ -206,12 +208,7 @@ fn a_record_the_decoder_refuses_fails_the_job_naming_its_offset() -> R {
     let config = broker.config();
     let job = JobConfig::new("decode").with_checkpoint_dir(dir.path().join("checkpoints"));
     let err = run(job, move |job| {
-        let source = KafkaSource::new(config.clone(), "events", |r| {
-            String::from_utf8_lossy(&r.value.unwrap_or_default())
-                .parse::<u64>()
-                .map_err(|e| e.to_string())
-        })?
-        .bounded();
+        let source = KafkaSource::new(config.clone(), "events", number)?.bounded();
         job.source("events", source)?
             .key_by(|k: &u64| *k)
             .count("count")
@@ -244,12 +241,7 @@ fn committed_offsets_are_reported_to_the_consumer_group() -> R {
             .with_checkpoint_dir(dir.path().join("checkpoints"))
             .with_epochs(EpochPolicy::Records(50));
         run(job, move |job| {
-            let source = KafkaSource::new(config.clone(), "events", |r| {
-                String::from_utf8_lossy(&r.value.unwrap_or_default())
-                    .parse::<u64>()
-                    .map_err(|e| e.to_string())
-            })?
-            .bounded();
+            let source = KafkaSource::new(config.clone(), "events", number)?.bounded();
             job.source("events", source)?
                 .key_by(|k: &u64| *k % 7)
                 .process(

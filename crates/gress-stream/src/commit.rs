@@ -77,13 +77,19 @@ fn commit_path(epoch: u64) -> String {
 
 /// The newest commit record that parses, if any. A record that does not
 /// parse (torn by a storage that is not atomic) is skipped with a warning.
+/// Reads records newest first and stops at the first that parses.
 pub fn latest_commit(storage: &dyn Storage) -> Result<Option<CommitRecord>> {
-    Ok(commits(storage)?.into_iter().next())
+    read_commits(storage, Some(1)).map(|mut records| records.pop())
 }
 
 /// Every commit record that parses, newest first (a record deleted between
 /// the listing and its reading is left out).
 pub fn commits(storage: &dyn Storage) -> Result<Vec<CommitRecord>> {
+    read_commits(storage, None)
+}
+
+/// Up to `most` commit records that parse, newest first.
+fn read_commits(storage: &dyn Storage, most: Option<usize>) -> Result<Vec<CommitRecord>> {
     let mut out = Vec::new();
     let mut epochs: Vec<u64> = storage
         .list(COMMITS)?
@@ -98,6 +104,9 @@ pub fn commits(storage: &dyn Storage) -> Result<Vec<CommitRecord>> {
         .collect();
     epochs.sort_unstable_by(|a, b| b.cmp(a));
     for epoch in epochs {
+        if most.is_some_and(|m| out.len() >= m) {
+            break;
+        }
         let path = commit_path(epoch);
         let bytes = match storage.read_all(&path, 1 << 20) {
             Ok(bytes) => bytes,

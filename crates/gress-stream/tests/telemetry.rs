@@ -10,7 +10,7 @@ use gress_stream::telemetry::{prometheus_endpoint, serve_prometheus};
 use gress_stream::{
     CollectSink, EpochPolicy, Error, JobConfig, PartitionReader, Poll, Source, run,
 };
-use gress_testkit::prometheus::{Sample, parse, scrape, value};
+use gress_testkit::prometheus::{parse, scrape, sum, value};
 use parking_lot::Mutex;
 
 type R = Result<(), Box<dyn std::error::Error>>;
@@ -67,19 +67,6 @@ impl PartitionReader<u64> for HeldReader {
     fn offset(&self) -> u64 {
         self.next
     }
-}
-
-fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
-        .map(|s| s.value)
-        .sum()
 }
 
 /// While the job runs, a scrape shows records in, committed epochs,

@@ -108,17 +108,29 @@ fn parse_labels(mut rest: &str) -> Option<(BTreeMap<String, String>, &str)> {
     }
 }
 
-/// The value of the sample named `name` that has (at least) `labels`.
+/// The samples named `name` that have (at least) `labels`.
+pub fn matching<'a>(
+    samples: &'a [Sample],
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = &'a Sample> {
+    samples.iter().filter(move |s| {
+        s.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
+    })
+}
+
+/// The value of the first sample named `name` that has (at least) `labels`.
 pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
-        .map(|s| s.value)
+    matching(samples, name, labels).next().map(|s| s.value)
+}
+
+/// The sum of the samples named `name` that have (at least) `labels` (for
+/// example over the workers of a job).
+pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    matching(samples, name, labels).map(|s| s.value).sum()
 }
 
 #[cfg(test)]
