@@ -74,6 +74,15 @@ impl StateBackend for TimedBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
+    fn get_with_expiry(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Option<u64>)>> {
+        self.inner.get_with_expiry(key)
+    }
+    fn default_ttl(&self) -> Option<std::time::Duration> {
+        self.inner.default_ttl()
+    }
+    fn ordered(&self) -> bool {
+        self.inner.ordered()
+    }
     fn multi_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         self.inner.multi_get(keys)
     }

@@ -26,6 +26,9 @@ use crate::error::{Error, Result};
 use crate::manifest::FENCE;
 use crate::storage::Storage;
 
+/// How long releasing a lease may wait for the storage.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// Who holds an epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Holder {
@@ -39,6 +42,10 @@ struct Holder {
     #[serde(default)]
     start_ticks: Option<u64>,
     created_at_ms: u64,
+    /// The lease it keeps, if any: until its first lease record is
+    /// written, it counts as alive for this long after `created_at_ms`.
+    #[serde(default)]
+    lease_ms: Option<u64>,
 }
 
 /// The holder's lease record.
@@ -192,6 +199,7 @@ impl Fence {
             boot_id,
             start_ticks,
             created_at_ms: now_ms(),
+            lease_ms: lease.map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
         };
         match storage.put_new(&epoch_path(epoch), &to_json(&holder)?) {
             Ok(()) => {}
@@ -232,7 +240,8 @@ impl Fence {
         for object in fence.storage.list(FENCE)? {
             let old = epoch_of(&object.path)
                 .or_else(|| object.path.strip_suffix(".lease").and_then(epoch_of));
-            if old.is_some_and(|e| e < epoch)
+            let stale = crate::storage::is_stale_temporary(&object.path);
+            if (stale || old.is_some_and(|e| e < epoch))
                 && let Err(e) = fence.storage.delete(&object.path)
             {
                 tracing::debug!(path = object.path, error = %e, "could not delete an old fencing record");
@@ -326,7 +335,8 @@ impl Fence {
                     if fence.check().is_err() {
                         return;
                     }
-                    if let Err(e) = fence.renew() {
+                    let deadline = std::time::Instant::now() + lease / 3;
+                    if let Err(e) = crate::storage::with_deadline(deadline, || fence.renew()) {
                         tracing::warn!(error = %e, "could not renew the checkpoint location's lease");
                     }
                 }
@@ -348,9 +358,12 @@ impl Fence {
                 tracing::error!("the lease thread panicked");
             }
         }
+        // Best effort, and bounded: a store that does not answer must not
+        // hold up a manager being dropped.
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
         if self.lease.is_some()
             && !self.is_fenced()
-            && let Err(e) = self.write_lease(true)
+            && let Err(e) = crate::storage::with_deadline(deadline, || self.write_lease(true))
         {
             tracing::warn!(error = %e, "could not release the checkpoint location's lease");
         }
@@ -363,13 +376,40 @@ impl Drop for Fence {
     }
 }
 
+/// Who holds the location now, if a manager whose lease is live does:
+/// read only, for tools that must not disturb a running job.
+pub fn live_holder(storage: &dyn Storage) -> Result<Option<String>> {
+    let Some(top) = top_epoch(storage)? else {
+        return Ok(None);
+    };
+    match check_not_alive(storage, top) {
+        Ok(()) => Ok(None),
+        Err(Error::LocationInUse { holder, .. }) => Ok(Some(holder)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Refuses if the holder of `epoch` looks alive.
 fn check_not_alive(storage: &dyn Storage, epoch: u64) -> Result<()> {
     let holder: Option<Holder> = read_json(storage, &epoch_path(epoch))?;
     let lease: Option<Lease> = read_json(storage, &lease_path(epoch))?;
     let Some(lease) = lease else {
-        // No lease was kept: the holder cannot be told from a dead one.
-        return Ok(());
+        // A holder that keeps a lease and has not written it yet has just
+        // taken the location: alive for one lease from then. One that
+        // keeps none cannot be told from a dead one.
+        return match holder {
+            Some(h) if !h.known_dead() => match h.lease_ms {
+                Some(lease_ms) if now_ms().saturating_sub(h.created_at_ms) < lease_ms => {
+                    Err(Error::LocationInUse {
+                        holder: h.describe(),
+                        age_ms: now_ms().saturating_sub(h.created_at_ms),
+                        lease_ms,
+                    })
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        };
     };
     if lease.released || holder.as_ref().is_some_and(Holder::known_dead) {
         return Ok(());

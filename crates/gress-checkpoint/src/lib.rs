@@ -43,9 +43,10 @@ mod verify;
 
 pub use catalog::{Catalog, DamagedManifest, FileCheck};
 pub use error::{Error, Result};
+pub use fence::live_holder;
 pub use gress_state::SNAPSHOT_FORMAT;
 pub use info::{CheckpointInfo, CheckpointReport, CheckpointStats, OpenReport};
-pub use manager::{CheckpointConfig, CheckpointManager, PendingCheckpoint, SweepPlan};
+pub use manager::{CheckpointConfig, CheckpointManager, PendingCheckpoint, Retention, SweepPlan};
 pub use manifest::{Manifest, Metadata};
 pub use restore::RangePart;
 pub use storage::{LocalStorage, Storage};

@@ -481,6 +481,9 @@ impl StateBackend for FailingSwitch {
     fn get(&self, key: &[u8]) -> gress_state::Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
+    fn get_with_expiry(&self, key: &[u8]) -> gress_state::Result<Option<(Vec<u8>, Option<u64>)>> {
+        self.inner.get_with_expiry(key)
+    }
     fn multi_get(&self, keys: &[&[u8]]) -> gress_state::Result<Vec<Option<Vec<u8>>>> {
         self.inner.multi_get(keys)
     }

@@ -323,6 +323,15 @@ impl RocksDbStateBackend {
     }
 
     fn get_one(&self, db: &DB, key: &[u8], now: &mut Option<u64>) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_one_with_expiry(db, key, now)?.map(|(v, _)| v))
+    }
+
+    fn get_one_with_expiry(
+        &self,
+        db: &DB,
+        key: &[u8],
+        now: &mut Option<u64>,
+    ) -> Result<Option<(Vec<u8>, Option<u64>)>> {
         let found = db
             .get_pinned_opt(key, &self.read_opts)
             .map_err(error::engine)?;
@@ -338,7 +347,7 @@ impl RocksDbStateBackend {
                 return Ok(None);
             }
         }
-        Ok(Some(sv.value.to_vec()))
+        Ok(Some((sv.value.to_vec(), sv.expires_at_ms)))
     }
 
     fn put_inner(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
@@ -717,6 +726,21 @@ impl StateBackend for RocksDbStateBackend {
         local.add_reads(u64::from(found.is_some()), 1);
         local.finish(timer);
         Ok(found)
+    }
+
+    fn get_with_expiry(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Option<u64>)>> {
+        let local = self.metrics.local();
+        let timer = local.start(Op::Get);
+        let guard = self.state.load();
+        let db = guard.as_ref().ok_or_else(closed)?;
+        let found = self.get_one_with_expiry(db.db(), key, &mut None)?;
+        local.add_reads(u64::from(found.is_some()), 1);
+        local.finish(timer);
+        Ok(found)
+    }
+
+    fn default_ttl(&self) -> Option<Duration> {
+        self.ttl.default_ms().map(Duration::from_millis)
     }
 
     fn multi_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {

@@ -62,8 +62,26 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     /// The live value of `key`, or `None` if absent or expired.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// The live value of `key` and when it expires (ms since the UNIX
+    /// epoch on the backend's clock; `None`: never), or `None` if absent or
+    /// expired. A layer above that caches values keeps their expiry so.
+    fn get_with_expiry(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Option<u64>)>>;
+
     /// The live values of `keys`, in the same order.
     fn multi_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// The TTL that [`StateBackend::put`] gives a value, if any (the
+    /// backend's configured default).
+    fn default_ttl(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether a scan costs in proportion to the entries in its range (an
+    /// ordered store, the default) rather than to every entry (a hash
+    /// table): a layer above then picks many narrow scans or one wide one.
+    fn ordered(&self) -> bool {
+        true
+    }
 
     /// Sets `key` to `value`, with the configured default TTL if any.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;

@@ -21,6 +21,120 @@ pub const PROCESS_ENV: &str = "GRESS_PROCESS";
 /// The hostfile: one `host:port` per process, in process order.
 pub const HOSTFILE_ENV: &str = "GRESS_HOSTFILE";
 
+/// Connects this process to every other process of the job, as timely
+/// expects (a stream to each, in process order, none to itself), giving up
+/// after `timeout` with an error that names the processes it could not
+/// reach. Timely itself would retry forever.
+pub(crate) fn connect(
+    hosts: &[String],
+    process: usize,
+    timeout: Duration,
+) -> Result<Vec<Option<std::net::TcpStream>>> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Instant;
+
+    let deadline = Instant::now() + timeout;
+    let fail = |why: String| Error::Worker(format!("process {process} of {}: {why}", hosts.len()));
+    let listeners = hosts[process]
+        .split_whitespace()
+        .map(|a| {
+            let l = TcpListener::bind(a).map_err(|e| {
+                fail(format!(
+                    "cannot listen at {a}, its own address in the hostfile: {e}"
+                ))
+            })?;
+            l.set_nonblocking(true)
+                .map_err(|e| fail(format!("listening at {a}: {e}")))?;
+            Ok(l)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut streams: Vec<Option<TcpStream>> = (0..hosts.len()).map(|_| None).collect();
+    let mut last_error: Vec<String> = vec![String::new(); hosts.len()];
+    let mut next_report = Instant::now() + Duration::from_secs(5);
+    let handshake = |s: &mut TcpStream, index: u64| -> std::io::Result<()> {
+        s.set_nodelay(true)?;
+        s.write_all(&index.to_be_bytes())
+    };
+    loop {
+        // Lower-numbered processes: we connect to them.
+        for (p, address) in hosts.iter().enumerate().take(process) {
+            if streams[p].is_some() {
+                continue;
+            }
+            let attempt = address
+                .split_whitespace()
+                .next()
+                .unwrap_or(address)
+                .to_socket_addrs()
+                .and_then(|mut addrs| {
+                    addrs.next().ok_or_else(|| {
+                        std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+                    })
+                })
+                .and_then(|addr| {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    TcpStream::connect_timeout(
+                        &addr,
+                        left.clamp(Duration::from_millis(1), Duration::from_secs(1)),
+                    )
+                })
+                .and_then(|mut s| handshake(&mut s, process as u64).map(|()| s));
+            match attempt {
+                Ok(s) => streams[p] = Some(s),
+                Err(e) => last_error[p] = format!("{address}: {e}"),
+            }
+        }
+        // Higher-numbered ones connect to us and say who they are.
+        for listener in &listeners {
+            while let Ok((mut s, _)) = listener.accept() {
+                let mut id = [0u8; 8];
+                let said = s
+                    .set_nonblocking(false)
+                    .and_then(|()| s.set_read_timeout(Some(Duration::from_secs(5))))
+                    .and_then(|()| s.read_exact(&mut id))
+                    .and_then(|()| s.set_read_timeout(None))
+                    .and_then(|()| s.set_nodelay(true));
+                match (said, usize::try_from(u64::from_be_bytes(id))) {
+                    (Ok(()), Ok(p)) if p > process && p < hosts.len() => streams[p] = Some(s),
+                    _ => tracing::warn!(
+                        process,
+                        "a connection that is not from a process of this job"
+                    ),
+                }
+            }
+        }
+        let missing: Vec<usize> = (0..hosts.len())
+            .filter(|&p| p != process && streams[p].is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(streams);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let detail: Vec<String> = missing
+                .iter()
+                .map(|&p| {
+                    if p < process {
+                        format!("process {p} ({})", last_error[p])
+                    } else {
+                        format!("process {p} ({}) never connected", hosts[p])
+                    }
+                })
+                .collect();
+            return Err(fail(format!(
+                "could not connect to every process within {timeout:?}: {}; check the hostfile and that every process has started",
+                detail.join(", ")
+            )));
+        }
+        if now >= next_report {
+            tracing::info!(process, waiting_for = ?missing, "waiting for the job's other processes");
+            next_report = now + Duration::from_secs(5);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads a hostfile: one `host:port` per line; blank lines and lines
 /// starting with `#` are skipped.
 pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {

@@ -3,15 +3,18 @@
 //! Every worker holds, in an *ack* operator, a capability at each epoch
 //! until its own checkpoint of that epoch is durable; then it sends an ack
 //! to worker 0. The *committer* there sees its input frontier pass an epoch
-//! only when every worker's ack for it was sent: if all succeeded, it
-//! publishes a commit record (create-only) and tells every worker, whose
-//! *listener* lets the sinks make that epoch's output visible and the
-//! sources go on. Recovery starts from the newest commit record.
+//! only when every worker's ack for it was sent: if all succeeded, its
+//! commit thread publishes a commit record (create-only) and prunes the
+//! history, and the committer tells every worker, whose *listener* lets
+//! the sinks make that epoch's output visible, the sources go on, and the
+//! checkpoint manager drop what no kept record needs. Recovery starts from
+//! the newest commit record that counts ([`crate::history`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::mpsc;
 
-use gress_checkpoint::Storage;
+use gress_checkpoint::{CheckpointManager, Storage};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -22,7 +25,8 @@ use timely::dataflow::operators::generic::Operator;
 use timely::scheduling::SyncActivator;
 
 use crate::error::{Error, Result};
-use crate::worker::{Shared, Uploaded};
+use crate::history::{CommitRecord, History, delete_records, publish};
+use crate::worker::{CheckpointFailure, Shared, Uploaded};
 
 /// A source's mark at the end of an epoch.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,8 +39,8 @@ pub(crate) struct Token {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Ack {
     pub(crate) worker: u32,
-    pub(crate) checkpoint: Option<u64>,
-    pub(crate) ok: bool,
+    /// The checkpoint's id, or why there is none.
+    pub(crate) checkpoint: std::result::Result<u64, CheckpointFailure>,
     pub(crate) finished: bool,
 }
 
@@ -46,139 +50,26 @@ pub(crate) struct Settled {
     pub(crate) to: u32,
     pub(crate) committed: bool,
     pub(crate) final_epoch: bool,
+    /// Epochs whose commit records were deleted with this commit: their
+    /// checkpoints are no longer needed.
+    pub(crate) pruned: Vec<u64>,
 }
 
-/// A committed epoch of a job: every worker's checkpoint of it is durable.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitRecord {
-    /// The epoch.
-    pub epoch: u64,
-    /// The job's id.
-    pub job: String,
-    /// The number of workers that took part.
-    pub workers: usize,
-    /// The job's number of key groups.
-    pub key_groups: u16,
-    /// Each worker's checkpoint id of this epoch, by worker index.
-    pub checkpoints: Vec<u64>,
-    /// When it was committed, ms since the UNIX epoch.
-    pub created_at_ms: u64,
-}
-
-/// Directory of commit records in the job's checkpoint storage.
-pub const COMMITS: &str = "commits/";
-
-/// How many commit records are kept.
-const KEEP_COMMITS: usize = 10;
-
-fn commit_path(epoch: u64) -> String {
-    format!("{COMMITS}{epoch:020}.commit")
-}
-
-/// The newest commit record that parses, if any. A record that does not
-/// parse (torn by a storage that is not atomic) is skipped with a warning.
-/// Reads records newest first and stops at the first that parses.
-pub fn latest_commit(storage: &dyn Storage) -> Result<Option<CommitRecord>> {
-    read_commits(storage, Some(1)).map(|mut records| records.pop())
-}
-
-/// Every commit record that parses, newest first (a record deleted between
-/// the listing and its reading is left out).
-pub fn commits(storage: &dyn Storage) -> Result<Vec<CommitRecord>> {
-    read_commits(storage, None)
-}
-
-/// Up to `most` commit records that parse, newest first.
-fn read_commits(storage: &dyn Storage, most: Option<usize>) -> Result<Vec<CommitRecord>> {
-    let mut out = Vec::new();
-    let mut epochs: Vec<u64> = storage
-        .list(COMMITS)?
-        .iter()
-        .filter_map(|o| {
-            o.path
-                .strip_prefix(COMMITS)?
-                .strip_suffix(".commit")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    epochs.sort_unstable_by(|a, b| b.cmp(a));
-    for epoch in epochs {
-        if most.is_some_and(|m| out.len() >= m) {
-            break;
-        }
-        let path = commit_path(epoch);
-        let bytes = match storage.read_all(&path, 1 << 20) {
-            Ok(bytes) => bytes,
-            // Deleted since the listing: an old record pruned by a running
-            // job.
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
-        };
-        match serde_json::from_slice::<CommitRecord>(&bytes) {
-            Ok(record) if record.epoch == epoch => out.push(record),
-            Ok(_) | Err(_) => {
-                tracing::warn!(path, "skipping an unreadable commit record");
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Whether every worker's checkpoint named by `record` is there: its
-/// manifest readable and every file present with its size. Every worker
-/// asks the same question of the same storage, so all choose the same
-/// epoch to recover from.
-pub(crate) fn restorable(
-    record: &CommitRecord,
-    worker_storage: &dyn Fn(usize) -> Result<Arc<dyn Storage>>,
-) -> Result<std::result::Result<(), String>> {
-    for (w, &id) in record.checkpoints.iter().enumerate() {
-        let storage = worker_storage(w)?;
-        let catalog = gress_checkpoint::Catalog::open(Arc::clone(&storage))?;
-        let Some(manifest) = catalog.manifest(id) else {
-            return Ok(Err(format!(
-                "worker {w}'s checkpoint {id} is missing or damaged"
-            )));
-        };
-        for f in manifest.paths() {
-            if storage.size(&f.path)? != Some(f.size) {
-                return Ok(Err(format!(
-                    "worker {w}'s checkpoint {id} lacks {} or it has the wrong size",
-                    f.path
-                )));
-            }
-        }
-    }
-    Ok(Ok(()))
-}
-
-/// Publishes a commit record (create-only; a record already there with
-/// the same content counts) and trims old ones.
-fn publish(storage: &dyn Storage, record: &CommitRecord) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(record)
-        .map_err(|e| Error::invalid("commit record", e.to_string()))?;
-    let path = commit_path(record.epoch);
-    if let Err(e) = storage.put_new(&path, &bytes) {
-        match storage.read_all(&path, 1 << 20) {
-            Ok(found) if found == bytes => {}
-            _ => return Err(e.into()),
-        }
-    }
-    let mut old: Vec<String> = storage
-        .list(COMMITS)?
-        .into_iter()
-        .map(|o| o.path)
-        .filter(|p| p.ends_with(".commit"))
-        .collect();
-    old.sort();
-    let n = old.len().saturating_sub(KEEP_COMMITS);
-    for path in &old[..n] {
-        if let Err(e) = storage.delete(path) {
-            tracing::debug!(path, error = %e, "could not delete an old commit record");
-        }
-    }
-    Ok(())
+/// What the committer of a job needs besides its input.
+pub(crate) struct CommitterSetup {
+    /// The job's checkpoint storage (root); `None` without checkpoints.
+    pub(crate) storage: Option<Arc<dyn Storage>>,
+    /// The job's commit records as the run found them.
+    pub(crate) history: History,
+    /// Valid commit records kept.
+    pub(crate) keep: usize,
+    /// Epochs this run rolls back, named in every record it publishes.
+    pub(crate) rolls_back: Option<(u64, u64)>,
+    /// Worker 0's checkpoint manager: a record is published only while it
+    /// still holds its location.
+    pub(crate) fence: Option<Arc<CheckpointManager>>,
+    /// Epochs in a row that may fail to commit before the job stops.
+    pub(crate) max_failed: u64,
 }
 
 /// The ack operator of a worker: holds each epoch until the worker's
@@ -199,7 +90,8 @@ pub(crate) fn acks<'s>(
             let index = shared.borrow().index as u32;
             // Per epoch: capability, tokens seen, tokens that said finished.
             let mut pending: BTreeMap<u64, (Capability<u64>, usize, usize)> = BTreeMap::new();
-            let mut results: BTreeMap<u64, std::result::Result<u64, String>> = BTreeMap::new();
+            let mut results: BTreeMap<u64, std::result::Result<u64, CheckpointFailure>> =
+                BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
@@ -229,19 +121,29 @@ pub(crate) fn acks<'s>(
                         report,
                     }) = cp.results.try_recv()
                     {
+                        arrived.push((epoch, result.clone(), report));
                         results.insert(epoch, result);
-                        arrived.push((epoch, report));
                     }
                 }
-                for (epoch, report) in arrived {
-                    s.checkpointed(epoch, report.as_ref());
+                for (epoch, result, report) in arrived {
+                    if let Err(failure) = &result
+                        && failure.fenced
+                    {
+                        // Another run holds this job's checkpoints: this
+                        // one can never commit again.
+                        s.fail(Error::Worker(format!(
+                            "another run of this job took over its checkpoints: {}",
+                            failure.reason
+                        )));
+                    }
+                    s.checkpointed(epoch, result.as_ref().ok().copied(), report.as_ref());
                 }
                 drop(s);
                 while let Some((&epoch, _)) = pending.first_key_value() {
                     if frontier.less_equal(&epoch) {
                         break;
                     }
-                    let result = if checkpointing {
+                    let checkpoint = if checkpointing {
                         match results.remove(&epoch) {
                             Some(r) => r,
                             None => break,
@@ -254,8 +156,7 @@ pub(crate) fn acks<'s>(
                     };
                     output.session(&cap).give(Ack {
                         worker: index,
-                        checkpoint: result.as_ref().ok().copied().filter(|_| checkpointing),
-                        ok: result.is_ok(),
+                        checkpoint,
                         finished: tokens > 0 && finished == tokens,
                     });
                 }
@@ -264,25 +165,144 @@ pub(crate) fn acks<'s>(
     )
 }
 
-/// The committer (all acks go to worker 0): publishes a commit record for
-/// each epoch every worker checkpointed, and tells every worker.
+/// An epoch handed to the commit thread.
+struct ToPublish {
+    epoch: u64,
+    /// The record, if every worker's checkpoint of the epoch is durable.
+    record: Option<CommitRecord>,
+}
+
+/// What the commit thread did with an epoch.
+struct Published {
+    epoch: u64,
+    /// `Ok(pruned)`: committed, and these records deleted.
+    outcome: std::result::Result<Vec<u64>, String>,
+}
+
+/// Publishes commit records in epoch order on a thread of its own, so the
+/// dataflow thread never waits for the storage.
+struct CommitThread {
+    jobs: mpsc::Sender<ToPublish>,
+    results: mpsc::Receiver<Published>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CommitThread {
+    fn start(
+        storage: Arc<dyn Storage>,
+        mut history: History,
+        keep: usize,
+        fence: Option<Arc<CheckpointManager>>,
+        wake: SyncActivator,
+    ) -> Result<Self> {
+        let (jobs, job_rx) = mpsc::channel::<ToPublish>();
+        let (done, results) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("gress-commit".into())
+            .spawn(move || {
+                // Records whose deletion failed, tried again at the next
+                // commit.
+                let mut leftover: Vec<u64> = Vec::new();
+                for job in job_rx {
+                    let outcome = match job.record {
+                        None => Err("a worker's checkpoint failed".to_string()),
+                        Some(record) => {
+                            let fenced = fence.as_ref().and_then(|m| m.check_fence().err());
+                            match fenced {
+                                Some(e) => Err(format!("not publishing: {e}")),
+                                None => match publish(&*storage, &record) {
+                                    Err(e) => Err(e.to_string()),
+                                    Ok(()) => {
+                                        tracing::info!(epoch = record.epoch, "epoch committed");
+                                        history.push(record);
+                                        let pruned = history.prune(keep);
+                                        let mut doomed = pruned.clone();
+                                        doomed.append(&mut leftover);
+                                        delete_records(&*storage, doomed.clone());
+                                        leftover = doomed
+                                            .into_iter()
+                                            .filter(|&e| {
+                                                storage
+                                                    .size(&crate::history::commit_path(e))
+                                                    .map_or(true, |s| s.is_some())
+                                            })
+                                            .collect();
+                                        Ok(pruned)
+                                    }
+                                },
+                            }
+                        }
+                    };
+                    if done
+                        .send(Published {
+                            epoch: job.epoch,
+                            outcome,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let _ = wake.activate();
+                }
+            })
+            .map_err(|e| Error::Worker(format!("could not start the commit thread: {e}")))?;
+        Ok(CommitThread {
+            jobs,
+            results,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for CommitThread {
+    /// Waits for the publication in progress: once a run has returned, it
+    /// writes nothing more.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the commit thread panicked");
+        }
+    }
+}
+
+/// The committer (all acks go to worker 0): has a commit record published
+/// for each epoch every worker checkpointed, in epoch order, and tells
+/// every worker.
 pub(crate) fn committer<'s>(
     acks: StreamVec<'s, u64, Ack>,
     shared: Shared,
-    storage: Option<Arc<dyn Storage>>,
-    max_failed: u64,
+    setup: CommitterSetup,
 ) -> StreamVec<'s, u64, Settled> {
+    let scope = acks.scope();
     acks.unary_frontier::<CapacityContainerBuilder<Vec<Settled>>, _, _, _>(
         Exchange::new(|_: &Ack| 0),
         "Committer",
-        move |initial, _info| {
+        move |initial, info| {
             drop(initial);
             let (peers, key_groups, job) = {
                 let s = shared.borrow();
                 (s.peers, s.key_groups, s.job_id.clone())
             };
+            let wake = scope.worker().sync_activator_for(info.address.to_vec());
+            let CommitterSetup {
+                storage,
+                history,
+                keep,
+                rolls_back,
+                fence,
+                max_failed,
+            } = setup;
+            let mut start = Some((history, fence, wake));
+            let mut thread: Option<CommitThread> = None;
             let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Ack>)> = BTreeMap::new();
+            // Handed to the commit thread, in epoch order: capability and
+            // whether it is the final epoch.
+            let mut sent: VecDeque<(u64, Capability<u64>, bool)> = VecDeque::new();
             let mut failed_in_a_row = 0u64;
+            let mut last_failure = String::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
@@ -299,6 +319,7 @@ pub(crate) fn committer<'s>(
                         entry.1.append(batch);
                     }
                 });
+                let mut settled: Vec<(Capability<u64>, bool, bool, Vec<u64>)> = Vec::new();
                 while let Some((&epoch, _)) = pending.first_key_value() {
                     if frontier.less_equal(&epoch) {
                         break;
@@ -307,44 +328,74 @@ pub(crate) fn committer<'s>(
                         break;
                     };
                     acks.sort_by_key(|a| a.worker);
-                    let all = acks.len() == peers && acks.iter().all(|a| a.ok);
+                    let all = acks.len() == peers && acks.iter().all(|a| a.checkpoint.is_ok());
                     let final_epoch = all && acks.iter().all(|a| a.finished);
-                    let committed = all
-                        && match &storage {
-                            None => true,
-                            Some(storage) => {
-                                let record = CommitRecord {
-                                    epoch,
-                                    job: job.clone(),
-                                    workers: peers,
-                                    key_groups,
-                                    checkpoints: acks
-                                        .iter()
-                                        .map(|a| a.checkpoint.unwrap_or(0))
-                                        .collect(),
-                                    created_at_ms: crate::job::now_ms(),
-                                };
-                                match publish(&**storage, &record) {
-                                    Ok(()) => {
-                                        tracing::info!(epoch, "epoch committed");
-                                        true
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(epoch, error = %e, "could not publish a commit record");
-                                        false
-                                    }
-                                }
+                    if let Some(failure) = acks.iter().find_map(|a| a.checkpoint.as_ref().err()) {
+                        last_failure = failure.reason.clone();
+                    }
+                    let Some(storage) = &storage else {
+                        // No checkpoints: every complete epoch commits.
+                        settled.push((cap, all, final_epoch, Vec::new()));
+                        continue;
+                    };
+                    if thread.is_none()
+                        && let Some((history, fence, wake)) = start.take()
+                    {
+                        match CommitThread::start(Arc::clone(storage), history, keep, fence, wake) {
+                            Ok(t) => thread = Some(t),
+                            Err(e) => {
+                                shared.borrow_mut().fail(e);
+                                return;
                             }
+                        }
+                    }
+                    let Some(t) = &thread else { return };
+                    let record = all.then(|| CommitRecord {
+                        epoch,
+                        job: job.clone(),
+                        workers: peers,
+                        key_groups,
+                        checkpoints: acks.iter().filter_map(|a| a.checkpoint.clone().ok()).collect(),
+                        created_at_ms: crate::time::now_ms(),
+                        rolls_back,
+                    });
+                    if t.jobs.send(ToPublish { epoch, record }).is_err() {
+                        shared
+                            .borrow_mut()
+                            .fail(Error::Worker("the commit thread stopped".into()));
+                        return;
+                    }
+                    sent.push_back((epoch, cap, final_epoch));
+                }
+                if let Some(t) = &thread {
+                    while let Ok(Published { epoch, outcome }) = t.results.try_recv() {
+                        let Some((sent_epoch, cap, final_epoch)) = sent.pop_front() else {
+                            break;
                         };
+                        debug_assert_eq!(sent_epoch, epoch);
+                        match outcome {
+                            Ok(pruned) => settled.push((cap, true, final_epoch, pruned)),
+                            Err(why) => {
+                                if why != "a worker's checkpoint failed" {
+                                    tracing::warn!(epoch, error = %why, "could not publish a commit record");
+                                    last_failure = why;
+                                }
+                                settled.push((cap, false, final_epoch, Vec::new()));
+                            }
+                        }
+                    }
+                }
+                for (cap, committed, final_epoch, pruned) in settled {
+                    let epoch = *cap.time();
                     if committed {
                         failed_in_a_row = 0;
                     } else {
                         failed_in_a_row += 1;
-                        tracing::warn!(epoch, acks = acks.len(), failed_in_a_row, "epoch not committed: a checkpoint failed");
+                        tracing::warn!(epoch, failed_in_a_row, reason = %last_failure, "epoch not committed");
                         if failed_in_a_row >= max_failed {
                             shared.borrow_mut().fail(Error::Worker(format!(
                                 "{failed_in_a_row} epochs in a row could not be committed; \
-                                 is the checkpoint storage reachable?"
+                                 the last failure: {last_failure}"
                             )));
                         }
                     }
@@ -353,7 +404,8 @@ pub(crate) fn committer<'s>(
                         session.give(Settled {
                             to,
                             committed,
-                            final_epoch,
+                            final_epoch: committed && final_epoch,
+                            pruned: pruned.clone(),
                         });
                     }
                 }
@@ -375,7 +427,7 @@ pub(crate) fn listen(settled: StreamVec<'_, u64, Settled>, shared: Shared) {
                     for s in batch.drain(..) {
                         shared
                             .borrow_mut()
-                            .settle(epoch, s.committed, s.final_epoch);
+                            .settle(epoch, s.committed, s.final_epoch, &s.pruned);
                     }
                 }
             });

@@ -95,6 +95,17 @@ impl<'a, K, O, S> ProcessingContext<'a, K, O, S> {
         self.store.now_ms()
     }
 
+    /// The current namespace, encoded.
+    pub(crate) fn namespace_bytes(&self) -> &[u8] {
+        self.ns
+    }
+
+    /// Sets the namespace to these encoded bytes.
+    pub(crate) fn set_namespace_bytes(&mut self, ns: &[u8]) {
+        self.ns.clear();
+        self.ns.extend_from_slice(ns);
+    }
+
     /// Scopes state and timers below the key, e.g. to a window; `None`
     /// returns to the key itself.
     pub fn set_namespace<N: Serialize>(&mut self, namespace: Option<&N>) -> Result<()> {

@@ -28,35 +28,42 @@
 //! This crate does not depend on RocksDB: the application chooses each
 //! worker's backend with a [`BackendFactory`].
 
+mod agree;
+mod builder;
 pub mod cluster;
 mod codec;
 mod commit;
+mod config;
 mod context;
 mod data;
 mod error;
-mod job;
+mod history;
 pub mod keys;
 mod operators;
+mod recovery;
+mod rescale;
+mod run;
 mod sink;
 mod source;
 mod state;
 mod stream;
 pub mod telemetry;
+mod time;
 mod timers;
 pub(crate) mod worker;
 
+pub use builder::JobBuilder;
 pub use codec::{Codec, Postcard};
-pub use commit::{COMMITS, CommitRecord, commits, latest_commit};
+pub use config::{BackendFactory, CheckpointStorage, EpochPolicy, JobConfig, OpenStorage};
 pub use context::{ProcessingContext, Timer};
 pub use data::{Data, Key};
 pub use error::{Error, Result};
 pub use gress_checkpoint::S3Config;
-pub use job::{
-    BackendFactory, CheckpointStorage, EpochPolicy, JobBuilder, JobConfig, JobReport, run,
-};
+pub use history::{COMMITS, CommitRecord, commits, latest_commit};
 pub use keys::TimeDomain;
 pub use operators::keyed::{Either, KeyedProcessFunction};
 pub use operators::window::{Window, WindowAssigner, WindowResult, WindowedStream};
+pub use run::{JobReport, run};
 pub use sink::{CollectSink, FileSink, Sink};
 pub use source::{FileSource, GeneratorSource, PartitionReader, Poll, Source};
 pub use state::{

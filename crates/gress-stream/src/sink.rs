@@ -42,10 +42,33 @@ pub trait Sink<T>: 'static {
     }
     /// Makes every sealed epoch up to `epoch` visible.
     fn commit(&mut self, epoch: u64) -> Result<()>;
+    /// Withdraws the output of `epochs` that earlier runs made visible: the
+    /// job rolled those epochs back (it recovered from an older commit,
+    /// past damaged checkpoints or as asked) and replays what followed
+    /// under new epoch numbers. Called right before the first commit of the
+    /// run that rolled them back, and again after every later `open` (so
+    /// it must do nothing where nothing is left). A sink that cannot take
+    /// output back (at-least-once) keeps it.
+    fn roll_back(&mut self, epochs: std::ops::RangeInclusive<u64>) -> Result<()> {
+        let _ = epochs;
+        Ok(())
+    }
+    /// Epochs up to `through` can no longer be rolled back (they are at or
+    /// before every commit the job keeps): a sink may compact their output.
+    fn retire(&mut self, through: u64) -> Result<()> {
+        let _ = through;
+        Ok(())
+    }
 }
 
-/// Files of JSON lines: one per epoch and worker, written under
-/// `pending/` and renamed into `committed/` when the epoch commits.
+/// Files of JSON lines: one per epoch and worker that had records, written
+/// under `pending/` and renamed into `committed/` when the epoch commits.
+/// Output an earlier run committed for epochs the job rolled back is moved
+/// into `rolled-back/`.
+///
+/// In a job of several processes, every process must see the same
+/// directory (a shared file system): after a rescale or a rollback a
+/// worker settles files other workers wrote.
 #[derive(Debug)]
 pub struct FileSink {
     dir: PathBuf,
@@ -56,6 +79,8 @@ pub struct FileSink {
     open: std::collections::BTreeMap<u64, BufWriter<File>>,
     /// Sealed epochs not yet committed.
     written: BTreeSet<u64>,
+    /// Compact once this many files of retired epochs accumulate (0: never).
+    compact_after: usize,
 }
 
 impl FileSink {
@@ -67,7 +92,22 @@ impl FileSink {
             workers: 0,
             open: std::collections::BTreeMap::new(),
             written: BTreeSet::new(),
+            compact_after: 0,
         }
+    }
+
+    /// Merges a worker's committed files of epochs that can no longer be
+    /// rolled back into one *segment* file once `files` of them have
+    /// accumulated, so `committed/` does not grow by a file per epoch
+    /// forever. A segment is named `<first>-<last>-<worker>.jsonl` and
+    /// holds those epochs' records in epoch order. It is renamed into
+    /// place before the files it replaces are deleted; a reader that lists
+    /// the directory during that step sees both, which
+    /// [`FileSink::read_committed`] resolves (a file a segment covers is
+    /// skipped), as does the next compaction (it deletes it).
+    pub fn with_compaction(mut self, files: usize) -> Self {
+        self.compact_after = files;
+        self
     }
 
     fn name(&self, epoch: u64) -> String {
@@ -85,19 +125,94 @@ impl FileSink {
         }
     }
 
+    /// Moves the sealed output of `epoch` by `worker` into `committed/`
+    /// (replacing a file of that name, which only a rolled-back run can
+    /// have left).
     fn publish(&self, epoch: u64, worker: usize) -> Result<()> {
         let name = Self::file_name(epoch, worker);
         let from = self.dir.join("pending").join(&name);
         let to = self.dir.join("committed").join(&name);
-        if to.exists() {
-            // Committed before a crash that came before the pending file
-            // was gone: nothing left to do.
-            let _ = fs::remove_file(&from);
-            return Ok(());
-        }
         fs::rename(&from, &to).map_err(|e| self.fail("committing", &from, e))?;
         gress_state::fsutil::sync_dir(&self.dir.join("committed"))
             .map_err(|e| self.fail("syncing", &to, e))
+    }
+
+    /// The epoch and worker of an epoch file's name (not a segment's).
+    fn parse_name(name: &str) -> Option<(u64, usize)> {
+        match OutputFile::parse(name)? {
+            OutputFile::Epoch { epoch, worker } => Some((epoch, worker)),
+            OutputFile::Segment { .. } => None,
+        }
+    }
+
+    /// Merges this worker's committed epoch files up to `through` into a
+    /// segment once there are enough of them; removes files a segment
+    /// already covers.
+    fn compact(&mut self, through: u64) -> Result<()> {
+        let committed = self.dir.join("committed");
+        let mut files: Vec<(u64, PathBuf)> = Vec::new();
+        let mut segments: Vec<(u64, u64)> = Vec::new();
+        for entry in fs::read_dir(&committed).map_err(|e| self.fail("listing", &committed, e))? {
+            let entry = entry.map_err(|e| self.fail("listing", &committed, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match OutputFile::parse(&name) {
+                Some(OutputFile::Epoch { epoch, worker }) if worker == self.worker => {
+                    files.push((epoch, entry.path()));
+                }
+                Some(OutputFile::Segment {
+                    first,
+                    last,
+                    worker,
+                }) if worker == self.worker => {
+                    segments.push((first, last));
+                }
+                _ => {}
+            }
+        }
+        // Left by a compaction cut short after its segment was in place.
+        let covered = |e: u64| segments.iter().any(|&(f, l)| (f..=l).contains(&e));
+        let (stale, mut files): (Vec<_>, Vec<_>) =
+            files.into_iter().partition(|(e, _)| covered(*e));
+        for (_, path) in &stale {
+            fs::remove_file(path).map_err(|e| self.fail("removing", path, e))?;
+        }
+        files.retain(|(e, _)| *e <= through);
+        if files.len() < self.compact_after.max(2) {
+            if !stale.is_empty() {
+                gress_state::fsutil::sync_dir(&committed)
+                    .map_err(|e| self.fail("syncing", &committed, e))?;
+            }
+            return Ok(());
+        }
+        files.sort();
+        let (first, last) = (files[0].0, files[files.len() - 1].0);
+        let segment = committed.join(format!("{first:020}-{last:020}-{:05}.jsonl", self.worker));
+        let tmp = self.dir.join(format!("compacting-{:05}.tmp", self.worker));
+        let mut out =
+            BufWriter::new(File::create(&tmp).map_err(|e| self.fail("creating", &tmp, e))?);
+        for (_, path) in &files {
+            let mut input = File::open(path).map_err(|e| self.fail("reading", path, e))?;
+            std::io::copy(&mut input, &mut out).map_err(|e| self.fail("compacting", path, e))?;
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| self.fail("writing", &tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| self.fail("syncing", &tmp, e))?;
+        fs::rename(&tmp, &segment).map_err(|e| self.fail("renaming", &tmp, e))?;
+        gress_state::fsutil::sync_dir(&committed)
+            .map_err(|e| self.fail("syncing", &committed, e))?;
+        for (_, path) in &files {
+            fs::remove_file(path).map_err(|e| self.fail("removing", path, e))?;
+        }
+        gress_state::fsutil::sync_dir(&committed).map_err(|e| self.fail("syncing", &committed, e))
+    }
+
+    /// Whether this worker settles files written by `owner`: its own, and
+    /// those of old workers beyond the current number (after a rescale to
+    /// fewer workers).
+    fn settles(&self, owner: usize) -> bool {
+        owner == self.worker
+            || (self.workers > 0 && owner >= self.workers && owner % self.workers == self.worker)
     }
 
     /// The records committed under `dir`, in epoch order (each epoch's
@@ -111,7 +226,31 @@ impl FileSink {
             return Ok(Vec::new());
         }
         let mut records = Vec::new();
-        for file in Self::committed_files(dir).map_err(|e| fail(dir, &e))? {
+        let files = Self::committed_files(dir).map_err(|e| fail(dir, &e))?;
+        let segments: Vec<(u64, u64, usize)> = files
+            .iter()
+            .filter_map(
+                |f| match OutputFile::parse(&f.file_name()?.to_string_lossy())? {
+                    OutputFile::Segment {
+                        first,
+                        last,
+                        worker,
+                    } => Some((first, last, worker)),
+                    OutputFile::Epoch { .. } => None,
+                },
+            )
+            .collect();
+        for file in files {
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+            // An epoch file a segment holds already (a compaction midway).
+            if let Some(OutputFile::Epoch { epoch, worker }) =
+                name.as_deref().and_then(OutputFile::parse)
+                && segments
+                    .iter()
+                    .any(|&(f, l, w)| w == worker && (f..=l).contains(&epoch))
+            {
+                continue;
+            }
             let text = fs::read_to_string(&file).map_err(|e| fail(&file, &e))?;
             for line in text.lines() {
                 records.push(serde_json::from_str(line).map_err(|e| fail(&file, &e))?);
@@ -120,7 +259,8 @@ impl FileSink {
         Ok(records)
     }
 
-    /// The committed output files, in epoch order.
+    /// The committed output files, in epoch order (a segment where its
+    /// first epoch is).
     pub fn committed_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = fs::read_dir(dir.join("committed"))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -128,6 +268,36 @@ impl FileSink {
             .collect();
         files.sort();
         Ok(files)
+    }
+}
+
+/// A file under `committed/`.
+enum OutputFile {
+    /// One epoch of one worker: `<epoch>-<worker>.jsonl`.
+    Epoch { epoch: u64, worker: usize },
+    /// Compacted epochs of one worker: `<first>-<last>-<worker>.jsonl`.
+    Segment {
+        first: u64,
+        last: u64,
+        worker: usize,
+    },
+}
+
+impl OutputFile {
+    fn parse(name: &str) -> Option<Self> {
+        let parts: Vec<&str> = name.strip_suffix(".jsonl")?.split('-').collect();
+        match parts[..] {
+            [epoch, worker] => Some(OutputFile::Epoch {
+                epoch: epoch.parse().ok()?,
+                worker: worker.parse().ok()?,
+            }),
+            [first, last, worker] => Some(OutputFile::Segment {
+                first: first.parse().ok()?,
+                last: last.parse().ok()?,
+                worker: worker.parse().ok()?,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -146,20 +316,10 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
         for entry in fs::read_dir(&pending).map_err(|e| self.fail("listing", &pending, e))? {
             let entry = entry.map_err(|e| self.fail("listing", &pending, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((epoch, owner)) = name
-                .strip_suffix(".jsonl")
-                .and_then(|n| n.split_once('-'))
-                .and_then(|(e, w)| Some((e.parse::<u64>().ok()?, w.parse::<usize>().ok()?)))
-            else {
+            let Some((epoch, owner)) = Self::parse_name(&name) else {
                 continue;
             };
-            // Its own files, and those of old workers beyond the current
-            // number (after a rescale to fewer workers).
-            let mine = owner == self.worker
-                || (self.workers > 0
-                    && owner >= self.workers
-                    && owner % self.workers == self.worker);
-            if !mine {
+            if !self.settles(owner) {
                 continue;
             }
             if committed.is_some_and(|c| epoch <= c) {
@@ -173,6 +333,9 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
     }
 
     fn write_epoch(&mut self, epoch: u64, records: Vec<T>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let path = self.dir.join("pending").join(self.name(epoch));
         if !self.open.contains_key(&epoch) {
             let file = File::create(&path).map_err(|e| self.fail("creating", &path, e))?;
@@ -209,6 +372,9 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
         };
         file.sync_all()
             .map_err(|e| self.fail("syncing", &path, e))?;
+        // The file's name too: a sealed epoch survives a power loss.
+        gress_state::fsutil::sync_dir(&self.dir.join("pending"))
+            .map_err(|e| self.fail("syncing", &path, e))?;
         self.written.insert(epoch);
         Ok(())
     }
@@ -220,6 +386,49 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
             }
             self.publish(e, self.worker)?;
             self.written.remove(&e);
+        }
+        Ok(())
+    }
+
+    fn retire(&mut self, through: u64) -> Result<()> {
+        if self.compact_after == 0 {
+            return Ok(());
+        }
+        self.compact(through)
+    }
+
+    fn roll_back(&mut self, epochs: std::ops::RangeInclusive<u64>) -> Result<()> {
+        let committed = self.dir.join("committed");
+        let aside = self.dir.join("rolled-back");
+        let mut moved = 0;
+        for entry in fs::read_dir(&committed).map_err(|e| self.fail("listing", &committed, e))? {
+            let entry = entry.map_err(|e| self.fail("listing", &committed, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((epoch, owner)) = Self::parse_name(&name) else {
+                continue;
+            };
+            if !epochs.contains(&epoch) || !self.settles(owner) {
+                continue;
+            }
+            if moved == 0 {
+                fs::create_dir_all(&aside).map_err(|e| self.fail("creating", &aside, e))?;
+            }
+            let to = aside.join(&name);
+            fs::rename(entry.path(), &to)
+                .map_err(|e| self.fail("withdrawing", &entry.path(), e))?;
+            moved += 1;
+        }
+        if moved > 0 {
+            for dir in [&committed, &aside] {
+                gress_state::fsutil::sync_dir(dir).map_err(|e| self.fail("syncing", dir, e))?;
+            }
+            tracing::warn!(
+                sink = %self.dir.display(),
+                first = epochs.start(),
+                last = epochs.end(),
+                files = moved,
+                "withdrew the output of rolled-back epochs into rolled-back/"
+            );
         }
         Ok(())
     }

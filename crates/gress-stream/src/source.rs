@@ -139,7 +139,10 @@ impl<T: Data> Source for GeneratorSource<T> {
 type Parse<T> = Arc<dyn Fn(&str) -> std::result::Result<T, String>>;
 
 /// Lines of files, one partition per file, the offset being the byte
-/// position: each line parsed by a function (for example JSON).
+/// position: each line parsed by a function (for example JSON). A file is
+/// read to its end as it is when reached; a last line without a line break
+/// is a line. A file shorter than the offset a checkpoint recorded for it
+/// (truncated or replaced since) is an error, not a silent restart.
 pub struct FileSource<T> {
     files: Vec<PathBuf>,
     parse: Parse<T>,
@@ -198,16 +201,7 @@ impl<T: Data> PartitionReader<T> for FileReader<T> {
             if n == 0 {
                 return Ok(Poll::End);
             }
-            // A last line without its line break may still be written.
-            if !self.line.ends_with('\n') {
-                self.input
-                    .seek(SeekFrom::Start(self.offset))
-                    .map_err(|e| Error::Source {
-                        source_name: self.path.display().to_string(),
-                        reason: e.to_string(),
-                    })?;
-                return Ok(Poll::End);
-            }
+            // A line without its line break is the file's last.
             let text = self.line.trim_end_matches(['\n', '\r']);
             if !text.is_empty() {
                 let record = (self.parse)(text).map_err(|reason| Error::Source {
@@ -247,6 +241,16 @@ impl<T: Data> Source for FileSource<T> {
             reason: e.to_string(),
         };
         let mut file = File::open(&path).map_err(fail)?;
+        let len = file.metadata().map_err(fail)?.len();
+        if len < offset {
+            return Err(Error::Source {
+                source_name: path.display().to_string(),
+                reason: format!(
+                    "the file has {len} bytes, fewer than the {offset} the job has already read: \
+                     it was truncated or replaced since"
+                ),
+            });
+        }
         file.seek(SeekFrom::Start(offset)).map_err(fail)?;
         Ok(Box::new(FileReader {
             path: path.clone(),

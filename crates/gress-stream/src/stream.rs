@@ -17,7 +17,7 @@ use crate::keys::key_group;
 use crate::operators::keyed::{Either, KeyedProcessFunction, keyed_operator};
 use crate::sink::Sink;
 use crate::state::{AggregateFunction, AggregatingStateDescriptor, ValueStateDescriptor};
-use crate::worker::Shared;
+use crate::worker::{OnCommit, Shared};
 
 /// A stream of records of type `D`.
 pub struct DataStream<'s, D> {
@@ -141,10 +141,80 @@ impl<'s, D: Data> DataStream<'s, D> {
         }
     }
 
-    /// Sets each record's event time (ms) to `f(record)`.
-    pub fn with_event_time(self, mut f: impl FnMut(&D) -> u64 + 'static) -> DataStream<'s, D> {
+    /// Sets each record's event time (ms) to `f(record)`, and replaces the
+    /// stream's watermarks with ones `max_out_of_orderness` behind the
+    /// largest new time this operator has seen on its worker (Flink's
+    /// `assignTimestampsAndWatermarks`). The largest time is recorded in
+    /// every checkpoint (under `name`, unique in the job), so a replay after
+    /// recovery sees the same watermarks.
+    pub fn with_event_time(
+        self,
+        name: &str,
+        mut f: impl FnMut(&D) -> u64 + 'static,
+        max_out_of_orderness: std::time::Duration,
+    ) -> DataStream<'s, D> {
+        let bound = u64::try_from(max_out_of_orderness.as_millis()).unwrap_or(u64::MAX);
+        let key = format!("watermark/{name}");
+        let mut max_time = {
+            let mut s = self.shared.borrow_mut();
+            if let Err(e) = s.register_name("event-time operator", name) {
+                s.fail(e);
+            }
+            let restored = match s.restored_number(&key) {
+                Ok(t) => t.unwrap_or(0),
+                Err(e) => {
+                    s.fail(e);
+                    0
+                }
+            };
+            // Carried into every checkpoint, records or not.
+            let first = s.first_epoch;
+            s.record_from(first, &key, restored);
+            restored
+        };
+        let shared = self.shared.clone();
+        let inner = self
+            .inner
+            .unary::<CapacityContainerBuilder<Vec<Item<D>>>, _, _, _>(
+                Pipeline,
+                "EventTime",
+                move |_cap, _info| {
+                    move |input, output| {
+                        input.for_each_stamp(|cap, data| {
+                            let Some(&epoch) = cap.least() else { return };
+                            let before = max_time;
+                            let mut session = output.session(&cap);
+                            for batch in data {
+                                for item in batch.drain(..) {
+                                    match item {
+                                        Item::Rec { kg, data, .. } => {
+                                            let t = f(&data);
+                                            max_time = max_time.max(t);
+                                            session.give(Item::Rec { time: t, kg, data });
+                                        }
+                                        Item::Wm { to, from, wm } => {
+                                            // The end of the input passes
+                                            // through; otherwise the new times
+                                            // decide.
+                                            let wm = if wm == u64::MAX {
+                                                u64::MAX
+                                            } else {
+                                                max_time.saturating_sub(bound)
+                                            };
+                                            session.give(Item::Wm { to, from, wm });
+                                        }
+                                    }
+                                }
+                            }
+                            if max_time != before {
+                                shared.borrow_mut().record_from(epoch, &key, max_time);
+                            }
+                        });
+                    }
+                },
+            );
         DataStream {
-            inner: per_record(self.inner, "EventTime", move |_, d, emit| emit(f(&d), d)),
+            inner,
             shared: self.shared,
         }
     }
@@ -212,19 +282,34 @@ impl<'s, D: Data> DataStream<'s, D> {
     /// written when the epoch is complete and made visible when the job
     /// commits it.
     pub fn sink<S: Sink<D>>(self, name: &str, mut sink: S) -> Result<()> {
-        let (index, peers, committed) = {
+        let (index, peers, committed, rolled_back, pending_rollback, first_epoch) = {
             let s = self.shared.borrow();
-            (s.index, s.peers, s.committed)
+            (
+                s.index,
+                s.peers,
+                s.committed,
+                s.rolled_back.clone(),
+                s.pending_rollback,
+                s.first_epoch,
+            )
         };
-        sink.set_workers(peers);
-        sink.open(index, committed).map_err(|e| Error::Sink {
+        let fail = |e: Error| Error::Sink {
             sink: name.to_string(),
             reason: e.to_string(),
-        })?;
+        };
+        sink.set_workers(peers);
+        sink.open(index, committed).map_err(fail)?;
+        // Rollbacks earlier runs committed, in case one did not finish.
+        for (first, last) in rolled_back {
+            sink.roll_back(first..=last).map_err(fail)?;
+        }
         let driver = Rc::new(RefCell::new(SinkDriver {
             sink,
             written: Vec::new(),
             committed,
+            pending_rollback,
+            first_epoch,
+            retired: None,
             name: name.to_string(),
             _d: std::marker::PhantomData,
         }));
@@ -243,8 +328,9 @@ impl<'s, D: Data> DataStream<'s, D> {
         shared.borrow_mut().register_sink();
         let first_epoch = shared.borrow().next_cut;
         builder.build_reschedule(move |_caps| {
-            // Epochs with records written and not yet sealed.
-            let mut open: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+            // One past the newest epoch seen (records or watermarks): once
+            // the input ends, every epoch before it is sealed.
+            let mut seen_upto = first_epoch;
             let mut batch: Vec<D> = Vec::new();
             let mut next_seal = first_epoch;
             move |frontiers| {
@@ -253,6 +339,7 @@ impl<'s, D: Data> DataStream<'s, D> {
                 let mut failed = None;
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
+                    seen_upto = seen_upto.max(epoch + 1);
                     for records in data {
                         for item in records.drain(..) {
                             if let Item::Rec { data, .. } = item {
@@ -264,8 +351,11 @@ impl<'s, D: Data> DataStream<'s, D> {
                         batch.clear();
                         return;
                     }
+                    if batch.is_empty() {
+                        // Watermarks only: no output for this epoch here.
+                        return;
+                    }
                     s.records_out += batch.len() as u64;
-                    open.insert(epoch);
                     if let Err(e) = d.append(epoch, std::mem::take(&mut batch)) {
                         failed = Some(e);
                     }
@@ -281,11 +371,10 @@ impl<'s, D: Data> DataStream<'s, D> {
                 let first = next_seal;
                 let upto = match frontier.frontier().first() {
                     Some(&f) => f,
-                    None => open.last().map_or(first, |&l| l + 1),
+                    None => seen_upto.max(first),
                 };
                 let mut epoch = first;
                 while epoch < upto {
-                    open.remove(&epoch);
                     if let Err(e) = d.seal(epoch) {
                         s.fail(e);
                         return false;
@@ -299,6 +388,18 @@ impl<'s, D: Data> DataStream<'s, D> {
                 if let Err(e) = d.commit_to(s.committed) {
                     s.fail(e);
                     return false;
+                }
+                if let Some(oldest) = s.oldest_kept()
+                    && d.retired < Some(oldest)
+                {
+                    d.retired = Some(oldest);
+                    if let Err(e) = d.sink.retire(oldest) {
+                        s.fail(Error::Sink {
+                            sink: d.name.clone(),
+                            reason: e.to_string(),
+                        });
+                        return false;
+                    }
                 }
                 // Stay until everything written is committed or the job is
                 // over.
@@ -314,15 +415,15 @@ struct SinkDriver<S, D> {
     sink: S,
     written: Vec<u64>,
     committed: Option<u64>,
+    /// Epochs this run rolls back, withdrawn before its first commit.
+    pending_rollback: Option<(u64, u64)>,
+    /// This run's first epoch.
+    first_epoch: u64,
+    /// The last epoch the sink was told can no longer be rolled back.
+    retired: Option<u64>,
     name: String,
     #[allow(dead_code)]
     _d: std::marker::PhantomData<D>,
-}
-
-/// What the worker tells sinks and sources of the last commit when the job
-/// ends.
-pub(crate) trait OnCommit {
-    fn commit_to(&mut self, committed: Option<u64>) -> Result<()>;
 }
 
 impl<S: Sink<D>, D: Data> SinkDriver<S, D> {
@@ -349,6 +450,14 @@ impl<S: Sink<D>, D: Data> SinkDriver<S, D> {
 impl<S: Sink<D>, D: Data> OnCommit for SinkDriver<S, D> {
     fn commit_to(&mut self, committed: Option<u64>) -> Result<()> {
         let Some(c) = committed else { return Ok(()) };
+        if c >= self.first_epoch
+            && let Some((first, last)) = self.pending_rollback.take()
+        {
+            self.sink.roll_back(first..=last).map_err(|e| Error::Sink {
+                sink: self.name.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         if self.written.first().is_some_and(|&e| e <= c) {
             self.sink.commit(c).map_err(|e| Error::Sink {
                 sink: self.name.clone(),

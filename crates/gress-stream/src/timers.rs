@@ -3,16 +3,16 @@
 //! Registered timers are kept in memory in time order, and in the backend
 //! (through the state cache, so they are in every checkpoint) under the key
 //! layout of `keys::timer_key`. A timer is unique per (domain, time, key,
-//! namespace): registering it again does nothing. On restore they are read
-//! back from the key groups the worker owns.
+//! namespace): registering it again does nothing. On restore the worker
+//! reads back every operator's timers of the key groups it owns at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
-use gress_state::StateBackend;
+use gress_state::{KeyRange, StateBackend};
 
 use crate::error::Result;
-use crate::keys::{TIMER_STATE_ID, TimeDomain, parse_timer_key, timer_key, timer_prefix};
+use crate::keys::{TIMER_STATE_ID, TimeDomain, groups_key_range, parse_timer_key, timer_key};
 use crate::state::StateStore;
 
 /// A timer: when, for which key (encoded) and namespace.
@@ -106,28 +106,68 @@ impl TimerService {
         Some(t)
     }
 
-    /// Reads back this operator's timers in `groups` from the backend.
-    pub(crate) fn load(&mut self, backend: &dyn StateBackend, groups: Range<u16>) -> Result<()> {
-        self.event.clear();
-        self.processing.clear();
-        let mut prefix = Vec::new();
+    /// Adds timers read back from the backend.
+    pub(crate) fn restore(&mut self, timers: Vec<(TimeDomain, TimerEntry)>) {
+        for (domain, t) in timers {
+            self.set(domain).insert(t);
+        }
+    }
+}
+
+/// Every operator's timers in key groups `groups`, by operator id: one scan
+/// of the timers of each key group on an ordered backend, or one scan of
+/// the whole range on one whose scans read everything anyway.
+pub(crate) fn load_all(
+    backend: &dyn StateBackend,
+    groups: Range<u16>,
+) -> Result<HashMap<u32, Vec<(TimeDomain, TimerEntry)>>> {
+    let mut out: HashMap<u32, Vec<(TimeDomain, TimerEntry)>> = HashMap::new();
+    let mut take = |key: &[u8]| {
+        if key.get(2..6) != Some(&TIMER_STATE_ID.to_be_bytes()[..]) {
+            return;
+        }
+        let (Some(kg), Some(op), Some(domain)) = (
+            key.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])),
+            key.get(6..10)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            key.get(10).and_then(|&d| match d {
+                0 => Some(TimeDomain::EventTime),
+                1 => Some(TimeDomain::ProcessingTime),
+                _ => None,
+            }),
+        ) else {
+            return;
+        };
+        if let Some((time, k, ns)) = parse_timer_key(key) {
+            out.entry(op).or_default().push((
+                domain,
+                TimerEntry {
+                    time,
+                    kg,
+                    key: k.to_vec(),
+                    ns: ns.to_vec(),
+                },
+            ));
+        }
+    };
+    if backend.ordered() {
         for kg in groups {
-            for domain in [TimeDomain::EventTime, TimeDomain::ProcessingTime] {
-                timer_prefix(&mut prefix, kg, self.op, domain);
-                for entry in backend.scan_prefix(&prefix)? {
-                    let (key, _) = entry?;
-                    if let Some((time, k, ns)) = parse_timer_key(&key) {
-                        let t = TimerEntry {
-                            time,
-                            kg,
-                            key: k.to_vec(),
-                            ns: ns.to_vec(),
-                        };
-                        self.set(domain).insert(t);
-                    }
-                }
+            let mut from = kg.to_be_bytes().to_vec();
+            from.extend_from_slice(&TIMER_STATE_ID.to_be_bytes());
+            let to = (u32::from(kg) + 1).to_be_bytes()[2..].to_vec();
+            let range = if kg == u16::MAX {
+                KeyRange::prefix(&from)
+            } else {
+                KeyRange::between(from, to)
+            };
+            for entry in backend.scan(range)? {
+                take(&entry?.0);
             }
         }
-        Ok(())
+    } else {
+        for entry in backend.scan(groups_key_range(groups))? {
+            take(&entry?.0);
+        }
     }
+    Ok(out)
 }

@@ -13,24 +13,72 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use gress_checkpoint::{CheckpointManager, Metadata, PendingCheckpoint};
+use serde::{Deserialize, Serialize};
 use timely::scheduling::{Activator, SyncActivator};
 
 use crate::error::{Error, Result};
 use crate::state::StateStore;
 use crate::telemetry::{Counts, WorkerMetrics};
 
+/// What the worker tells sinks and sources of the last commit when the job
+/// ends.
+pub(crate) trait OnCommit {
+    fn commit_to(&mut self, committed: Option<u64>) -> Result<()>;
+}
+
+/// Why a worker has no checkpoint of an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CheckpointFailure {
+    /// The error, as text.
+    pub(crate) reason: String,
+    /// Another manager took over the worker's checkpoint location.
+    pub(crate) fenced: bool,
+}
+
+impl CheckpointFailure {
+    pub(crate) fn new(e: &gress_checkpoint::Error) -> Self {
+        CheckpointFailure {
+            reason: error_chain(e),
+            fenced: matches!(e, gress_checkpoint::Error::Fenced { .. }),
+        }
+    }
+}
+
+/// `e`, then each of its causes not already in its text.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The result of one worker's checkpoint of an epoch.
 #[derive(Debug, Clone)]
 pub(crate) struct Uploaded {
     pub(crate) epoch: u64,
-    /// The checkpoint id, or why it failed.
-    pub(crate) result: std::result::Result<u64, String>,
+    /// The checkpoint id, or why there is none.
+    pub(crate) result: std::result::Result<u64, CheckpointFailure>,
     /// What it cost, when it committed.
     pub(crate) report: Option<gress_checkpoint::CheckpointReport>,
+}
+
+/// Work for a worker's upload thread, done in order.
+pub(crate) enum UploadJob {
+    /// Write and commit the checkpoint of an epoch.
+    Commit(u64, Box<PendingCheckpoint>),
+    /// Keep only these committed checkpoints (and newer ones).
+    Require(Vec<u64>),
 }
 
 /// What one worker's checkpoint of one epoch cost.
@@ -55,11 +103,13 @@ pub struct EpochCheckpoint {
 
 /// Checkpointing of one worker.
 pub(crate) struct Checkpoints {
-    pub(crate) manager: Rc<CheckpointManager>,
-    pub(crate) uploads: mpsc::Sender<(u64, PendingCheckpoint)>,
+    pub(crate) manager: Arc<CheckpointManager>,
+    pub(crate) uploads: mpsc::Sender<UploadJob>,
     pub(crate) results: mpsc::Receiver<Uploaded>,
     /// For cuts that fail before any upload.
     pub(crate) failures: mpsc::Sender<Uploaded>,
+    /// Wakes the acks operator when a result arrives.
+    pub(crate) wake: Arc<parking_lot::Mutex<Option<SyncActivator>>>,
     /// The upload thread, joined on drop.
     pub(crate) upload: Option<std::thread::JoinHandle<()>>,
 }
@@ -89,6 +139,12 @@ pub(crate) struct WorkerState {
     pub(crate) checkpoints: Option<Checkpoints>,
     /// Stateful operators registered while the dataflow was built.
     stateful: usize,
+    /// Names of sources and keyed operators, with what each is.
+    names: Vec<(&'static str, String)>,
+    /// Timers read back at the start, by operator, until each takes its own.
+    restored_timers: Option<
+        std::collections::HashMap<u32, Vec<(crate::keys::TimeDomain, crate::timers::TimerEntry)>>,
+    >,
     /// Sources registered.
     sources: usize,
     /// Sinks registered.
@@ -98,6 +154,8 @@ pub(crate) struct WorkerState {
     /// Per epoch: what sources (offsets, event-time high marks) and
     /// operators (watermarks) recorded at its end, for its checkpoint.
     marks: BTreeMap<u64, Metadata>,
+    /// Marks that last until changed: per key, the value as of each epoch.
+    lasting: BTreeMap<String, BTreeMap<u64, u64>>,
     /// The metadata of the checkpoint this worker recovered from.
     pub(crate) restored: Metadata,
     /// The next epoch whose cut is due; epochs below it are cut.
@@ -116,14 +174,14 @@ pub(crate) struct WorkerState {
     /// The first error of any operator of this worker.
     pub(crate) error: Option<Error>,
     /// Sinks and sources told of the last commit when the job ends.
-    pub(crate) on_commit: Vec<Rc<RefCell<dyn crate::stream::OnCommit>>>,
+    pub(crate) on_commit: Vec<Rc<RefCell<dyn OnCommit>>>,
     /// Records read by this worker's sources.
     pub(crate) records_read: u64,
     pub(crate) records_in: u64,
     pub(crate) records_out: u64,
     pub(crate) epochs_cut: u64,
     /// The first epoch of this run.
-    first_epoch: u64,
+    pub(crate) first_epoch: u64,
     /// The newest epoch this worker's sources have opened.
     opened: u64,
     /// When each epoch not yet settled was cut.
@@ -134,6 +192,19 @@ pub(crate) struct WorkerState {
     pub(crate) flushes: BTreeMap<u64, std::time::Duration>,
     /// Finished checkpoints of this worker.
     pub(crate) checkpoint_costs: Vec<EpochCheckpoint>,
+    /// This worker's checkpoint of each epoch not yet settled.
+    checkpoint_ids: BTreeMap<u64, u64>,
+    /// The epochs whose commit records are kept, with this worker's
+    /// checkpoint of each (none if it did not take part): retention keeps
+    /// those.
+    kept: BTreeMap<u64, Option<u64>>,
+    /// The epochs this run rolls back once it commits (from the commit
+    /// record it recovered from to the newest there was).
+    pub(crate) pending_rollback: Option<(u64, u64)>,
+    /// Epochs earlier runs rolled back (sinks withdraw their output).
+    pub(crate) rolled_back: Vec<(u64, u64)>,
+    /// The committed epoch this run recovered from.
+    pub(crate) recovered_from: Option<u64>,
     last_report: std::time::Instant,
     reported: (u64, u64),
 }
@@ -162,10 +233,13 @@ impl WorkerState {
             store,
             checkpoints,
             stateful: 0,
+            names: Vec::new(),
+            restored_timers: None,
             sources: 0,
             sink_count: 0,
             done: BTreeMap::new(),
             marks: BTreeMap::new(),
+            lasting: BTreeMap::new(),
             restored: Metadata::new(),
             next_cut: first_epoch,
             waiting: Vec::new(),
@@ -185,6 +259,11 @@ impl WorkerState {
             metrics,
             flushes: BTreeMap::new(),
             checkpoint_costs: Vec::new(),
+            checkpoint_ids: BTreeMap::new(),
+            kept: BTreeMap::new(),
+            pending_rollback: None,
+            rolled_back: Vec::new(),
+            recovered_from: None,
             last_report: std::time::Instant::now(),
             reported: (0, 0),
         }
@@ -192,6 +271,43 @@ impl WorkerState {
 
     pub(crate) fn register_stateful(&mut self) {
         self.stateful += 1;
+    }
+
+    /// The timers operator `op` had in this worker's key groups when the
+    /// run started (every operator's are read at the first call).
+    pub(crate) fn take_timers(
+        &mut self,
+        op: u32,
+    ) -> Result<Vec<(crate::keys::TimeDomain, crate::timers::TimerEntry)>> {
+        if self.restored_timers.is_none() {
+            let groups = crate::keys::groups_of(self.index, self.peers, self.key_groups);
+            let backend = Arc::clone(self.store.backend());
+            self.restored_timers = Some(crate::timers::load_all(&*backend, groups)?);
+        }
+        Ok(self
+            .restored_timers
+            .as_mut()
+            .and_then(|all| all.remove(&op))
+            .unwrap_or_default())
+    }
+
+    /// Claims `name` for a source or keyed operator: names key their
+    /// offsets, state, timers and watermarks in checkpoints, so two parts
+    /// of a job never share one.
+    pub(crate) fn register_name(&mut self, what: &'static str, name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::invalid(what, "a name must not be empty"));
+        }
+        if let Some((other, _)) = self.names.iter().find(|(_, n)| n == name) {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "`{name}` names a {other} already; give each source and keyed operator its own name"
+                ),
+            ));
+        }
+        self.names.push((what, name.to_string()));
+        Ok(())
     }
 
     pub(crate) fn register_source(&mut self) {
@@ -236,6 +352,14 @@ impl WorkerState {
         self.marks.entry(epoch).or_default().insert(key, value);
     }
 
+    /// Records `key = value` as of `epoch`: the checkpoint of every epoch
+    /// from `epoch` on carries it until a later epoch records another
+    /// value. For operators that see only some epochs.
+    pub(crate) fn record_from(&mut self, epoch: u64, key: &str, value: u64) {
+        let by_epoch = self.lasting.entry(key.to_string()).or_default();
+        by_epoch.insert(epoch.max(self.next_cut), value);
+    }
+
     /// A number recorded in the checkpoint this worker recovered from.
     pub(crate) fn restored_number(&self, key: &str) -> Result<Option<u64>> {
         match self.restored.get(key) {
@@ -269,7 +393,17 @@ impl WorkerState {
             }
             let epoch = self.next_cut;
             self.done.remove(&epoch);
-            let marks = self.marks.remove(&epoch).unwrap_or_default();
+            let mut marks = self.marks.remove(&epoch).unwrap_or_default();
+            for (key, by_epoch) in &mut self.lasting {
+                // The value as of this epoch; older ones are no longer needed.
+                let later = by_epoch.split_off(&(epoch + 1));
+                if let Some((&e, &v)) = by_epoch.last_key_value() {
+                    marks.insert(key.clone(), v.to_string());
+                    by_epoch.clear();
+                    by_epoch.insert(e, v);
+                }
+                by_epoch.extend(later);
+            }
             let started = Instant::now();
             if let Err(e) = self.cut(epoch, marks) {
                 self.fail(e);
@@ -307,7 +441,11 @@ impl WorkerState {
         metadata.insert("job".into(), self.job_id.clone());
         match cp.manager.begin_checkpoint(metadata) {
             Ok(pending) => {
-                if cp.uploads.send((epoch, pending)).is_err() {
+                if cp
+                    .uploads
+                    .send(UploadJob::Commit(epoch, Box::new(pending)))
+                    .is_err()
+                {
                     return Err(Error::Worker("the upload thread stopped".into()));
                 }
             }
@@ -315,20 +453,29 @@ impl WorkerState {
                 tracing::warn!(epoch, error = %e, "could not cut a checkpoint; the epoch will not commit");
                 let _ = cp.failures.send(Uploaded {
                     epoch,
-                    result: Err(e.to_string()),
+                    result: Err(CheckpointFailure::new(&e)),
                     report: None,
                 });
+                // The acks wait for this result.
+                if let Some(a) = &*cp.wake.lock() {
+                    let _ = a.activate();
+                }
             }
         }
         Ok(())
     }
 
-    /// Records what a finished checkpoint cost.
+    /// Records this worker's checkpoint of `epoch`, if it has one, and
+    /// what it cost.
     pub(crate) fn checkpointed(
         &mut self,
         epoch: u64,
+        id: Option<u64>,
         report: Option<&gress_checkpoint::CheckpointReport>,
     ) {
+        if let Some(id) = id {
+            self.checkpoint_ids.insert(epoch, id);
+        }
         let flush = self.flushes.remove(&epoch).unwrap_or_default();
         if let Some(r) = report {
             self.checkpoint_costs.push(EpochCheckpoint {
@@ -365,9 +512,46 @@ impl WorkerState {
         });
     }
 
+    /// The commit records kept when the run starts, and what this worker's
+    /// checkpoint manager must keep for them.
+    pub(crate) fn keep_commits(&mut self, kept: BTreeMap<u64, Option<u64>>) {
+        self.kept = kept;
+    }
+
+    /// The oldest epoch whose commit record is kept: no rollback goes
+    /// back past it.
+    pub(crate) fn oldest_kept(&self) -> Option<u64> {
+        self.kept.keys().next().copied()
+    }
+
+    /// This worker's checkpoints that kept commit records name.
+    pub(crate) fn required_checkpoints(&self) -> Vec<u64> {
+        self.kept.values().flatten().copied().collect()
+    }
+
     /// Learned from the committer: `epoch` was dealt with, committed or
-    /// not; `final_epoch` says the job is complete.
-    pub(crate) fn settle(&mut self, epoch: u64, committed: bool, final_epoch: bool) {
+    /// not; `final_epoch` says the job is complete; the records of
+    /// `pruned` were deleted.
+    pub(crate) fn settle(
+        &mut self,
+        epoch: u64,
+        committed: bool,
+        final_epoch: bool,
+        pruned: &[u64],
+    ) {
+        let id = self.checkpoint_ids.get(&epoch).copied();
+        self.checkpoint_ids = self.checkpoint_ids.split_off(&(epoch + 1));
+        if committed {
+            self.kept.insert(epoch, id);
+            for e in pruned {
+                self.kept.remove(e);
+            }
+            if let Some(cp) = &self.checkpoints {
+                let _ = cp
+                    .uploads
+                    .send(UploadJob::Require(self.required_checkpoints()));
+            }
+        }
         if committed {
             self.committed = Some(self.committed.map_or(epoch, |c| c.max(epoch)));
             self.metrics.epochs_committed.increment(1);
@@ -407,24 +591,35 @@ impl WorkerState {
 }
 
 /// Starts the thread that commits a worker's checkpoints one after another
-/// and reports each result.
+/// and reports each result, and applies retention as commits are learned.
 pub(crate) fn upload_thread(
     worker: usize,
-    activator: std::sync::Arc<parking_lot::Mutex<Option<SyncActivator>>>,
-    manager: CheckpointManager,
+    activator: Arc<parking_lot::Mutex<Option<SyncActivator>>>,
+    manager: Arc<CheckpointManager>,
 ) -> Checkpoints {
-    let (tx, rx) = mpsc::channel::<(u64, PendingCheckpoint)>();
+    let (tx, rx) = mpsc::channel::<UploadJob>();
     let (done_tx, done_rx) = mpsc::channel();
     let failures = done_tx.clone();
+    let thread_manager = Arc::clone(&manager);
+    let wake = Arc::clone(&activator);
     let spawned = std::thread::Builder::new()
         .name(format!("gress-upload-{worker}"))
         .spawn(move || {
-            for (epoch, pending) in rx {
+            for job in rx {
+                let (epoch, pending) = match job {
+                    UploadJob::Commit(epoch, pending) => (epoch, pending),
+                    UploadJob::Require(ids) => {
+                        if let Err(e) = thread_manager.set_required(ids) {
+                            tracing::warn!(worker, error = %e, "could not apply checkpoint retention");
+                        }
+                        continue;
+                    }
+                };
                 let (result, report) = match pending.commit() {
                     Ok(r) => (Ok(r.info.id), Some(r)),
                     Err(e) => {
                         tracing::warn!(worker, epoch, error = %e, "checkpoint upload failed");
-                        (Err(e.to_string()), None)
+                        (Err(CheckpointFailure::new(&e)), None)
                     }
                 };
                 if done_tx
@@ -450,10 +645,11 @@ pub(crate) fn upload_thread(
         }
     };
     Checkpoints {
-        manager: Rc::new(manager),
+        manager,
         uploads: tx,
         results: done_rx,
         failures,
+        wake,
         upload: thread,
     }
 }

@@ -141,6 +141,7 @@ macro_rules! conformance_suite {
             scan_in_key_order,
             ttl_default_and_override,
             ttl_has_millisecond_precision,
+            get_with_expiry_tells_the_expiry,
             ttl_zero_is_rejected,
             expired_entries_are_invisible,
             expired_entries_are_not_snapshotted,

@@ -384,6 +384,12 @@ fn checkpoint_storage(args: &Args) -> Result<CheckpointStorage> {
 
 /// Deletes the checkpoints, output and state.
 fn clear(args: &Args, storage: &CheckpointStorage) -> Result<()> {
+    if let Some(holder) = storage.held_by()? {
+        bail!(
+            "--fresh would delete the checkpoints of a job that is running ({holder}); \
+             stop it first"
+        );
+    }
     match storage {
         CheckpointStorage::Local(dir) => remove_dir(dir)?,
         _ => {

@@ -315,7 +315,9 @@ impl PendingCheckpoint {
     /// restores.
     pub fn commit(mut self) -> Result<CheckpointReport> {
         let shared = Arc::clone(&self.shared);
-        let result = self.commit_inner();
+        // Every storage call of the checkpoint ends by its deadline.
+        let deadline = self.deadline();
+        let result = crate::storage::with_deadline(deadline, || self.commit_inner());
         match &result {
             Ok(report) => {
                 crate::telemetry::committed(&self.config.metrics_label, report);
@@ -449,7 +451,7 @@ impl PendingCheckpoint {
                 capture.committed();
             }
         }
-        self.shared.apply_retention(self.config.retain);
+        self.shared.apply_retention();
         let report = CheckpointReport {
             info: CheckpointInfo::from(&*manifest),
             bytes_written,
@@ -499,26 +501,29 @@ impl PendingCheckpoint {
         let results: Mutex<Vec<(usize, Uploaded)>> = Mutex::new(Vec::new());
         let workers = self.config.parallelism.clamp(1, jobs.len().max(1));
         let cancelled = || failed.load(Ordering::Relaxed) || self.stopped().is_some();
+        let deadline = self.deadline();
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(job) = jobs.get(i) else { return };
-                        if let Some(e) = self.stopped() {
-                            failed.store(true, Ordering::Relaxed);
-                            results.lock().push((i, Err(e)));
-                            return;
+                    crate::storage::with_deadline(deadline, || {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(job) = jobs.get(i) else { return };
+                            if let Some(e) = self.stopped() {
+                                failed.store(true, Ordering::Relaxed);
+                                results.lock().push((i, Err(e)));
+                                return;
+                            }
+                            if failed.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            let result = self.upload_one(job, &cancelled);
+                            if result.is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
+                            results.lock().push((i, result));
                         }
-                        if failed.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let result = self.upload_one(job, &cancelled);
-                        if result.is_err() {
-                            failed.store(true, Ordering::Relaxed);
-                        }
-                        results.lock().push((i, result));
-                    }
+                    });
                 });
             }
         });

@@ -17,7 +17,7 @@ mod restore;
 mod retention;
 mod savepoint;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,9 +42,11 @@ use crate::storage::Storage;
 pub struct CheckpointConfig {
     /// Time between periodic checkpoints. Default 30 s.
     pub interval: Duration,
-    /// Committed checkpoints kept; older ones and the files only they need
-    /// are deleted. At least 1. Default 3.
+    /// Committed checkpoints kept under [`Retention::Newest`]; older ones
+    /// and the files only they need are deleted. At least 1. Default 3.
     pub retain: usize,
+    /// Which committed checkpoints are kept. Default [`Retention::Newest`].
+    pub retention: Retention,
     /// Write only what changed where a backend can. Default true.
     pub incremental: bool,
     /// A backend whose delta chain has this many deltas gets a full capture
@@ -83,6 +85,7 @@ impl Default for CheckpointConfig {
         CheckpointConfig {
             interval: Duration::from_secs(30),
             retain: 3,
+            retention: Retention::Newest,
             incremental: true,
             max_deltas: 10,
             max_delta_ratio: 0.5,
@@ -107,6 +110,12 @@ impl CheckpointConfig {
     /// Sets how many checkpoints are kept.
     pub fn with_retain(mut self, retain: usize) -> Self {
         self.retain = retain;
+        self
+    }
+
+    /// Sets which committed checkpoints are kept.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -152,7 +161,8 @@ impl CheckpointConfig {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every value; [`CheckpointManager::open`] does too.
+    pub fn validate(&self) -> Result<()> {
         if self.retain == 0 {
             return Err(Error::invalid(
                 "retain",
@@ -187,6 +197,24 @@ impl CheckpointConfig {
     }
 }
 
+/// Which committed checkpoints a manager keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Retention {
+    /// The newest [`CheckpointConfig::retain`]: as a checkpoint commits,
+    /// the oldest beyond that number go.
+    #[default]
+    Newest,
+    /// What an outside protocol still needs, as a stream job's commit
+    /// records: the checkpoints named by
+    /// [`CheckpointManager::set_required`], and those this manager
+    /// committed after the newest of them (the outside protocol may commit
+    /// them next). Until the first `set_required`, no checkpoint is
+    /// deleted, at `open` or later; unreferenced files and temporary files
+    /// are.
+    Required,
+}
+
 struct Registered {
     name: String,
     backend: Arc<dyn Checkpointable>,
@@ -208,6 +236,12 @@ struct State {
     restoring: bool,
     /// A restore that switched some backends and not others.
     restore_incomplete: Option<String>,
+    /// Under [`Retention::Required`]: the checkpoints still needed, once
+    /// told.
+    required: Option<BTreeSet<u64>>,
+    /// The first id this manager gave a checkpoint: older ones were left
+    /// by earlier managers.
+    first_own_id: u64,
 }
 
 struct Shared {
@@ -357,6 +391,30 @@ impl CheckpointManager {
     /// succeeds, no checkpoint is taken.
     pub fn restore_incomplete(&self) -> Option<String> {
         self.shared.state.lock().restore_incomplete.clone()
+    }
+
+    /// Under [`Retention::Required`], tells the manager which committed
+    /// checkpoints are still needed; every other checkpoint older than the
+    /// newest of them, or left by an earlier manager, is deleted now with
+    /// the files only it needs. Ids that are not committed checkpoints are
+    /// ignored. Call it once what is needed is known (a job: after it chose
+    /// the commit it recovers from), and again as that changes.
+    pub fn set_required(&self, ids: impl IntoIterator<Item = u64>) -> Result<()> {
+        if self.shared.config.read().retention != Retention::Required {
+            return Err(Error::invalid(
+                "retention",
+                "set_required needs Retention::Required",
+            ));
+        }
+        self.shared.state.lock().required = Some(ids.into_iter().collect());
+        self.shared.apply_retention();
+        Ok(())
+    }
+
+    /// Fails with [`Error::Fenced`] if another manager took the location
+    /// over (reads the storage's fencing records).
+    pub fn check_fence(&self) -> Result<()> {
+        self.shared.fence.check()
     }
 
     /// The storage the manager writes to.

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{CheckpointConfig, CheckpointManager, Shared, State};
+use super::{CheckpointConfig, CheckpointManager, Retention, Shared, State};
 use crate::catalog::{Catalog, read_savepoint};
 use crate::error::{Error, Result};
 use crate::fence::{Fence, new_token};
@@ -69,6 +69,7 @@ impl CheckpointManager {
         state.next_id = max_id
             .checked_add(1)
             .ok_or(Error::IdsExhausted { found: max_id })?;
+        state.first_own_id = state.next_id;
 
         report.restore_incomplete = read_intent(&*storage)?;
         state.restore_incomplete = report.restore_incomplete.clone();
@@ -82,7 +83,13 @@ impl CheckpointManager {
         // Checkpoints beyond retention, and what no kept checkpoint needs.
         // A manifest that cannot be deleted stays a checkpoint, with all
         // its files.
-        let plan = plan_sweep(&catalog, &data, config.retain)?;
+        // Under `Required`, no checkpoint goes before the owner says which
+        // are needed; files no manifest names do.
+        let retain = match config.retention {
+            Retention::Newest => config.retain,
+            Retention::Required => usize::MAX,
+        };
+        let plan = plan_sweep(&catalog, &data, retain)?;
         report.odd_names.extend(plan.odd_names);
         if !plan.checkpoints.is_empty() {
             fence.check()?;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{Shared, State};
+use super::{Retention, Shared, State};
 use crate::manifest::{FileEntry, Manifest, key_of_shared, manifest_path, owner_of};
 use crate::storage::Storage;
 
@@ -77,6 +77,25 @@ impl Refs {
 }
 
 impl State {
+    /// The oldest committed checkpoint that retention does not keep.
+    fn next_to_retire(&self, retention: Retention, retain: usize) -> Option<u64> {
+        match retention {
+            Retention::Newest => (self.retained.len() > retain)
+                .then(|| self.retained.keys().next().copied())
+                .flatten(),
+            Retention::Required => {
+                let required = self.required.as_ref()?;
+                let newest_required = required.last().copied();
+                self.retained.keys().copied().find(|&id| {
+                    let needed = required.contains(&id);
+                    let may_commit_next =
+                        id >= self.first_own_id && newest_required.is_none_or(|newest| id > newest);
+                    !needed && !may_commit_next
+                })
+            }
+        }
+    }
+
     /// Whether `path` (a data file) may be deleted now.
     pub(super) fn may_delete(&self, path: &str) -> bool {
         if self.refs.contains(path) {
@@ -105,16 +124,21 @@ impl Shared {
         delete_parallel(&*self.storage, paths, parallelism)
     }
 
-    /// Deletes the oldest checkpoints beyond `retain`: manifest first (so
-    /// it stops being a checkpoint), then every file nothing needs now.
-    pub(super) fn apply_retention(&self, retain: usize) {
+    /// Deletes the committed checkpoints retention does not keep, oldest
+    /// first: manifest first (so it stops being a checkpoint), then every
+    /// file nothing needs now.
+    pub(super) fn apply_retention(&self) {
+        let (retention, retain) = {
+            let config = self.config.read();
+            (config.retention, config.retain)
+        };
         loop {
             let (old_id, old) = {
                 let state = self.state.lock();
-                if state.retained.len() <= retain {
+                let Some(id) = state.next_to_retire(retention, retain) else {
                     return;
-                }
-                let Some((&id, m)) = state.retained.iter().next() else {
+                };
+                let Some(m) = state.retained.get(&id) else {
                     return;
                 };
                 (id, m.clone())

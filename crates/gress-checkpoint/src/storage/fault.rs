@@ -24,7 +24,14 @@ pub enum FaultKind {
     /// request retried after its reply was lost), or a local directory
     /// fsync that failed after the rename or link.
     LostAck,
+    /// The write fails as on a full disk (`StorageFull`) and stores
+    /// nothing.
+    NoSpace,
 }
+
+/// Picks the fault of a write from its operation (`put`, `put_new`,
+/// `delete`) and path: see [`FaultyStorage::set_rule`].
+pub type FaultRule = dyn Fn(&str, &str) -> Option<FaultKind> + Send + Sync;
 
 /// What happens to a chosen read (`open`, `list`, `size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +63,19 @@ pub struct FaultRates {
 /// [`arm_read`](FaultyStorage::arm_read)), or each with a probability from a
 /// seeded generator ([`randomize`](FaultyStorage::randomize)), so a run
 /// reproduces from its seed.
-#[derive(Debug)]
 pub struct FaultyStorage<S> {
     inner: S,
     state: Mutex<FaultState>,
+    rule: Mutex<Option<std::sync::Arc<FaultRule>>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for FaultyStorage<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyStorage")
+            .field("inner", &self.inner)
+            .field("state", &*self.state.lock())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -103,7 +119,14 @@ impl<S: Storage> FaultyStorage<S> {
                 keep_log: true,
                 ..FaultState::default()
             }),
+            rule: Mutex::new(None),
         }
+    }
+
+    /// Faults every write `rule` picks (besides armed and random faults),
+    /// until set to `None`.
+    pub fn set_rule(&self, rule: Option<std::sync::Arc<FaultRule>>) {
+        *self.rule.lock() = rule;
     }
 
     /// Makes the `n`-th write from now on (1 = the next) fail as `kind`.
@@ -189,6 +212,7 @@ impl<S: Storage> FaultyStorage<S> {
 
     /// Counts a write; returns the fault to apply to it, if any.
     fn next_write(&self, op: &'static str, path: &str) -> Result<Option<FaultKind>> {
+        let ruled = self.rule.lock().as_ref().and_then(|rule| rule(op, path));
         let mut s = self.state.lock();
         if s.crashed {
             return Err(injected(
@@ -206,6 +230,7 @@ impl<S: Storage> FaultyStorage<S> {
                 s.fault = None;
                 Some(kind)
             }
+            _ if ruled.is_some() => ruled,
             _ => {
                 let rates = s.rates();
                 let roll = s.roll();
@@ -262,6 +287,17 @@ impl<S: Storage> FaultyStorage<S> {
     }
 }
 
+fn no_space(op: &'static str, path: &str) -> Error {
+    Error::storage(
+        op,
+        path,
+        io::Error::new(
+            io::ErrorKind::StorageFull,
+            "injected fault: no space left on device",
+        ),
+    )
+}
+
 fn injected(op: &'static str, path: &str, what: &str) -> Error {
     Error::storage(
         op,
@@ -291,6 +327,7 @@ impl<S: Storage> Storage for FaultyStorage<S> {
             Some(FaultKind::Fail | FaultKind::Crash) => {
                 Err(injected("writing", path, "write failed"))
             }
+            Some(FaultKind::NoSpace) => Err(no_space("writing", path)),
         }
     }
 
@@ -312,6 +349,7 @@ impl<S: Storage> Storage for FaultyStorage<S> {
             Some(FaultKind::Fail | FaultKind::Crash) => {
                 Err(injected("publishing", path, "write failed"))
             }
+            Some(FaultKind::NoSpace) => Err(no_space("publishing", path)),
         }
     }
 

@@ -207,6 +207,20 @@ impl Storage for LocalStorage {
     }
 }
 
+/// Whether `path` is a temporary file of a write that can no longer finish:
+/// one of `LocalStorage`'s (`*.tmp-<pid>-<n>`) whose process is not this
+/// one and no longer runs on this machine. Used to sweep what a killed
+/// process left beside objects that no manifest names.
+pub fn is_stale_temporary(path: &str) -> bool {
+    let Some((_, tail)) = path.rsplit_once(".tmp-") else {
+        return false;
+    };
+    let Some(pid) = tail.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,10 @@
 //! `put_new` create-only: that is what the commit protocol relies on
 //! (docs/format.md, "Checkpoint commit protocol").
 
+use std::cell::Cell;
 use std::fmt;
 use std::io::{Read, Write};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 
@@ -18,7 +20,7 @@ pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;
 
-pub use local::LocalStorage;
+pub use local::{LocalStorage, is_stale_temporary};
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3Storage};
 
@@ -93,6 +95,35 @@ pub trait Storage: Send + Sync + fmt::Debug {
         }
         Ok(out)
     }
+}
+
+thread_local! {
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with every storage call this thread makes bounded by
+/// `deadline`: a call still waiting for a remote store then fails with a
+/// `TimedOut` storage error (the request itself is left to finish or fail
+/// on its own). Nested calls keep the earlier deadline. Local disks are not
+/// interrupted.
+pub fn with_deadline<T>(deadline: Instant, f: impl FnOnce() -> T) -> T {
+    let outer = DEADLINE.with(Cell::get);
+    let effective = outer.map_or(deadline, |o| o.min(deadline));
+    DEADLINE.with(|d| d.set(Some(effective)));
+    struct Restore(Option<Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEADLINE.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(outer);
+    f()
+}
+
+/// The deadline of this thread's storage calls, if any.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+pub(crate) fn deadline() -> Option<Instant> {
+    DEADLINE.with(Cell::get)
 }
 
 /// Checks that `path` is relative, `/`-separated and made of

@@ -235,15 +235,32 @@ impl Io {
         })
     }
 
-    /// Runs `fut` on the runtime and waits for its output; `None` if the
-    /// task ended without one (it panicked).
-    fn wait<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Option<T> {
+    /// Runs `fut` on the runtime and waits for its output, at most until
+    /// the calling thread's deadline ([`super::with_deadline`]): then the
+    /// task goes on alone and this fails with `TimedOut`. Fails with
+    /// `Other` if the task ended without an output (it panicked).
+    fn wait<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> io::Result<T> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.handle.spawn(async move {
             // The receiver only goes away with a caller that stopped waiting.
             let _ = tx.send(fut.await);
         });
-        rx.recv().ok()
+        match super::deadline() {
+            None => rx.recv().map_err(|_| io::Error::other(lost_task())),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                rx.recv_timeout(left).map_err(|e| match e {
+                    mpsc::RecvTimeoutError::Timeout => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the operation's time limit passed before S3 answered",
+                    ),
+                    mpsc::RecvTimeoutError::Disconnected => io::Error::other(lost_task()),
+                })
+            }
+        }
     }
 
     /// Runs a request on the runtime and waits for its result.
@@ -251,7 +268,12 @@ impl Io {
         &self,
         fut: impl Future<Output = object_store::Result<T>> + Send + 'static,
     ) -> object_store::Result<T> {
-        self.wait(fut).unwrap_or_else(|| Err(lost_task()))
+        self.wait(fut).unwrap_or_else(|e| {
+            Err(object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })
+        })
     }
 
     /// Runs `fut` on the runtime without waiting for it.
@@ -533,7 +555,10 @@ impl UploadWriter<'_> {
     fn abort(&mut self) {
         if let Some(upload) = self.upload.take() {
             let path = self.path.to_string();
-            self.storage
+            // Best effort: an upload left open is cleaned up by the
+            // bucket's lifecycle rules.
+            let _ = self
+                .storage
                 .io
                 .wait(async move { abort_upload(upload, &path).await });
         }
@@ -638,14 +663,14 @@ impl Read for StreamReader<'_> {
                         (stream, batch)
                     });
                     match fetched {
-                        Some((stream, Some(batch))) => {
+                        Ok((stream, Some(batch))) => {
                             self.stream = Some(stream);
                             self.pending.extend(batch);
                         }
-                        Some((_, None)) => return Ok(0),
-                        None => {
-                            let message = format!("reading {}: {}", self.path, lost_task());
-                            return Err(self.failure(io::ErrorKind::Other, message));
+                        Ok((_, None)) => return Ok(0),
+                        Err(e) => {
+                            let message = format!("reading {}: {e}", self.path);
+                            return Err(self.failure(e.kind(), message));
                         }
                     }
                 }

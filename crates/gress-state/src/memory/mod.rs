@@ -182,6 +182,26 @@ impl StateBackend for MemoryStateBackend {
         result
     }
 
+    fn get_with_expiry(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Option<u64>)>> {
+        let local = self.inner.metrics.local();
+        let timer = local.start(Op::Get);
+        let result = self.inner.get_one_with_expiry(key);
+        if let Ok(found) = &result {
+            local.add_reads(u64::from(found.is_some()), 1);
+        }
+        local.finish(timer);
+        result
+    }
+
+    fn default_ttl(&self) -> Option<Duration> {
+        self.inner.ttl.default_ms().map(Duration::from_millis)
+    }
+
+    /// A scan reads every shard's table, whatever its range.
+    fn ordered(&self) -> bool {
+        false
+    }
+
     fn multi_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         let local = self.inner.metrics.local();
         let timer = local.start(Op::MultiGet);

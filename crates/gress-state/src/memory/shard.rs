@@ -251,6 +251,10 @@ impl Inner {
     /// caller, which knows its thread slot.
     #[inline]
     pub(super) fn get_one(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_one_with_expiry(key)?.map(|(v, _)| v))
+    }
+
+    pub(super) fn get_one_with_expiry(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Option<u64>)>> {
         let hash = self.hash(key);
         let shard = self.shard(hash);
         let guard = shard.read();
@@ -262,7 +266,7 @@ impl Inner {
                 self.remove_if_dead(shard, hash, key);
                 Ok(None)
             }
-            Some(entry) => Ok(Some(entry.value().to_vec())),
+            Some(entry) => Ok(Some((entry.value().to_vec(), entry.expiry()))),
         }
     }
 

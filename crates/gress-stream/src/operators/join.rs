@@ -8,14 +8,17 @@
 //! the watermarks of both inputs and its watermark is the smaller of the
 //! two.
 //!
-//! Each side's records wait in keyed state (a map from event time to the
-//! records of that time, per key). A record joins the other side's waiting
-//! records in its range, then waits itself until the watermark shows that
-//! no record it could join can come any more: an event-time timer removes
-//! it then. Records are judged late as everywhere (time below the
-//! watermark before their epoch) and dropped, as Flink does.
-
-use std::collections::BTreeMap;
+//! Each side's records wait in keyed state, in *buckets* of event time: per
+//! key and side, a small index of the buckets that hold records, and one
+//! value per bucket (namespace: the bucket's start) with its records and
+//! their times. A record joins the other side's waiting records in its
+//! range (reading only the buckets that overlap it), then waits in its
+//! bucket until the watermark shows that no record it could join can come
+//! any more: one event-time timer per bucket removes the bucket then. So
+//! an epoch writes only the buckets it added to, and a cleanup touches one
+//! bucket, however many records a key has waiting. Records are judged late
+//! as everywhere (time below the watermark before their epoch) and
+//! dropped, as Flink does.
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -28,7 +31,7 @@ use crate::context::{ProcessingContext, Timer};
 use crate::data::{Data, Item, Key};
 use crate::error::{Error, Result};
 use crate::operators::keyed::KeyedProcessFunction;
-use crate::state::MapStateDescriptor;
+use crate::state::ValueStateDescriptor;
 use crate::stream::{DataStream, KeyedStream};
 
 /// A record of the left or the right input of a join.
@@ -114,8 +117,9 @@ impl<'s, K: Key, L: Data> KeyedStream<'s, K, L> {
             IntervalJoin {
                 lower,
                 upper,
-                left: MapStateDescriptor::new("join-left"),
-                right: MapStateDescriptor::new("join-right"),
+                width: bucket_width(lower, upper),
+                left: Side::new("join-left"),
+                right: Side::new("join-right"),
                 join,
             },
         )
@@ -131,42 +135,136 @@ fn clamp(t: i128) -> u64 {
     u64::try_from(t.max(0)).unwrap_or(u64::MAX)
 }
 
+/// The width of a bucket (ms): a quarter of the join's range, so a record's
+/// range spans about five buckets and a bucket lives about a quarter range
+/// longer than its last record needs.
+fn bucket_width(lower: i64, upper: i64) -> u64 {
+    let range = u64::try_from(i128::from(upper) - i128::from(lower)).unwrap_or(u64::MAX);
+    (range / 4).max(1)
+}
+
+/// One side's waiting records of a key.
+struct Side<T> {
+    /// The starts of the buckets that hold records, ascending.
+    index: ValueStateDescriptor<Vec<u64>>,
+    /// A bucket's records with their times (namespace: the bucket's start).
+    bucket: ValueStateDescriptor<Vec<(u64, T)>>,
+}
+
+impl<T: Data> Side<T> {
+    fn new(name: &str) -> Self {
+        Side {
+            index: ValueStateDescriptor::new(format!("{name}-buckets")),
+            bucket: ValueStateDescriptor::new(name),
+        }
+    }
+
+    /// Adds a record at `t` to its bucket; the context ends in the
+    /// bucket's namespace.
+    fn add<K: Key, O>(
+        &self,
+        ctx: &mut ProcessingContext<'_, K, O, ()>,
+        width: u64,
+        t: u64,
+        record: T,
+    ) -> Result<u64> {
+        let start = t - t % width;
+        ctx.set_namespace::<u64>(None)?;
+        ctx.value(&self.index)?.update(|index| {
+            let mut index = index.unwrap_or_default();
+            if let Err(at) = index.binary_search(&start) {
+                index.insert(at, start);
+            }
+            Some(index)
+        })?;
+        ctx.set_namespace(Some(&start))?;
+        ctx.value(&self.bucket)?.update(|b| {
+            let mut b = b.unwrap_or_default();
+            b.push((t, record));
+            Some(b)
+        })?;
+        Ok(start)
+    }
+
+    /// Calls `each(time, record)` for every waiting record with a time in
+    /// `[lo, hi]`.
+    fn each_in<K: Key, O>(
+        &self,
+        ctx: &mut ProcessingContext<'_, K, O, ()>,
+        width: u64,
+        lo: i128,
+        hi: i128,
+        mut each: impl FnMut(u64, &T),
+    ) -> Result<()> {
+        if lo > hi || hi < 0 {
+            return Ok(());
+        }
+        let (lo, hi) = (clamp(lo), clamp(hi));
+        ctx.set_namespace::<u64>(None)?;
+        let first = lo - lo % width;
+        let starts: Vec<u64> = ctx.value(&self.index)?.with(|index| {
+            index
+                .map(|i| {
+                    i.iter()
+                        .copied()
+                        .filter(|&s| s >= first && s <= hi)
+                        .collect()
+                })
+                .unwrap_or_default()
+        })?;
+        for start in starts {
+            ctx.set_namespace(Some(&start))?;
+            ctx.value(&self.bucket)?.with(|b| {
+                for (t, r) in b.into_iter().flatten() {
+                    if (lo..=hi).contains(t) {
+                        each(*t, r);
+                    }
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the bucket starting at `start`.
+    fn drop_bucket<K: Key, O>(
+        &self,
+        ctx: &mut ProcessingContext<'_, K, O, ()>,
+        start: u64,
+    ) -> Result<()> {
+        ctx.set_namespace(Some(&start))?;
+        ctx.value(&self.bucket)?.clear()?;
+        ctx.set_namespace::<u64>(None)?;
+        ctx.value(&self.index)?.update(|index| {
+            let mut index = index.unwrap_or_default();
+            index.retain(|&s| s != start);
+            (!index.is_empty()).then_some(index)
+        })
+    }
+}
+
 struct IntervalJoin<L, R, F> {
     lower: i64,
     upper: i64,
-    left: MapStateDescriptor<u64, Vec<L>>,
-    right: MapStateDescriptor<u64, Vec<R>>,
+    /// Bucket width, ms.
+    width: u64,
+    left: Side<L>,
+    right: Side<R>,
     join: F,
 }
 
 impl<L, R, F> IntervalJoin<L, R, F> {
-    /// When a left record at `t` can join nothing more: every right record
-    /// to come has a time of at least the watermark, and it needs one at
-    /// most `t + upper`.
-    fn left_cleanup(&self, t: u64) -> u64 {
-        clamp(shift(t, self.upper) + 1)
+    /// When the left bucket at `start` can join nothing more: every right
+    /// record to come has a time of at least the watermark, and its last
+    /// record needs one at most `start + width - 1 + upper`.
+    fn left_cleanup(&self, start: u64) -> u64 {
+        clamp(shift(start.saturating_add(self.width), self.upper))
     }
 
-    /// When a right record at `t` can join nothing more: it needs a left
-    /// record at most `t - lower`.
-    fn right_cleanup(&self, t: u64) -> u64 {
-        clamp(i128::from(t) - i128::from(self.lower) + 1)
+    /// When the right bucket at `start` can join nothing more: its last
+    /// record needs a left record at most `start + width - 1 - lower`.
+    fn right_cleanup(&self, start: u64) -> u64 {
+        clamp(i128::from(start.saturating_add(self.width)) - i128::from(self.lower))
     }
-}
-
-/// The records of `waiting` with a time in `[lo, hi]`, with their times.
-fn in_range<T>(
-    waiting: Option<&BTreeMap<u64, Vec<T>>>,
-    lo: i128,
-    hi: i128,
-) -> impl Iterator<Item = (u64, &T)> {
-    let valid = lo <= hi && hi >= 0;
-    let (lo, hi) = (clamp(lo), clamp(hi));
-    waiting
-        .filter(|_| valid)
-        .into_iter()
-        .flat_map(move |m| m.range(lo..=hi))
-        .flat_map(|(&t, records)| records.iter().map(move |r| (t, r)))
 }
 
 impl<K, L, R, O, F> KeyedProcessFunction<K, JoinInput<L, R>> for IntervalJoin<L, R, F>
@@ -195,28 +293,22 @@ where
         match value {
             JoinInput::Left(l) => {
                 let (lo, hi) = (shift(t, self.lower), shift(t, self.upper));
-                ctx.map(&self.right)?.with(|waiting| {
-                    for (tr, r) in in_range(waiting, lo, hi) {
-                        found.push((t.max(tr), join(&key, &l, r)));
-                    }
+                self.right.each_in(ctx, self.width, lo, hi, |tr, r| {
+                    found.push((t.max(tr), join(&key, &l, r)));
                 })?;
-                ctx.map(&self.left)?
-                    .modify(|waiting| waiting.entry(t).or_default().push(l))?;
-                ctx.register_event_timer(self.left_cleanup(t));
+                let start = self.left.add(ctx, self.width, t, l)?;
+                ctx.register_event_timer(self.left_cleanup(start));
             }
             JoinInput::Right(r) => {
                 let (lo, hi) = (
                     i128::from(t) - i128::from(self.upper),
                     i128::from(t) - i128::from(self.lower),
                 );
-                ctx.map(&self.left)?.with(|waiting| {
-                    for (tl, l) in in_range(waiting, lo, hi) {
-                        found.push((t.max(tl), join(&key, l, &r)));
-                    }
+                self.left.each_in(ctx, self.width, lo, hi, |tl, l| {
+                    found.push((t.max(tl), join(&key, l, &r)));
                 })?;
-                ctx.map(&self.right)?
-                    .modify(|waiting| waiting.entry(t).or_default().push(r))?;
-                ctx.register_event_timer(self.right_cleanup(t));
+                let start = self.right.add(ctx, self.width, t, r)?;
+                ctx.register_event_timer(self.right_cleanup(start));
             }
         }
         for (time, out) in found {
@@ -226,12 +318,14 @@ where
     }
 
     fn on_timer(&mut self, ctx: &mut ProcessingContext<'_, K, O, ()>, timer: Timer) -> Result<()> {
-        let now = timer.time;
-        let this = &*self;
-        ctx.map(&this.left)?
-            .modify(|waiting| waiting.retain(|&t, _| this.left_cleanup(t) > now))?;
-        ctx.map(&this.right)?
-            .modify(|waiting| waiting.retain(|&t, _| this.right_cleanup(t) > now))?;
+        let start: u64 = postcard::from_bytes(&timer.namespace)
+            .map_err(|e| Error::codec("join timer namespace", e))?;
+        if timer.time == self.left_cleanup(start) {
+            self.left.drop_bucket(ctx, start)?;
+        }
+        if timer.time == self.right_cleanup(start) {
+            self.right.drop_bucket(ctx, start)?;
+        }
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use timely::dataflow::operators::generic::Operator;
 use crate::context::{ProcessingContext, Timer};
 use crate::data::{Data, Item, Key, route};
 use crate::error::{Error, Result};
-use crate::keys::{TimeDomain, groups_of, name_id};
+use crate::keys::{TimeDomain, name_id};
 use crate::timers::TimerService;
 use crate::worker::Shared;
 
@@ -75,6 +75,12 @@ where
         let s = shared.borrow();
         (s.peers, s.key_groups, s.index)
     };
+    {
+        let mut s = shared.borrow_mut();
+        if let Err(e) = s.register_name("keyed operator", name) {
+            s.fail(e);
+        }
+    }
     let scope = input.scope();
     let op_name = name.to_string();
     let op = name_id(name);
@@ -90,10 +96,9 @@ where
             {
                 let mut s = shared.borrow_mut();
                 s.register_stateful();
-                let groups = groups_of(index, peers, key_groups);
-                let backend = s.store.backend().clone();
-                if let Err(e) = timers.load(&*backend, groups) {
-                    s.fail(e);
+                match s.take_timers(op) {
+                    Ok(restored) => timers.restore(restored),
+                    Err(e) => s.fail(e),
                 }
             }
             // The epoch being applied: its records are applied as they
@@ -327,6 +332,9 @@ fn apply_records<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
                     op_name: epoch.op_name,
                 };
                 function.on_record(&mut ctx, value)?;
+                if store.over_budget() {
+                    store.maybe_evict()?;
+                }
             }
             Item::Wm { from, wm, .. } => sc.wms.push((from, wm)),
         }
@@ -383,6 +391,9 @@ fn finish_epoch<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
                 op_name: epoch.op_name,
             };
             function.on_timer(&mut ctx, timer)?;
+            if store.over_budget() {
+                store.maybe_evict()?;
+            }
         }
     }
     Ok(())

@@ -2,4 +2,5 @@
 
 pub mod join;
 pub mod keyed;
+pub(crate) mod source;
 pub mod window;

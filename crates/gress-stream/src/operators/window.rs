@@ -315,10 +315,7 @@ impl<'s, K: Key, V: Data> WindowedStream<'s, K, V> {
         name: &str,
         function: impl FnMut(&K, &Window, &[V]) -> R + 'static,
     ) -> DataStream<'s, WindowResult<K, R>> {
-        let (stream, op) = self.operator(ProcessContents {
-            list: ListStateDescriptor::new("window-records"),
-            function,
-        });
+        let (stream, op) = self.operator(ProcessContents::new(function));
         stream.process(name, op)
     }
 
@@ -329,10 +326,7 @@ impl<'s, K: Key, V: Data> WindowedStream<'s, K, V> {
         name: &str,
         function: impl FnMut(&K, &Window, &[V]) -> R + 'static,
     ) -> (DataStream<'s, WindowResult<K, R>>, DataStream<'s, V>) {
-        let (stream, op) = self.operator(ProcessContents {
-            list: ListStateDescriptor::new("window-records"),
-            function,
-        });
+        let (stream, op) = self.operator(ProcessContents::new(function));
         stream.process_with_side(name, op)
     }
 }
@@ -475,9 +469,86 @@ where
     }
 }
 
+/// A window's records for `process`, in arrival order: one chunk per epoch
+/// that added to the window (namespace: the window's, then the epoch), and
+/// the list of chunks in the window's namespace. An epoch writes only its
+/// own chunk, whatever the window holds already.
 struct ProcessContents<V, F> {
+    chunks: ValueStateDescriptor<Vec<u64>>,
     list: ListStateDescriptor<V>,
     function: F,
+    /// The window's namespace, kept while the context visits a chunk.
+    window_ns: Vec<u8>,
+}
+
+impl<V: Data, F> ProcessContents<V, F> {
+    fn new(function: F) -> Self {
+        ProcessContents {
+            chunks: ValueStateDescriptor::new("window-chunks"),
+            list: ListStateDescriptor::new("window-records"),
+            function,
+            window_ns: Vec::new(),
+        }
+    }
+
+    /// Puts the context in chunk `chunk` of the window it is in.
+    fn enter<K, O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, chunk: u64) {
+        let mut ns = std::mem::take(&mut self.window_ns);
+        ns.clear();
+        ns.extend_from_slice(ctx.namespace_bytes());
+        let window_len = ns.len();
+        ns.extend_from_slice(&chunk.to_be_bytes());
+        ctx.set_namespace_bytes(&ns);
+        ns.truncate(window_len);
+        self.window_ns = ns;
+    }
+
+    /// Back to the window's namespace after [`Self::enter`].
+    fn leave<K, O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>) {
+        ctx.set_namespace_bytes(&self.window_ns);
+    }
+
+    /// Appends `values` to the window, in the chunk of the current epoch.
+    fn append<K, O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, values: Vec<V>) -> Result<()> {
+        let chunk = ctx.epoch();
+        ctx.value(&self.chunks)?.update(|chunks| {
+            let mut chunks = chunks.unwrap_or_default();
+            if chunks.last() != Some(&chunk) {
+                chunks.push(chunk);
+            }
+            Some(chunks)
+        })?;
+        self.enter(ctx, chunk);
+        let added = ctx.list(&self.list)?.modify_with(|l| l.extend(values));
+        self.leave(ctx);
+        added
+    }
+
+    /// Every record of the window, in order, removing them if `remove`.
+    fn records<K, O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, remove: bool) -> Result<Vec<V>> {
+        let chunks = if remove {
+            let mut taken = None;
+            ctx.value(&self.chunks)?.update(|c| {
+                taken = c;
+                None
+            })?;
+            taken.unwrap_or_default()
+        } else {
+            ctx.value(&self.chunks)?.get()?.unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        for chunk in chunks {
+            self.enter(ctx, chunk);
+            let read = if remove {
+                ctx.list(&self.list)?.modify_with(std::mem::take)
+            } else {
+                ctx.list(&self.list)?.get()
+            };
+            self.leave(ctx);
+            out.extend(read?);
+        }
+        Ok(out)
+    }
 }
 
 impl<K, V: Data, R: Data, F> Contents<K, V> for ProcessContents<V, F>
@@ -488,16 +559,16 @@ where
     type Part = Vec<V>;
 
     fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: V) -> Result<()> {
-        ctx.list(&self.list)?.add(value)
+        self.append(ctx, vec![value])
     }
 
     fn take<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>) -> Result<Option<Vec<V>>> {
-        let taken = ctx.list(&self.list)?.modify_with(std::mem::take)?;
+        let taken = self.records(ctx, true)?;
         Ok((!taken.is_empty()).then_some(taken))
     }
 
     fn absorb<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, part: Vec<V>) -> Result<()> {
-        ctx.list(&self.list)?.modify_with(|l| l.extend(part))
+        self.append(ctx, part)
     }
 
     fn result<O, S>(
@@ -506,13 +577,13 @@ where
         key: &K,
         window: &Window,
     ) -> Result<Option<R>> {
+        let records = self.records(ctx, false)?;
         let f = &mut self.function;
-        ctx.list(&self.list)?
-            .with(|records| (!records.is_empty()).then(|| f(key, window, records)))
+        Ok((!records.is_empty()).then(|| f(key, window, &records)))
     }
 
     fn clear<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>) -> Result<()> {
-        ctx.list(&self.list)?.clear()
+        self.records(ctx, true).map(drop)
     }
 }
 

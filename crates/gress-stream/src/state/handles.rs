@@ -43,6 +43,14 @@ impl Common {
         if cached != 0 && (cached - 1) >> 32 == u64::from(op) {
             return Ok((cached - 1) as u32);
         }
+        if let Some(ttl) = self.ttl
+            && ttl.ttl < std::time::Duration::from_millis(1)
+        {
+            return Err(Error::invalid(
+                "state",
+                format!("the TTL of `{}` must be at least 1 ms", self.name),
+            ));
+        }
         let full = format!("{op_name}/{}", self.name);
         let id = name_id(&full);
         store.register(id, &full, encoder)?;
@@ -102,13 +110,14 @@ fn live_slot<'s, T: 'static>(
         } else if slot.present {
             match (ttl.update, slot.expires_at) {
                 (TtlUpdate::OnReadAndWrite, _) => {
-                    slot.expires_at = Some(now + ttl.ttl.as_millis() as u64);
+                    slot.expires_at = Some(ttl.expiry(now));
                     slot.dirty = true;
                 }
-                // Read from the backend, which hides expired entries but
-                // does not tell the expiry: keep it as of now.
+                // Stored before the state had a TTL: it lives a TTL from
+                // now, written so.
                 (TtlUpdate::OnCreateAndWrite, None) => {
-                    slot.expires_at = Some(now + ttl.ttl.as_millis() as u64);
+                    slot.expires_at = Some(ttl.expiry(now));
+                    slot.dirty = true;
                 }
                 (TtlUpdate::OnCreateAndWrite, Some(_)) => {}
             }
@@ -122,7 +131,7 @@ fn written(slot: &mut Slot, present: bool, ttl: Option<StateTtl>, now: Option<u6
     slot.mark_present(present);
     slot.dirty = true;
     slot.expires_at = match (ttl, now) {
-        (Some(ttl), Some(now)) if present => Some(now + ttl.ttl.as_millis() as u64),
+        (Some(ttl), Some(now)) if present => Some(ttl.expiry(now)),
         _ => None,
     };
 }

@@ -55,6 +55,17 @@ pub enum TtlUpdate {
 }
 
 impl StateTtl {
+    /// The time to live in ms (at most `u64::MAX`: a TTL that long never
+    /// ends).
+    pub(crate) fn ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The expiry of a value written or refreshed at `now` (ms).
+    pub(crate) fn expiry(&self, now: u64) -> u64 {
+        now.saturating_add(self.ms())
+    }
+
     /// Refreshed on create and write.
     pub fn new(ttl: Duration) -> Self {
         StateTtl {
@@ -323,17 +334,20 @@ impl StateStore {
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 self.stats.misses += 1;
-                let value: Option<T> = match self.backend.get(key)? {
-                    Some(bytes) => Some(decode(&bytes)?),
-                    None => None,
-                };
+                // With the expiry the backend keeps: a value read back after
+                // an eviction or a recovery expires when it always would.
+                let (value, expires_at): (Option<T>, Option<u64>) =
+                    match self.backend.get_with_expiry(key)? {
+                        Some((bytes, at)) => (Some(decode(&bytes)?), at),
+                        None => (None, None),
+                    };
                 let size = key.len() + 64 + std::mem::size_of::<T>();
                 self.bytes += size;
                 let slot = Slot {
                     present: value.is_some(),
                     value: smallbox::smallbox!(value),
                     dirty: false,
-                    expires_at: None,
+                    expires_at,
                     state_id,
                     size,
                 };
@@ -405,9 +419,11 @@ impl StateStore {
                     scratch.clear();
                     reg.encoder.encode(&**value, &mut scratch)?;
                     match slot.expires_at {
-                        Some(at) => {
-                            batch.put_with_ttl(&key[..], &scratch, Duration::from_millis(at - now))
-                        }
+                        Some(at) => batch.put_with_ttl(
+                            &key[..],
+                            &scratch,
+                            Duration::from_millis(at.saturating_sub(now).max(1)),
+                        ),
                         None => batch.put(&key[..], &scratch),
                     };
                     let size = key.len() + scratch.len() + 48;
@@ -429,8 +445,17 @@ impl StateStore {
         Ok(())
     }
 
+    /// Whether the cache holds more than its budget.
+    #[inline]
+    pub(crate) fn over_budget(&self) -> bool {
+        self.bytes > self.budget
+    }
+
     /// Flushes, then drops clean entries until the cache is within its
-    /// budget.
+    /// budget. Called as entries are added, between two records, so the
+    /// cache never grows past its budget by more than one record's state:
+    /// what is flushed belongs to the epoch being applied, the only one
+    /// the backend may hold beyond the last cut.
     pub(crate) fn maybe_evict(&mut self) -> Result<()> {
         if self.bytes <= self.budget {
             return Ok(());
