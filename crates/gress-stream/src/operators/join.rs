@@ -8,15 +8,16 @@
 //! the watermarks of both inputs and its watermark is the smaller of the
 //! two.
 //!
-//! Each side's records wait in keyed state, in *buckets* of event time: per
-//! key and side, a small index of the buckets that hold records, and one
-//! value per bucket (namespace: the bucket's start) with its records and
-//! their times. A record joins the other side's waiting records in its
-//! range (reading only the buckets that overlap it), then waits in its
-//! bucket until the watermark shows that no record it could join can come
-//! any more: one event-time timer per bucket removes the bucket then. So
-//! an epoch writes only the buckets it added to, and a cleanup touches one
-//! bucket, however many records a key has waiting. Records are judged late
+//! Each side's records wait in keyed state, in *buckets* of event time (a
+//! quarter of the join's range wide), each bucket in *chunks*, one per
+//! epoch that added to it: per key and side, a small index of the chunks,
+//! and one value per chunk (namespace: bucket start and epoch) with its
+//! records and their times. A record joins the other side's waiting
+//! records in its range (reading only the chunks of buckets that overlap
+//! it), then waits until the watermark shows that no record it could join
+//! can come any more: one event-time timer per bucket removes the bucket's
+//! chunks then. So an epoch writes only what it added (and the index), and
+//! a cleanup touches one bucket, however many records a key has waiting. Records are judged late
 //! as everywhere (time below the watermark before their epoch) and
 //! dropped, as Flink does.
 
@@ -145,22 +146,24 @@ fn bucket_width(lower: i64, upper: i64) -> u64 {
 
 /// One side's waiting records of a key.
 struct Side<T> {
-    /// The starts of the buckets that hold records, ascending.
-    index: ValueStateDescriptor<Vec<u64>>,
-    /// A bucket's records with their times (namespace: the bucket's start).
-    bucket: ValueStateDescriptor<Vec<(u64, T)>>,
+    /// The chunks that hold records, ascending: (bucket start, epoch that
+    /// wrote it).
+    index: ValueStateDescriptor<Vec<(u64, u64)>>,
+    /// A chunk's records with their times (namespace: bucket start and
+    /// epoch): written in one epoch, then only read until removed.
+    chunk: ValueStateDescriptor<Vec<(u64, T)>>,
 }
 
 impl<T: Data> Side<T> {
     fn new(name: &str) -> Self {
         Side {
-            index: ValueStateDescriptor::new(format!("{name}-buckets")),
-            bucket: ValueStateDescriptor::new(name),
+            index: ValueStateDescriptor::new(format!("{name}-chunks")),
+            chunk: ValueStateDescriptor::new(name),
         }
     }
 
-    /// Adds a record at `t` to its bucket; the context ends in the
-    /// bucket's namespace.
+    /// Adds a record at `t` to its bucket's chunk of this epoch; returns
+    /// the bucket's start. The context ends in the bucket's namespace.
     fn add<K: Key, O>(
         &self,
         ctx: &mut ProcessingContext<'_, K, O, ()>,
@@ -168,26 +171,27 @@ impl<T: Data> Side<T> {
         t: u64,
         record: T,
     ) -> Result<u64> {
-        let start = t - t % width;
+        let id = (t - t % width, ctx.epoch());
         ctx.set_namespace::<u64>(None)?;
         ctx.value(&self.index)?.update(|index| {
             let mut index = index.unwrap_or_default();
-            if let Err(at) = index.binary_search(&start) {
-                index.insert(at, start);
+            if let Err(at) = index.binary_search(&id) {
+                index.insert(at, id);
             }
             Some(index)
         })?;
-        ctx.set_namespace(Some(&start))?;
-        ctx.value(&self.bucket)?.update(|b| {
-            let mut b = b.unwrap_or_default();
-            b.push((t, record));
-            Some(b)
+        ctx.set_namespace(Some(&id))?;
+        ctx.value(&self.chunk)?.update(|c| {
+            let mut c = c.unwrap_or_default();
+            c.push((t, record));
+            Some(c)
         })?;
-        Ok(start)
+        ctx.set_namespace(Some(&id.0))?;
+        Ok(id.0)
     }
 
     /// Calls `each(time, record)` for every waiting record with a time in
-    /// `[lo, hi]`.
+    /// `[lo, hi]`, reading only the chunks of buckets that overlap it.
     fn each_in<K: Key, O>(
         &self,
         ctx: &mut ProcessingContext<'_, K, O, ()>,
@@ -202,20 +206,20 @@ impl<T: Data> Side<T> {
         let (lo, hi) = (clamp(lo), clamp(hi));
         ctx.set_namespace::<u64>(None)?;
         let first = lo - lo % width;
-        let starts: Vec<u64> = ctx.value(&self.index)?.with(|index| {
+        let chunks: Vec<(u64, u64)> = ctx.value(&self.index)?.with(|index| {
             index
                 .map(|i| {
                     i.iter()
                         .copied()
-                        .filter(|&s| s >= first && s <= hi)
+                        .filter(|&(b, _)| b >= first && b <= hi)
                         .collect()
                 })
                 .unwrap_or_default()
         })?;
-        for start in starts {
-            ctx.set_namespace(Some(&start))?;
-            ctx.value(&self.bucket)?.with(|b| {
-                for (t, r) in b.into_iter().flatten() {
+        for id in chunks {
+            ctx.set_namespace(Some(&id))?;
+            ctx.value(&self.chunk)?.with(|c| {
+                for (t, r) in c.into_iter().flatten() {
                     if (lo..=hi).contains(t) {
                         each(*t, r);
                     }
@@ -225,20 +229,29 @@ impl<T: Data> Side<T> {
         Ok(())
     }
 
-    /// Removes the bucket starting at `start`.
+    /// Removes every chunk of the bucket starting at `start`.
     fn drop_bucket<K: Key, O>(
         &self,
         ctx: &mut ProcessingContext<'_, K, O, ()>,
         start: u64,
     ) -> Result<()> {
-        ctx.set_namespace(Some(&start))?;
-        ctx.value(&self.bucket)?.clear()?;
         ctx.set_namespace::<u64>(None)?;
+        let mut gone = Vec::new();
         ctx.value(&self.index)?.update(|index| {
             let mut index = index.unwrap_or_default();
-            index.retain(|&s| s != start);
+            index.retain(|&(b, e)| {
+                if b == start {
+                    gone.push((b, e));
+                }
+                b != start
+            });
             (!index.is_empty()).then_some(index)
-        })
+        })?;
+        for id in gone {
+            ctx.set_namespace(Some(&id))?;
+            ctx.value(&self.chunk)?.clear()?;
+        }
+        Ok(())
     }
 }
 

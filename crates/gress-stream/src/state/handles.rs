@@ -110,14 +110,16 @@ fn live_slot<'s, T: 'static>(
         } else if slot.present {
             match (ttl.update, slot.expires_at) {
                 (TtlUpdate::OnReadAndWrite, _) => {
-                    slot.expires_at = Some(ttl.expiry(now));
-                    slot.dirty = true;
+                    let at = ttl.expiry(now);
+                    slot.dirty |= at != slot.expires_at;
+                    slot.expires_at = at;
                 }
                 // Stored before the state had a TTL: it lives a TTL from
                 // now, written so.
                 (TtlUpdate::OnCreateAndWrite, None) => {
-                    slot.expires_at = Some(ttl.expiry(now));
-                    slot.dirty = true;
+                    let at = ttl.expiry(now);
+                    slot.dirty |= at.is_some();
+                    slot.expires_at = at;
                 }
                 (TtlUpdate::OnCreateAndWrite, Some(_)) => {}
             }
@@ -131,7 +133,7 @@ fn written(slot: &mut Slot, present: bool, ttl: Option<StateTtl>, now: Option<u6
     slot.mark_present(present);
     slot.dirty = true;
     slot.expires_at = match (ttl, now) {
-        (Some(ttl), Some(now)) if present => Some(ttl.expiry(now)),
+        (Some(ttl), Some(now)) if present => ttl.expiry(now),
         _ => None,
     };
 }

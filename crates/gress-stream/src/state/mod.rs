@@ -61,9 +61,10 @@ impl StateTtl {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The expiry of a value written or refreshed at `now` (ms).
-    pub(crate) fn expiry(&self, now: u64) -> u64 {
-        now.saturating_add(self.ms())
+    /// The expiry of a value written or refreshed at `now` (ms); `None`
+    /// when it lies beyond what a clock can reach (never).
+    pub(crate) fn expiry(&self, now: u64) -> Option<u64> {
+        now.checked_add(self.ms()).filter(|&at| at != u64::MAX)
     }
 
     /// Refreshed on create and write.
