@@ -1,7 +1,8 @@
 //! Kafka source and sink for gress-stream.
 //!
 //! [`KafkaSource`] reads a topic's partitions as the job's source
-//! partitions: the job assigns them to workers (no consumer group, no
+//! partitions, committed records only (`read_committed`, through
+//! librdkafka): the job assigns them to workers (no consumer group, no
 //! rebalancing), and the offset of each is kept in the job's checkpoints,
 //! so a recovery, or a rescale, resumes every partition at the offset of
 //! the committed epoch. With [`KafkaConfig::with_group`], the offsets of
@@ -61,7 +62,9 @@ pub use source::{KafkaRecord, KafkaSource};
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port`.
     pub brokers: Vec<String>,
-    /// Longest a fetch waits for records before a source reports it idle.
+    /// Longest a broker holds a source's fetch open waiting for records.
+    /// Fetching runs on librdkafka's threads, ahead of the job: a poll of
+    /// the source never waits for the brokers.
     pub fetch_wait: Duration,
     /// Most bytes one fetch returns.
     pub fetch_max_bytes: i32,

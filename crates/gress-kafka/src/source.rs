@@ -1,15 +1,19 @@
 //! Reading a topic's partitions as a job's source partitions.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gress_stream::{Data, PartitionReader, Poll, Source};
-use rskafka::client::Client;
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::group::GroupReporter;
-use crate::{KafkaConfig, block_on, connect, partitions_of, source_error};
+use crate::{KafkaConfig, connect, partitions_of, source_error};
 
 /// One record read from Kafka.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,18 +38,27 @@ type Decode<T> = Arc<dyn Fn(KafkaRecord) -> Result<T, String>>;
 /// by `decode`; a record it refuses fails the job (and is read again by the
 /// recovery: fix the decoder or the topic).
 ///
+/// Only committed records are read (`read_committed`): records of aborted
+/// transactions are skipped, and a partition is read up to its last stable
+/// offset, never into a transaction still open. Reading is done by
+/// librdkafka's threads, ahead of the job: a poll never waits for the
+/// brokers. An offset that is no longer in the topic (deleted by
+/// retention) fails the job rather than skipping data.
+///
 /// Unbounded by default: a partition with no new records is idle, never
-/// ended. [`KafkaSource::bounded`] ends each partition at the end it has
-/// when first read.
+/// ended. [`KafkaSource::bounded`] ends each partition the first time the
+/// reader catches up with its last stable offset.
 pub struct KafkaSource<T> {
     config: KafkaConfig,
     topic: String,
-    client: Arc<Client>,
     partitions: usize,
     bounded: bool,
     decode: Decode<T>,
     /// Commits offsets to the configured consumer group.
     group: Option<Rc<GroupReporter>>,
+    /// This worker's consumer, shared by its partitions' readers; made at
+    /// the first `open`.
+    consumer: Option<Arc<BaseConsumer>>,
 }
 
 impl<T> std::fmt::Debug for KafkaSource<T> {
@@ -79,19 +92,57 @@ impl<T: Data> KafkaSource<T> {
         Ok(KafkaSource {
             config,
             topic,
-            client,
             partitions,
             bounded: false,
             decode: Arc::new(decode),
             group,
+            consumer: None,
         })
     }
 
-    /// Ends each partition at its high watermark as first read (the
-    /// records it held then), for jobs over what a topic holds.
+    /// Ends each partition the first time it is read up to its last stable
+    /// offset, for jobs over what a topic holds.
     pub fn bounded(mut self) -> Self {
         self.bounded = true;
         self
+    }
+
+    /// The consumer of this worker's partitions: assigned, never
+    /// subscribed, committing nothing itself.
+    fn consumer(&mut self) -> Result<Arc<BaseConsumer>, String> {
+        if let Some(c) = &self.consumer {
+            return Ok(Arc::clone(c));
+        }
+        if self.config.brokers.is_empty() {
+            return Err("no broker given".into());
+        }
+        let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128).to_string();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.config.brokers.join(","))
+            // Required by librdkafka for an assignment; never joined.
+            .set(
+                "group.id",
+                self.config.group.as_deref().unwrap_or("gress-source"),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set(
+                "enable.partition.eof",
+                if self.bounded { "true" } else { "false" },
+            )
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", ms(self.config.fetch_wait))
+            .set(
+                "fetch.max.bytes",
+                self.config.fetch_max_bytes.max(1).to_string(),
+            )
+            .set("socket.timeout.ms", ms(self.config.timeout))
+            .create()
+            .map_err(|e| format!("cannot create a consumer: {e}"))?;
+        let consumer = Arc::new(consumer);
+        self.consumer = Some(Arc::clone(&consumer));
+        Ok(consumer)
     }
 }
 
@@ -108,26 +159,31 @@ impl<T: Data> Source for KafkaSource<T> {
         offset: u64,
     ) -> gress_stream::Result<Box<dyn PartitionReader<T>>> {
         let topic = self.topic.clone();
+        let fail = |reason: String| source_error(&topic, reason);
         let p = i32::try_from(partition)
-            .map_err(|_| source_error(&topic, format!("partition {partition} out of range")))?;
-        i64::try_from(offset)
-            .map_err(|_| source_error(&topic, format!("offset {offset} out of range")))?;
-        let client = block_on(
-            self.config.timeout,
-            &format!("opening partition {partition}"),
-            self.client
-                .partition_client(topic.clone(), p, UnknownTopicHandling::Error),
-        )
-        .map_err(|e| source_error(&topic, e))?;
+            .map_err(|_| fail(format!("partition {partition} out of range")))?;
+        let at =
+            i64::try_from(offset).map_err(|_| fail(format!("offset {offset} out of range")))?;
+        let consumer = self.consumer().map_err(fail)?;
+        // Its own queue first, so none of its messages reach the main one.
+        let queue = consumer
+            .split_partition_queue(&topic, p)
+            .ok_or_else(|| fail(format!("no queue for partition {partition}")))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, p, Offset::Offset(at))
+            .map_err(|e| fail(format!("partition {partition} at {offset}: {e}")))?;
+        consumer
+            .incremental_assign(&assignment)
+            .map_err(|e| fail(format!("assigning partition {partition} at {offset}: {e}")))?;
         Ok(Box::new(Reader {
-            config: self.config.clone(),
             topic,
             partition,
-            client,
+            consumer,
+            queue,
             next: offset,
-            end: None,
             bounded: self.bounded,
-            buffered: VecDeque::new(),
+            ended: false,
             decode: Arc::clone(&self.decode),
             group: self.group.clone(),
         }))
@@ -136,73 +192,73 @@ impl<T: Data> Source for KafkaSource<T> {
 
 /// One partition being read.
 struct Reader<T> {
-    config: KafkaConfig,
     topic: String,
     partition: usize,
-    client: PartitionClient,
+    consumer: Arc<BaseConsumer>,
+    queue: PartitionQueue<rdkafka::consumer::DefaultConsumerContext>,
     /// Offset of the next record to hand out.
     next: u64,
-    /// Where a bounded partition ends (set by the first fetch).
-    end: Option<u64>,
     bounded: bool,
-    /// Fetched, not yet handed out.
-    buffered: VecDeque<KafkaRecord>,
+    ended: bool,
     decode: Decode<T>,
     group: Option<Rc<GroupReporter>>,
 }
 
-impl<T: Data> Reader<T> {
-    /// Fetches what follows the buffered records.
-    fn fetch(&mut self) -> gress_stream::Result<()> {
-        let from = self.buffered.back().map_or(self.next, |r| r.offset + 1);
-        let wait_ms = i32::try_from(self.config.fetch_wait.as_millis()).unwrap_or(i32::MAX);
-        let (records, high_watermark) = block_on(
-            self.config.timeout,
-            &format!("fetching partition {} at {from}", self.partition),
-            self.client
-                .fetch_records(from as i64, 1..self.config.fetch_max_bytes.max(1), wait_ms),
-        )
-        .map_err(|e| source_error(&self.topic, e))?;
-        if self.bounded && self.end.is_none() {
-            self.end = Some(u64::try_from(high_watermark).unwrap_or(0));
+impl<T> Reader<T> {
+    /// Where the consumer stands in this partition now (past transaction
+    /// markers and aborted records it skipped).
+    fn position(&self) -> Option<u64> {
+        let positions = self.consumer.position().ok()?;
+        let element = positions.find_partition(&self.topic, self.partition as i32)?;
+        match element.offset() {
+            Offset::Offset(o) => u64::try_from(o).ok(),
+            _ => None,
         }
-        for r in records {
-            // A fetch may start at the beginning of a batch before `from`.
-            let Ok(offset) = u64::try_from(r.offset) else {
-                continue;
-            };
-            if offset < from {
-                continue;
-            }
-            self.buffered.push_back(KafkaRecord {
-                partition: self.partition,
-                offset,
-                key: r.record.key,
-                value: r.record.value,
-                timestamp_ms: r.record.timestamp.timestamp_millis(),
-            });
-        }
-        Ok(())
     }
 }
 
 impl<T: Data> PartitionReader<T> for Reader<T> {
     fn poll(&mut self, max: usize, out: &mut Vec<T>) -> gress_stream::Result<Poll> {
-        if self.end.is_some_and(|end| self.next >= end) {
+        if self.ended {
             return Ok(Poll::End);
         }
-        if self.buffered.is_empty() {
-            self.fetch()?;
-        }
+        // Serves the consumer's events; its messages all go to the
+        // partition queues.
+        let _ = self.consumer.poll(Duration::ZERO);
         let mut handed = 0;
         while handed < max {
-            if self.end.is_some_and(|end| self.next >= end) {
-                return Ok(Poll::End);
-            }
-            let Some(record) = self.buffered.pop_front() else {
-                break;
+            let message = match self.queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => m,
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    if self.bounded {
+                        // Caught up with the last stable offset: what it
+                        // skipped to get there (markers) is read too.
+                        if let Some(p) = self.position() {
+                            self.next = self.next.max(p);
+                        }
+                        self.ended = true;
+                        break;
+                    }
+                    continue;
+                }
+                Some(Err(e)) => {
+                    return Err(source_error(
+                        &self.topic,
+                        format!("partition {} at offset {}: {e}", self.partition, self.next),
+                    ));
+                }
             };
-            let offset = record.offset;
+            let Ok(offset) = u64::try_from(message.offset()) else {
+                continue;
+            };
+            let record = KafkaRecord {
+                partition: self.partition,
+                offset,
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+            };
             let value = (self.decode)(record).map_err(|e| {
                 source_error(
                     &self.topic,
@@ -216,10 +272,10 @@ impl<T: Data> PartitionReader<T> for Reader<T> {
             self.next = offset + 1;
             handed += 1;
         }
-        if self.end.is_some_and(|end| self.next >= end) {
-            return Ok(Poll::End);
+        if handed > 0 {
+            return Ok(Poll::Ready);
         }
-        Ok(if handed == 0 { Poll::Idle } else { Poll::Ready })
+        Ok(if self.ended { Poll::End } else { Poll::Idle })
     }
 
     fn offset(&self) -> u64 {

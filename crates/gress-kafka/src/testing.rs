@@ -158,6 +158,57 @@ impl Broker {
         Ok(())
     }
 
+    /// Starts a transaction of producer `transactional_id` and appends
+    /// `values` to partition `partition` of `topic` in it, leaving it open:
+    /// the returned producer holds it until dropped or fenced.
+    pub fn produce_in_transaction(
+        &self,
+        transactional_id: &str,
+        topic: &str,
+        partition: i32,
+        values: Vec<Vec<u8>>,
+    ) -> Result<rdkafka::producer::BaseProducer, String> {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let timeout = std::time::Duration::from_secs(20);
+        let producer: BaseProducer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", self.address())
+            .set("transactional.id", transactional_id)
+            .create()
+            .map_err(|e| e.to_string())?;
+        producer
+            .init_transactions(timeout)
+            .map_err(|e| format!("init_transactions: {e}"))?;
+        producer
+            .begin_transaction()
+            .map_err(|e| format!("begin_transaction: {e}"))?;
+        for v in &values {
+            producer
+                .send(
+                    BaseRecord::<(), [u8]>::to(topic)
+                        .partition(partition)
+                        .payload(v),
+                )
+                .map_err(|(e, _)| format!("send: {e}"))?;
+        }
+        producer.flush(timeout).map_err(|e| format!("flush: {e}"))?;
+        Ok(producer)
+    }
+
+    /// Aborts the open transaction of `transactional_id` the way a
+    /// restarted producer does: a new producer with the same id fences the
+    /// old one, and the broker writes an abort marker.
+    pub fn abort_by_fencing(&self, transactional_id: &str) -> Result<(), String> {
+        use rdkafka::producer::{BaseProducer, Producer};
+        let producer: BaseProducer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", self.address())
+            .set("transactional.id", transactional_id)
+            .create()
+            .map_err(|e| e.to_string())?;
+        producer
+            .init_transactions(std::time::Duration::from_secs(20))
+            .map_err(|e| format!("init_transactions: {e}"))
+    }
+
     /// Every record of partition `partition` of `topic`, in order: offset,
     /// key, value and the epoch header.
     #[allow(clippy::type_complexity)]

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use gress_kafka::testing::Broker;
 use gress_kafka::{KafkaConfig, KafkaRecord, KafkaSink, KafkaSource};
+
 use gress_stream::{
     EpochPolicy, Error, JobConfig, KeyedProcessFunction, ProcessingContext, Result,
     ValueStateDescriptor, run,
@@ -268,5 +269,81 @@ fn committed_offsets_are_reported_to_the_consumer_group() -> R {
     // A group without a name is a clear error, not a guess.
     let err = gress_kafka::group_offsets(&broker.config(), "events", 2).expect_err("no group");
     assert!(err.to_string().contains("with_group"), "{err}");
+    Ok(())
+}
+
+fn bounded_read(config: KafkaConfig, dir: &Path) -> Result<Vec<u64>> {
+    let out = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = out.clone();
+    let job = JobConfig::new("bounded-read").with_checkpoint_dir(dir.join("checkpoints"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = run(job, move |job| {
+            let source = KafkaSource::new(config.clone(), "events", number)?.bounded();
+            job.source("events", source)?
+                .sink("out", gress_stream::CollectSink::new(sink.clone()))
+        });
+        let _ = tx.send(result);
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .map_err(|_| Error::Worker("a bounded read never ended".into()))??;
+    let mut got = out.lock().clone();
+    got.sort_unstable();
+    Ok(got)
+}
+
+/// Story: the source read uncommitted data and ended a bounded partition
+/// at its high watermark, which a transaction still open holds above the
+/// last stable offset: the read never ended. It now reads committed
+/// records only and ends at the last stable offset: the records of a
+/// transaction still open are not read, and the read ends.
+#[test]
+fn an_open_transaction_is_not_read_and_a_bounded_read_ends() -> R {
+    let broker = Broker::start()?;
+    broker.create_topic("events", 1)?;
+    let plain = (0..200u64).map(|i| (None, i.to_string().into_bytes()));
+    broker.produce("events", 0, plain.collect())?;
+    let open = broker.produce_in_transaction(
+        "writer",
+        "events",
+        0,
+        (1_000..1_020u64)
+            .map(|i| i.to_string().into_bytes())
+            .collect(),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let got = bounded_read(broker.config(), dir.path())?;
+    assert_eq!(got, (0..200).collect::<Vec<u64>>());
+    drop(open);
+    Ok(())
+}
+
+/// Story: a partition whose log ended with a transaction marker never
+/// ended a bounded read: the marker is no record, so the reader's offset
+/// stayed below the partition's end. Markers are now read past: after an
+/// aborted transaction and more records, the read ends with every record
+/// written outside the transaction. (This broker does not send the list of
+/// aborted transactions; against Kafka, librdkafka leaves their records
+/// out as well.)
+#[test]
+fn a_log_ending_with_a_transaction_marker_ends_a_bounded_read() -> R {
+    let broker = Broker::start()?;
+    broker.create_topic("events", 1)?;
+    let plain = (0..100u64).map(|i| (None, i.to_string().into_bytes()));
+    broker.produce("events", 0, plain.collect())?;
+    let aborted = broker.produce_in_transaction(
+        "writer",
+        "events",
+        0,
+        (1_000..1_010u64)
+            .map(|i| i.to_string().into_bytes())
+            .collect(),
+    )?;
+    broker.abort_by_fencing("writer")?;
+    drop(aborted);
+    let dir = tempfile::tempdir()?;
+    let got = bounded_read(broker.config(), dir.path())?;
+    let plain: Vec<u64> = got.iter().copied().filter(|v| *v < 1_000).collect();
+    assert_eq!(plain, (0..100).collect::<Vec<u64>>());
     Ok(())
 }
