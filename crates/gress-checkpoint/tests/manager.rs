@@ -195,6 +195,101 @@ fn retention_keeps_last_n_and_their_files() -> R {
     Ok(())
 }
 
+/// Under `Retention::Required`, opening deletes no checkpoint, however
+/// many there are; `set_required` then keeps exactly the named ones and
+/// those this manager commits after the newest of them, with every file
+/// they reference, and deletes the rest.
+#[test]
+fn required_retention_keeps_what_the_owner_names() -> R {
+    let dir = tempfile::tempdir()?;
+    let storage = local(dir.path());
+    let state = Arc::new(MemoryStateBackend::default());
+    let mut ids = Vec::new();
+    {
+        let m = manager(storage.clone(), CheckpointConfig::default().with_retain(100));
+        m.register("s", state.clone())?;
+        for round in 1..=6 {
+            apply_round(&*state, round);
+            ids.push(m.trigger_checkpoint(metadata(round))?.info.id);
+        }
+    }
+    let required = CheckpointConfig::default()
+        .with_retain(1)
+        .with_retention(gress_checkpoint::Retention::Required);
+    let m = manager(storage.clone(), required);
+    assert_eq!(m.list().len(), 6, "open deleted checkpoints before being told");
+    m.register("s", state.clone())?;
+    // Keep the second and the fourth: the others were never needed.
+    m.set_required([ids[1], ids[3]])?;
+    let kept: Vec<u64> = m.list().iter().map(|c| c.id).collect();
+    assert_eq!(kept, [ids[1], ids[3]]);
+    for &id in &kept {
+        m.restore(id)?;
+    }
+    // New checkpoints are kept until the owner says otherwise.
+    apply_round(&*state, 7);
+    let new = m.trigger_checkpoint(metadata(7))?.info.id;
+    apply_round(&*state, 8);
+    let newer = m.trigger_checkpoint(metadata(8))?.info.id;
+    let kept: Vec<u64> = m.list().iter().map(|c| c.id).collect();
+    assert_eq!(kept, [ids[1], ids[3], new, newer]);
+    m.set_required([newer])?;
+    let kept: Vec<u64> = m.list().iter().map(|c| c.id).collect();
+    assert_eq!(kept, [newer]);
+    m.restore(newer)?;
+    assert_eq!(dump(&*state), expected_after(8));
+    // Only what the kept checkpoint references is stored.
+    let man = Manifest::decode(&storage.read_all(&manifest::manifest_path(newer), 1 << 20)?, "m")?;
+    let mut referenced: Vec<String> = man.paths().map(|f| f.path.clone()).collect();
+    referenced.sort();
+    let mut stored: Vec<String> = storage
+        .list(manifest::PRIVATE)?
+        .into_iter()
+        .chain(storage.list(manifest::SHARED)?)
+        .map(|o| o.path)
+        .collect();
+    stored.sort();
+    assert_eq!(stored, referenced);
+    Ok(())
+}
+
+/// Story: a manager that had created its fencing record but not yet
+/// written its first lease was taken for dead, so of two managers opening
+/// at once the second took over within a millisecond and the first was
+/// fenced in its first moments. A holder that keeps a lease now counts as
+/// alive for one lease from when it took the location.
+#[test]
+fn a_holder_that_has_not_written_its_lease_yet_is_alive() -> R {
+    let dir = tempfile::tempdir()?;
+    let storage = local(dir.path());
+    // Process 1 runs on this machine for sure: a holder that is alive.
+    let stat = std::fs::read_to_string("/proc/1/stat")?;
+    let start: u64 = stat[stat.rfind(')').ok_or("stat")? + 1..]
+        .split_whitespace()
+        .nth(19)
+        .ok_or("stat")?
+        .parse()?;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let holder = |created_at_ms: u64| {
+        serde_json::json!({
+            "token": 7, "host": "here", "pid": 1, "boot_id": boot.trim(),
+            "start_ticks": start, "created_at_ms": created_at_ms, "lease_ms": 20_000,
+        })
+        .to_string()
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    storage.put_new("fence/00000000000000000001", holder(now).as_bytes())?;
+    match CheckpointManager::open(storage.clone(), CheckpointConfig::default()) {
+        Err(Error::LocationInUse { .. }) => {}
+        other => panic!("expected the location held, got {other:?}"),
+    }
+    // One lease later without a lease record, the holder is taken for dead.
+    storage.delete("fence/00000000000000000001")?;
+    storage.put_new("fence/00000000000000000001", holder(now - 60_000).as_bytes())?;
+    CheckpointManager::open(storage, CheckpointConfig::default())?;
+    Ok(())
+}
+
 /// What a crash leaves behind (files without a manifest, temporary files)
 /// is deleted when the manager opens; committed checkpoints are untouched.
 #[test]

@@ -266,3 +266,50 @@ fn a_manager_on_a_hung_endpoint_fails_fast_and_recovers() -> R {
     assert_eq!(fresh.get(b"k")?.as_deref(), Some(&b"2"[..]));
     Ok(())
 }
+
+/// Story: a checkpoint against a frozen endpoint ran past its
+/// `checkpoint_timeout` (15 s gave up at 30 s: one request timeout plus
+/// retries), and dropping the manager waited for the lease release as long.
+/// Every storage call of a checkpoint now ends at the checkpoint's
+/// deadline, and the lease release on drop waits at most 2 s: with requests
+/// allowed 20 s, a checkpoint limited to 1 s fails with a timed-out error
+/// naming the time limit, and the manager drops promptly.
+#[test]
+fn a_checkpoint_on_a_frozen_endpoint_ends_at_its_time_limit() -> R {
+    use gress_checkpoint::{CheckpointConfig, CheckpointManager, Metadata};
+    use gress_state::{MemoryStateBackend, StateBackend};
+
+    let server = MotoServer::start()?;
+    let mut slow = config(&server, "deadline")?;
+    slow.request_timeout = Duration::from_secs(20);
+    slow.retry_timeout = Duration::from_secs(20);
+    let s3: Arc<dyn Storage> = Arc::new(S3Storage::new(slow)?);
+    let state = Arc::new(MemoryStateBackend::default());
+    let m = CheckpointManager::open(
+        s3,
+        CheckpointConfig::default()
+            .with_checkpoint_timeout(Duration::from_secs(1))
+            .with_lease(Some(Duration::from_secs(30))),
+    )?;
+    m.register("s", state.clone())?;
+    state.put(b"k", b"1")?;
+    m.trigger_checkpoint(Metadata::new())?;
+
+    server.freeze()?;
+    state.put(b"k", b"2")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let result = m.trigger_checkpoint(Metadata::new()).map(drop);
+        // Dropping the manager releases its lease on the frozen endpoint.
+        drop(m);
+        let _ = tx.send(result);
+    });
+    // Well below the 20 s one request may take.
+    let result = rx
+        .recv_timeout(Duration::from_secs(12))
+        .map_err(|_| "the checkpoint or the drop outlived the checkpoint's time limit")?;
+    let err = result.expect_err("a checkpoint committed to a frozen endpoint");
+    assert!(timed_out(&err) || err.to_string().contains("time limit"), "{err:?}");
+    server.resume()?;
+    Ok(())
+}

@@ -71,6 +71,9 @@ pub(crate) fn commit_path(epoch: u64) -> String {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct History {
     records: Vec<CommitRecord>,
+    /// Epochs of records there that do not parse: they count for
+    /// nothing, but a run numbers its epochs after them too.
+    unreadable: Vec<u64>,
 }
 
 impl History {
@@ -106,17 +109,27 @@ impl History {
                 Ok(record) if record.epoch == epoch => history.records.push(record),
                 Ok(_) | Err(_) => {
                     tracing::warn!(path, "skipping an unreadable commit record");
+                    history.unreadable.push(epoch);
                 }
             }
         }
         Ok(history)
     }
 
-    /// A history of these records (any order).
-    pub(crate) fn from_records(mut records: Vec<CommitRecord>) -> Self {
+    /// A history of these records (any order), and the epochs of
+    /// unreadable ones.
+    pub(crate) fn from_records(mut records: Vec<CommitRecord>, unreadable: Vec<u64>) -> Self {
         records.sort_by_key(|r| std::cmp::Reverse(r.epoch));
         records.dedup_by_key(|r| r.epoch);
-        History { records }
+        History {
+            records,
+            unreadable,
+        }
+    }
+
+    /// Epochs of records that do not parse.
+    pub(crate) fn unreadable(&self) -> &[u64] {
+        &self.unreadable
     }
 
     /// Every record, newest first, counting or not.
@@ -144,10 +157,11 @@ impl History {
         self.valid().next()
     }
 
-    /// The highest epoch any record names: a run numbers its epochs after
-    /// it, so it never publishes a record where one is.
+    /// The highest epoch any record names, readable or not: a run numbers
+    /// its epochs after it, so it never publishes a record where one is.
     pub(crate) fn max_epoch(&self) -> Option<u64> {
-        self.records.first().map(|r| r.epoch)
+        let readable = self.records.first().map(|r| r.epoch);
+        readable.max(self.unreadable.iter().copied().max())
     }
 
     /// The records a run may recover from, newest first: the valid ones,
@@ -177,15 +191,21 @@ impl History {
         self.records.sort_by_key(|r| std::cmp::Reverse(r.epoch));
     }
 
-    /// The records to delete now: those that no longer count, and the
-    /// valid ones beyond the newest `keep`. Removes them from this history.
+    /// The records to delete now: those that no longer count, the valid
+    /// ones beyond the newest `keep`, and unreadable ones older than the
+    /// newest kept. Removes them from this history.
     pub(crate) fn prune(&mut self, keep: usize) -> Vec<u64> {
         let kept: Vec<u64> = self.valid().take(keep.max(1)).map(|r| r.epoch).collect();
         let (stay, go): (Vec<CommitRecord>, Vec<CommitRecord>) = std::mem::take(&mut self.records)
             .into_iter()
             .partition(|r| kept.contains(&r.epoch));
         self.records = stay;
-        go.into_iter().map(|r| r.epoch).collect()
+        let newest = kept.first().copied().unwrap_or(0);
+        let (old, young): (Vec<u64>, Vec<u64>) = std::mem::take(&mut self.unreadable)
+            .into_iter()
+            .partition(|&e| e < newest);
+        self.unreadable = young;
+        go.into_iter().map(|r| r.epoch).chain(old).collect()
     }
 }
 
@@ -298,11 +318,11 @@ mod tests {
             record(6, Some((4, 5))),
             record(7, Some((4, 5))),
             record(8, Some((7, 7))),
-        ]);
+        ], Vec::new());
         assert_eq!(valid(&h), [8, 6, 3, 2, 1]);
         assert_eq!(h.max_epoch(), Some(8));
         // Without 8, the range of 7 still applies.
-        let h = History::from_records(h.records()[1..].to_vec());
+        let h = History::from_records(h.records()[1..].to_vec(), Vec::new());
         assert_eq!(valid(&h), [7, 6, 3, 2, 1]);
     }
 
@@ -316,7 +336,7 @@ mod tests {
             record(3, None),
             record(4, None),
             record(6, Some((3, 4))),
-        ]);
+        ], Vec::new());
         let mut gone = h.prune(2);
         gone.sort_unstable();
         assert_eq!(gone, [1, 3, 4]);
@@ -332,7 +352,7 @@ mod tests {
             record(1, None),
             record(2, None),
             record(4, Some((2, 3))),
-        ]);
+        ], Vec::new());
         assert_eq!(h.candidates(None).map(|c| c.len()).ok(), Some(2));
         assert_eq!(h.candidates(Some(1)).map(|c| c[0].epoch).ok(), Some(1));
         let err = h

@@ -164,19 +164,20 @@ pub(crate) fn recover(
     tally(&votes, None)?;
 
     // 3. The records as worker 0 reads them.
-    let reading: Option<std::result::Result<Vec<CommitRecord>, String>> = (index == 0).then(|| {
+    type Reading = (Vec<CommitRecord>, Vec<u64>);
+    let reading: Option<std::result::Result<Reading, String>> = (index == 0).then(|| {
         storage
             .open("")
             .and_then(|root| {
                 crate::history::sweep_temporaries(&*root);
                 History::read(&*root)
             })
-            .map(|h| h.records().to_vec())
+            .map(|h| (h.records().to_vec(), h.unreadable().to_vec()))
             .map_err(|e| error_chain(&e))
     });
     let mut answers = exchange_all(worker, reading, abort)?;
     let history = match answers.swap_remove(0) {
-        Some(Ok(records)) => History::from_records(records),
+        Some(Ok((records, unreadable))) => History::from_records(records, unreadable),
         Some(Err(why)) => {
             return Err(Error::Worker(format!(
                 "could not read the job's commit records: {why}"

@@ -329,6 +329,14 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
                     .map_err(|e| self.fail("discarding", &entry.path(), e))?;
             }
         }
+        // Output of epochs after the job's newest commit belongs to no
+        // commit any more (its record was lost): it is withdrawn like
+        // rolled-back output, so what is committed here is what the job
+        // committed.
+        let after = committed.map_or(0, |c| c.saturating_add(1));
+        if after < u64::MAX {
+            self.withdraw(after..=u64::MAX)?;
+        }
         Ok(())
     }
 
@@ -398,6 +406,14 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
     }
 
     fn roll_back(&mut self, epochs: std::ops::RangeInclusive<u64>) -> Result<()> {
+        self.withdraw(epochs)
+    }
+}
+
+impl FileSink {
+    /// Moves this worker's committed epoch files of `epochs` into
+    /// `rolled-back/`.
+    fn withdraw(&mut self, epochs: std::ops::RangeInclusive<u64>) -> Result<()> {
         let committed = self.dir.join("committed");
         let aside = self.dir.join("rolled-back");
         let mut moved = 0;

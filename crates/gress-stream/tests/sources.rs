@@ -28,7 +28,7 @@ fn bounded(job: impl FnOnce() -> Result<JobReport> + Send + 'static) -> Result<J
 }
 
 /// Partition 0: `n` records `(0, t)` with event times `0, 1, 2, ...`, at
-/// most `per_poll` per poll. Partition 1: nothing (idle) until partition 0
+/// most `per_poll` per poll, every other poll none. Partition 1: nothing (idle) until partition 0
 /// has ended and `linger` more polls have passed, then its end.
 #[derive(Clone)]
 struct OneBusyOneIdle {
@@ -43,10 +43,17 @@ struct Busy {
     n: u64,
     per_poll: usize,
     done: Arc<AtomicBool>,
+    /// Every other poll has nothing: the source comes back after a few
+    /// milliseconds, so the records spread over many short epochs.
+    pause: bool,
 }
 
 impl PartitionReader<(u64, u64)> for Busy {
     fn poll(&mut self, max: usize, out: &mut Vec<(u64, u64)>) -> Result<Poll> {
+        self.pause = !self.pause;
+        if self.pause {
+            return Ok(Poll::Idle);
+        }
         let until = self.n.min(self.next + max.min(self.per_poll) as u64);
         out.extend((self.next..until).map(|t| (0, t)));
         self.next = until;
@@ -94,6 +101,7 @@ impl Source for OneBusyOneIdle {
                 n: self.n,
                 per_poll: self.per_poll,
                 done: self.busy_done.clone(),
+                pause: false,
             }),
             _ => Box::new(Idle {
                 busy_done: self.busy_done.clone(),
