@@ -206,7 +206,10 @@ fn required_retention_keeps_what_the_owner_names() -> R {
     let state = Arc::new(MemoryStateBackend::default());
     let mut ids = Vec::new();
     {
-        let m = manager(storage.clone(), CheckpointConfig::default().with_retain(100));
+        let m = manager(
+            storage.clone(),
+            CheckpointConfig::default().with_retain(100),
+        );
         m.register("s", state.clone())?;
         for round in 1..=6 {
             apply_round(&*state, round);
@@ -217,7 +220,11 @@ fn required_retention_keeps_what_the_owner_names() -> R {
         .with_retain(1)
         .with_retention(gress_checkpoint::Retention::Required);
     let m = manager(storage.clone(), required);
-    assert_eq!(m.list().len(), 6, "open deleted checkpoints before being told");
+    assert_eq!(
+        m.list().len(),
+        6,
+        "open deleted checkpoints before being told"
+    );
     m.register("s", state.clone())?;
     // Keep the second and the fourth: the others were never needed.
     m.set_required([ids[1], ids[3]])?;
@@ -239,7 +246,10 @@ fn required_retention_keeps_what_the_owner_names() -> R {
     m.restore(newer)?;
     assert_eq!(dump(&*state), expected_after(8));
     // Only what the kept checkpoint references is stored.
-    let man = Manifest::decode(&storage.read_all(&manifest::manifest_path(newer), 1 << 20)?, "m")?;
+    let man = Manifest::decode(
+        &storage.read_all(&manifest::manifest_path(newer), 1 << 20)?,
+        "m",
+    )?;
     let mut referenced: Vec<String> = man.paths().map(|f| f.path.clone()).collect();
     referenced.sort();
     let mut stored: Vec<String> = storage
@@ -277,7 +287,9 @@ fn a_holder_that_has_not_written_its_lease_yet_is_alive() -> R {
         })
         .to_string()
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     storage.put_new("fence/00000000000000000001", holder(now).as_bytes())?;
     match CheckpointManager::open(storage.clone(), CheckpointConfig::default()) {
         Err(Error::LocationInUse { .. }) => {}
@@ -285,7 +297,10 @@ fn a_holder_that_has_not_written_its_lease_yet_is_alive() -> R {
     }
     // One lease later without a lease record, the holder is taken for dead.
     storage.delete("fence/00000000000000000001")?;
-    storage.put_new("fence/00000000000000000001", holder(now - 60_000).as_bytes())?;
+    storage.put_new(
+        "fence/00000000000000000001",
+        holder(now - 60_000).as_bytes(),
+    )?;
     CheckpointManager::open(storage, CheckpointConfig::default())?;
     Ok(())
 }

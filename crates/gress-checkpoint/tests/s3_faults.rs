@@ -309,7 +309,10 @@ fn a_checkpoint_on_a_frozen_endpoint_ends_at_its_time_limit() -> R {
         .recv_timeout(Duration::from_secs(12))
         .map_err(|_| "the checkpoint or the drop outlived the checkpoint's time limit")?;
     let err = result.expect_err("a checkpoint committed to a frozen endpoint");
-    assert!(timed_out(&err) || err.to_string().contains("time limit"), "{err:?}");
+    assert!(
+        timed_out(&err) || err.to_string().contains("time limit"),
+        "{err:?}"
+    );
     server.resume()?;
     Ok(())
 }

@@ -10,13 +10,16 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::{Exchange, Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::data::Data;
 use crate::error::{Error, Result};
+
+/// How long a round goes on after a worker of this process failed.
+const ABORT_GRACE: Duration = Duration::from_millis(500);
 
 /// Every worker's `value`, by worker index. Fails only if a worker of this
 /// process stopped (`abort`) while waiting.
@@ -45,11 +48,19 @@ pub(crate) fn exchange_all<T: Data>(
         input.send((to, index, value.clone()));
     }
     input.close();
+    // A worker of this process that failed stops the round, but only once
+    // the round had a moment to complete: one that sent its value and
+    // went on to fail later lets the others finish the round (and open
+    // their sinks, which settles committed output) rather than leave it.
+    let mut aborted_at: Option<Instant> = None;
     while !probe.done() {
         if abort.load(Ordering::Acquire) {
-            return Err(Error::Worker(
-                "stopped because another worker failed".into(),
-            ));
+            let since = *aborted_at.get_or_insert_with(Instant::now);
+            if since.elapsed() > ABORT_GRACE {
+                return Err(Error::Worker(
+                    "stopped because another worker failed".into(),
+                ));
+            }
         }
         worker.step_or_park(Some(Duration::from_millis(20)));
     }

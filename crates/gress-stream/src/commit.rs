@@ -358,6 +358,7 @@ pub(crate) fn committer<'s>(
                         checkpoints: acks.iter().filter_map(|a| a.checkpoint.clone().ok()).collect(),
                         created_at_ms: crate::time::now_ms(),
                         rolls_back,
+                        checksum: None,
                     });
                     if t.jobs.send(ToPublish { epoch, record }).is_err() {
                         shared

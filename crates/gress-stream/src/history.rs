@@ -22,7 +22,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// A committed epoch of a job: every worker's checkpoint of it is durable.
+///
+/// Unknown fields are refused when a record is read: a damaged field name
+/// must not pass for an absent field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CommitRecord {
     /// The epoch.
     pub epoch: u64,
@@ -43,9 +47,39 @@ pub struct CommitRecord {
     /// self-describing. Missing in records of older versions.)
     #[serde(default)]
     pub rolls_back: Option<(u64, u64)>,
+    /// CRC32C of the record's JSON with this field `null`: set when the
+    /// record is published, checked when it is read (a damaged record is
+    /// unreadable, never taken for another one). Missing in records of
+    /// older versions, which are not checked.
+    #[serde(default)]
+    pub checksum: Option<u32>,
 }
 
 impl CommitRecord {
+    /// The record's JSON, with its checksum.
+    fn encode(&self) -> Result<Vec<u8>> {
+        let mut record = self.clone();
+        record.checksum = None;
+        let plain = serde_json::to_vec_pretty(&record)
+            .map_err(|e| Error::invalid("commit record", e.to_string()))?;
+        record.checksum = Some(crc32c::crc32c(&plain));
+        serde_json::to_vec_pretty(&record)
+            .map_err(|e| Error::invalid("commit record", e.to_string()))
+    }
+
+    /// Parses a stored record; `None` if it does not parse or its checksum
+    /// does not match.
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let record: CommitRecord = serde_json::from_slice(bytes).ok()?;
+        let Some(stored) = record.checksum else {
+            return Some(record);
+        };
+        let mut plain = record.clone();
+        plain.checksum = None;
+        let json = serde_json::to_vec_pretty(&plain).ok()?;
+        (crc32c::crc32c(&json) == stored).then_some(record)
+    }
+
     /// The epochs this record's run rolled back, if any.
     pub fn rolled_back(&self) -> Option<RangeInclusive<u64>> {
         self.rolls_back.map(|(first, last)| first..=last)
@@ -105,9 +139,9 @@ impl History {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            match serde_json::from_slice::<CommitRecord>(&bytes) {
-                Ok(record) if record.epoch == epoch => history.records.push(record),
-                Ok(_) | Err(_) => {
+            match CommitRecord::decode(&bytes) {
+                Some(record) if record.epoch == epoch => history.records.push(record),
+                Some(_) | None => {
                     tracing::warn!(path, "skipping an unreadable commit record");
                     history.unreadable.push(epoch);
                 }
@@ -244,8 +278,7 @@ pub fn commits(storage: &dyn Storage) -> Result<Vec<CommitRecord>> {
 /// Publishes a record (create-only; a record already there with the same
 /// content counts). `Ok` once it is durable: what follows is cleanup.
 pub(crate) fn publish(storage: &dyn Storage, record: &CommitRecord) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(record)
-        .map_err(|e| Error::invalid("commit record", e.to_string()))?;
+    let bytes = record.encode()?;
     let path = commit_path(record.epoch);
     if let Err(e) = storage.put_new(&path, &bytes) {
         match storage.holds(&path, &bytes) {
@@ -296,7 +329,29 @@ mod tests {
             checkpoints: vec![epoch * 10],
             created_at_ms: 0,
             rolls_back,
+            checksum: None,
         }
+    }
+
+    /// A record reads back as written; a flipped bit anywhere makes it
+    /// unreadable, even where the JSON still parses.
+    #[test]
+    fn a_damaged_record_does_not_read() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let bytes = record(41, Some((3, 4))).encode()?;
+        let back = CommitRecord::decode(&bytes).ok_or("did not read back")?;
+        assert_eq!(back.epoch, 41);
+        assert_eq!(back.rolls_back, Some((3, 4)));
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= 1 << bit;
+                if let Some(r) = CommitRecord::decode(&damaged) {
+                    // Only a change JSON does not see (whitespace) reads.
+                    assert_eq!(r, back, "byte {i} bit {bit}");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn valid(h: &History) -> Vec<u64> {
@@ -309,16 +364,19 @@ mod tests {
     fn rolled_back_records_do_not_count() {
         // 1..=5, then a run from 3 rolls back 4..=5 and commits 6, 7; then
         // a run from 6 rolls back 7 and commits 8.
-        let h = History::from_records(vec![
-            record(1, None),
-            record(2, None),
-            record(3, None),
-            record(4, None),
-            record(5, None),
-            record(6, Some((4, 5))),
-            record(7, Some((4, 5))),
-            record(8, Some((7, 7))),
-        ], Vec::new());
+        let h = History::from_records(
+            vec![
+                record(1, None),
+                record(2, None),
+                record(3, None),
+                record(4, None),
+                record(5, None),
+                record(6, Some((4, 5))),
+                record(7, Some((4, 5))),
+                record(8, Some((7, 7))),
+            ],
+            Vec::new(),
+        );
         assert_eq!(valid(&h), [8, 6, 3, 2, 1]);
         assert_eq!(h.max_epoch(), Some(8));
         // Without 8, the range of 7 still applies.
@@ -330,13 +388,16 @@ mod tests {
     /// `keep` valid records, never the newest.
     #[test]
     fn pruning_keeps_the_newest_valid_records() {
-        let mut h = History::from_records(vec![
-            record(1, None),
-            record(2, None),
-            record(3, None),
-            record(4, None),
-            record(6, Some((3, 4))),
-        ], Vec::new());
+        let mut h = History::from_records(
+            vec![
+                record(1, None),
+                record(2, None),
+                record(3, None),
+                record(4, None),
+                record(6, Some((3, 4))),
+            ],
+            Vec::new(),
+        );
         let mut gone = h.prune(2);
         gone.sort_unstable();
         assert_eq!(gone, [1, 3, 4]);
@@ -348,11 +409,10 @@ mod tests {
     /// are.
     #[test]
     fn a_chosen_epoch_must_be_a_valid_record() {
-        let h = History::from_records(vec![
-            record(1, None),
-            record(2, None),
-            record(4, Some((2, 3))),
-        ], Vec::new());
+        let h = History::from_records(
+            vec![record(1, None), record(2, None), record(4, Some((2, 3)))],
+            Vec::new(),
+        );
         assert_eq!(h.candidates(None).map(|c| c.len()).ok(), Some(2));
         assert_eq!(h.candidates(Some(1)).map(|c| c[0].epoch).ok(), Some(1));
         let err = h

@@ -28,9 +28,9 @@ use std::time::Duration;
 use gress_checkpoint::storage::fault::{FaultKind, FaultRates, FaultyStorage};
 use gress_checkpoint::{CheckpointConfig, CheckpointManager, LocalStorage, Retention, Storage};
 use gress_stream::{
-    AggregateFunction, CheckpointStorage, EpochPolicy, Error, FileSink, GeneratorSource,
-    JobConfig, JobReport, KeyedProcessFunction, ProcessingContext, Result, Timer,
-    ValueStateDescriptor, WindowAssigner, run,
+    AggregateFunction, CheckpointStorage, EpochPolicy, Error, FileSink, GeneratorSource, JobConfig,
+    JobReport, KeyedProcessFunction, ProcessingContext, Result, Timer, ValueStateDescriptor,
+    WindowAssigner, run,
 };
 use parking_lot::Mutex;
 
@@ -204,7 +204,11 @@ impl Model {
             take_over: false,
             fail_at: None,
         };
-        job(&cfg, CheckpointStorage::Local(dir.path().join("cp")), dir.path())?;
+        job(
+            &cfg,
+            CheckpointStorage::Local(dir.path().join("cp")),
+            dir.path(),
+        )?;
         // Per sink and epoch, the epoch's lines.
         let mut per_epoch: Vec<BTreeMap<u64, Lines>> = vec![BTreeMap::new(); 3];
         for (s, sink) in SINKS.iter().enumerate() {
@@ -238,6 +242,50 @@ impl Model {
     /// The `k` whose prefix is exactly `output`, if any.
     fn prefix_of(&self, output: &[Lines; 3]) -> Option<usize> {
         self.prefixes.iter().position(|p| p == output)
+    }
+
+    /// How `output` differs from the closest prefix, for a failure.
+    fn explain(&self, output: &[Lines; 3]) -> String {
+        let size = |o: &[Lines; 3]| -> Vec<usize> { o.iter().map(|l| l.values().sum()).collect() };
+        let mut text = format!("output sizes {:?}\n", size(output));
+        let closest = (0..self.prefixes.len())
+            .min_by_key(|&k| {
+                (0..3)
+                    .map(|s| {
+                        let (a, b) = (&self.prefixes[k][s], &output[s]);
+                        let keys: std::collections::BTreeSet<&String> =
+                            a.keys().chain(b.keys()).collect();
+                        keys.into_iter()
+                            .map(|l| {
+                                a.get(l)
+                                    .copied()
+                                    .unwrap_or(0)
+                                    .abs_diff(b.get(l).copied().unwrap_or(0))
+                            })
+                            .sum::<usize>()
+                    })
+                    .sum::<usize>()
+            })
+            .unwrap_or(0);
+        text.push_str(&format!(
+            "closest prefix {closest}, sizes {:?}\n",
+            size(&self.prefixes[closest])
+        ));
+        for s in 0..3 {
+            let (a, b) = (&self.prefixes[closest][s], &output[s]);
+            for (line, n) in b {
+                let m = a.get(line).copied().unwrap_or(0);
+                if *n != m {
+                    text.push_str(&format!("  {}: {line} x{n}, model x{m}\n", SINKS[s]));
+                }
+            }
+            for (line, m) in a {
+                if !b.contains_key(line) {
+                    text.push_str(&format!("  {}: {line} missing, model x{m}\n", SINKS[s]));
+                }
+            }
+        }
+        text
     }
 
     fn complete(&self) -> usize {
@@ -278,10 +326,16 @@ enum Faults {
     None,
     /// Random failed, torn and unacknowledged writes, and maybe failed
     /// reads, from a seed.
-    Random { seed: u64, rates: FaultRates },
+    Random {
+        seed: u64,
+        rates: FaultRates,
+    },
     /// The process "dies" at the n-th write to the storage under `sub`
     /// (index into the run's opened storages).
-    CrashAt { storage: usize, write: u64 },
+    CrashAt {
+        storage: usize,
+        write: u64,
+    },
 }
 
 /// Opens every storage of a run through `FaultyStorage`, with `faults`.
@@ -305,6 +359,30 @@ fn faulty(root: PathBuf, faults: Faults) -> CheckpointStorage {
         }
         Ok(s as Arc<dyn Storage>)
     }))
+}
+
+/// The commit records and the counts sink's files, for a failure.
+fn listing(cp: &Path, out: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(records) = gress_stream::commits(&LocalStorage::new(cp).expect("local")) {
+        for r in records {
+            text.push_str(&format!(
+                "record {} workers {} rolls_back {:?}\n",
+                r.epoch, r.workers, r.rolls_back
+            ));
+        }
+    }
+    for sub in ["committed", "pending", "rolled-back"] {
+        let mut names: Vec<String> = std::fs::read_dir(out.join("counts").join(sub))
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        text.push_str(&format!("counts/{sub}: {}\n", names.join(" ")));
+    }
+    text
 }
 
 /// Every file under `dir`, with its bytes.
@@ -509,7 +587,9 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
             }
             (Err(e), _) => {
                 stats.failed_other += 1;
-                return Err(ctx(&format!("{cfg:?} failed without an injected fault: {e:?}")).into());
+                return Err(
+                    ctx(&format!("{cfg:?} failed without an injected fault: {e:?}")).into(),
+                );
             }
         }
         if zombie.is_some() && cfg.take_over {
@@ -554,7 +634,13 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
             committed(&out.join(SINKS[2]))?,
         ];
         let Some(k) = model.prefix_of(&output) else {
-            return Err(ctx("the committed output is not the model's output of its first epochs").into());
+            return Err(ctx(&format!(
+                "the committed output is not the model's output of its first epochs\n\
+                 run {cfg:?} with {faults:?}: {result:?}\nrecovery: {settle:?}\n{}\n{}",
+                model.explain(&output),
+                listing(&cp, &out)
+            ))
+            .into());
         };
         if k < settled {
             if !may_fall_back {
@@ -572,7 +658,11 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
             may_fall_back = false;
         }
         if last && k != model.complete() {
-            return Err(ctx(&format!("the job ended with {k} of {} epochs", model.complete())).into());
+            return Err(ctx(&format!(
+                "the job ended with {k} of {} epochs",
+                model.complete()
+            ))
+            .into());
         }
     }
     Ok(())
@@ -581,7 +671,10 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
 fn schedules(part: u64) -> R {
     let model = Model::new()?;
     let mut stats = Stats::default();
-    if let Some(seed) = std::env::var("GRESS_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = std::env::var("GRESS_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         if part == 0 {
             schedule(seed, &model, &mut stats)?;
             println!("{stats:?}");
@@ -602,7 +695,9 @@ fn schedules(part: u64) -> R {
         });
     println!("base seed {base} (GRESS_SIM_BASE to repeat, GRESS_SIM_SEED for one schedule)");
     for i in 0..n {
-        let seed = base.wrapping_add(part.wrapping_mul(1 << 32)).wrapping_add(i);
+        let seed = base
+            .wrapping_add(part.wrapping_mul(1 << 32))
+            .wrapping_add(i);
         schedule(seed, &model, &mut stats)?;
     }
     println!("part {part}: {stats:?}");
