@@ -37,6 +37,9 @@ pub struct JobReport {
     /// What each worker's checkpoint of each epoch cost, this process's
     /// workers.
     pub checkpoints: Vec<crate::worker::EpochCheckpoint>,
+    /// The state caches of this process's workers, together (the peak is
+    /// the largest one worker's cache held).
+    pub cache: crate::state::CacheStats,
 }
 
 /// Runs a job: `build` is called on every worker to build the same
@@ -106,6 +109,7 @@ where
                 report.last_committed = report.last_committed.max(w.last_committed);
                 report.recovered_from = w.recovered_from;
                 report.checkpoints.extend(w.checkpoints);
+                report.cache.add(&w.cache);
             }
             Ok(Err(e)) if e.to_string().contains(STOPPED) => {
                 stopped.get_or_insert(e);
@@ -176,6 +180,7 @@ impl Drop for AbortOnPanic<'_> {
 
 /// One worker's part of a run.
 struct WorkerReport {
+    cache: crate::state::CacheStats,
     checkpoints: Vec<crate::worker::EpochCheckpoint>,
     records_in: u64,
     records_out: u64,
@@ -310,6 +315,7 @@ where
         each.borrow_mut().commit_to(committed)?;
     }
     Ok(WorkerReport {
+        cache: s.store.stats(),
         checkpoints: s.checkpoint_costs.clone(),
         records_in: s.records_in,
         records_out: s.records_out,

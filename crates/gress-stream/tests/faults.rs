@@ -249,3 +249,52 @@ fn an_unreachable_peer_is_an_error_not_a_hang() -> R {
     }
     Ok(())
 }
+
+/// Story: `--fresh` of the example deleted the checkpoints of a job that
+/// was running. `CheckpointStorage::held_by` tells, reading only, that a
+/// run holds the job, and the example refuses then.
+#[test]
+fn a_running_job_is_seen_holding_its_checkpoints() -> R {
+    let dir = tempfile::tempdir()?;
+    let cp = dir.path().join("cp");
+    let storage = CheckpointStorage::Local(cp.clone());
+    assert_eq!(storage.held_by()?, None);
+    let (tx, rx) = mpsc::channel();
+    let (job_cp, out) = (cp.clone(), dir.path().join("out"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_job = stop.clone();
+    std::thread::spawn(move || {
+        let result = run(
+            JobConfig::new("held").with_checkpoint_dir(job_cp),
+            move |job| {
+                let stop = stop_job.clone();
+                job.source("n", GeneratorSource::new(1, None, |_, i| i))?
+                    .map(move |i| {
+                        assert!(!stop.load(std::sync::atomic::Ordering::Relaxed), "stopping");
+                        i
+                    })
+                    .sink("out", FileSink::new(out.clone()))
+            },
+        );
+        let _ = tx.send(result);
+    });
+    while latest_commit(&LocalStorage::new(&cp)?)?.is_none() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let holder = storage.held_by()?;
+    assert!(
+        holder
+            .as_deref()
+            .is_some_and(|h| h.contains(&std::process::id().to_string())),
+        "{holder:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stopped = rx.recv_timeout(Duration::from_secs(60))?;
+    assert!(stopped.is_err());
+    assert_eq!(
+        storage.held_by()?,
+        None,
+        "a stopped job still holds its checkpoints"
+    );
+    Ok(())
+}

@@ -296,3 +296,34 @@ fn from_epoch_picks_an_older_retained_commit() -> R {
     assert_eq!(lines(&out)?, clean_output()?);
     Ok(())
 }
+
+/// Story: to choose the commit to recover from, every worker checked every
+/// worker's checkpoint files: workers² storage calls. Each worker now
+/// restores, and verifies, only its own part: on four workers, each
+/// worker's location is opened once by a restart, not once per worker.
+#[test]
+fn a_restart_reads_each_workers_location_once() -> R {
+    let dir = tempfile::tempdir()?;
+    let (root, out) = (dir.path().join("cp"), dir.path().join("out"));
+    let opened: Arc<parking_lot::Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let count = opened.clone();
+    let root2 = root.clone();
+    let storage = CheckpointStorage::Custom(Arc::new(move |sub: &str| {
+        *count.lock().entry(sub.to_string()).or_default() += 1;
+        Ok(Arc::new(LocalStorage::new(root2.join(sub))?) as Arc<dyn Storage>)
+    }));
+    let stopped = job(config(storage.clone(), 4), out.clone(), Some(400));
+    assert!(stopped.is_err(), "the first run was to stop part-way");
+    opened.lock().clear();
+    job(config(storage, 4), out.clone(), None)?;
+    let opened = opened.lock().clone();
+    for w in 0..4 {
+        assert_eq!(
+            opened.get(&format!("workers/{w:05}")).copied(),
+            Some(1),
+            "{opened:?}"
+        );
+    }
+    assert_eq!(lines(&out)?, clean_output()?);
+    Ok(())
+}

@@ -317,3 +317,82 @@ fn re_timed_streams_carry_their_own_watermarks() -> R {
     assert_eq!(again, got);
     Ok(())
 }
+
+/// Partition 0: 5 records, then nothing for `pause` polls, then 5 more and
+/// its end.
+#[derive(Clone)]
+struct Slow {
+    pause: u64,
+}
+
+struct SlowReader {
+    next: u64,
+    pause: u64,
+}
+
+impl PartitionReader<u64> for SlowReader {
+    fn poll(&mut self, _max: usize, out: &mut Vec<u64>) -> Result<Poll> {
+        if self.next == 5 && self.pause > 0 {
+            self.pause -= 1;
+            return Ok(Poll::Idle);
+        }
+        let until = if self.next < 5 { 5 } else { 10 };
+        out.extend(self.next..until);
+        self.next = until;
+        Ok(if self.next == 10 {
+            Poll::End
+        } else {
+            Poll::Ready
+        })
+    }
+    fn offset(&self) -> u64 {
+        self.next
+    }
+}
+
+impl Source for Slow {
+    type Record = u64;
+    fn partitions(&self) -> usize {
+        1
+    }
+    fn open(&mut self, _p: usize, offset: u64) -> Result<Box<dyn PartitionReader<u64>>> {
+        Ok(Box::new(SlowReader {
+            next: offset,
+            pause: self.pause,
+        }))
+    }
+}
+
+/// Under `Records(n)` an epoch waits for `n` records of every partition; a
+/// slow partition held output back for as long as it took. With a maximum
+/// epoch duration, the records read so far are committed within it: here
+/// the first five records commit long before the partition ends.
+#[test]
+fn a_maximum_epoch_duration_commits_a_slow_partition() -> R {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    let sink = out.clone();
+    let cp = dir.path().join("cp");
+    bounded(move || {
+        run(
+            JobConfig::new("slow")
+                .with_checkpoint_dir(cp)
+                .with_epochs(EpochPolicy::Records(1_000))
+                .with_max_epoch_duration(Duration::from_millis(20)),
+            move |job| {
+                job.source("s", Slow { pause: 100 })?
+                    .sink("out", FileSink::new(sink.clone()))
+            },
+        )
+    })?;
+    let files = FileSink::committed_files(&out)?;
+    assert!(files.len() >= 2, "all records in one epoch: {files:?}");
+    let first: Vec<u64> = serde_json::from_str::<Vec<u64>>(&format!(
+        "[{}]",
+        std::fs::read_to_string(&files[0])?
+            .trim()
+            .replace('\n', ",")
+    ))?;
+    assert_eq!(first, [0, 1, 2, 3, 4]);
+    Ok(())
+}

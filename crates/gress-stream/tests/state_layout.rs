@@ -262,3 +262,30 @@ fn a_value_read_back_keeps_its_expiry() -> R {
     assert_eq!(got, [(0, false), (6_000, true), (11_000, false)]);
     Ok(())
 }
+
+/// Story: the cache was trimmed to its budget only at the cut, so a job
+/// writing 5M keys in one epoch with an 8 MiB budget grew to 1.4 GB. The
+/// budget now holds between records: writing 200,000 keys in one epoch
+/// with a 1 MiB budget, the cache never holds much more than 1 MiB.
+#[test]
+fn the_cache_budget_holds_within_an_epoch() -> R {
+    let budget = 1 << 20;
+    let report = run(
+        JobConfig::new("budget")
+            .with_cache_bytes(budget)
+            .with_epochs(EpochPolicy::Records(1_000_000)),
+        |job| {
+            job.source("n", GeneratorSource::new(1, Some(200_000), |_, i| i))?
+                .key_by(|n| *n)
+                .count("count")
+                .sink("out", CollectSink::new(Arc::default()))
+        },
+    )?;
+    assert!(report.cache.evicted > 100_000, "{:?}", report.cache);
+    assert!(
+        report.cache.peak_bytes <= budget as u64 + (4 << 10),
+        "the cache held {} bytes for a budget of {budget}",
+        report.cache.peak_bytes
+    );
+    Ok(())
+}

@@ -225,6 +225,20 @@ pub struct CacheStats {
     pub evicted: u64,
     /// Flushes (write batches).
     pub flushes: u64,
+    /// The most bytes the cache held at once.
+    pub peak_bytes: u64,
+}
+
+impl CacheStats {
+    /// Counters of several caches together (the peak: the largest).
+    pub fn add(&mut self, other: &CacheStats) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.written += other.written;
+        self.evicted += other.evicted;
+        self.flushes += other.flushes;
+        self.peak_bytes = self.peak_bytes.max(other.peak_bytes);
+    }
 }
 
 /// A worker's keyed state: its backend and the write-back cache.
@@ -286,7 +300,9 @@ impl StateStore {
 
     /// Counters of the cache.
     pub fn stats(&self) -> CacheStats {
-        self.stats
+        let mut stats = self.stats;
+        stats.peak_bytes = stats.peak_bytes.max(self.bytes as u64);
+        stats
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -458,6 +474,7 @@ impl StateStore {
     /// what is flushed belongs to the epoch being applied, the only one
     /// the backend may hold beyond the last cut.
     pub(crate) fn maybe_evict(&mut self) -> Result<()> {
+        self.stats.peak_bytes = self.stats.peak_bytes.max(self.bytes as u64);
         if self.bytes <= self.budget {
             return Ok(());
         }
