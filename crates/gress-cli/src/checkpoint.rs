@@ -99,7 +99,7 @@ pub(crate) enum Cmd {
     Gc {
         location: String,
         /// Checkpoints to keep (per worker for a job; never fewer than the
-        /// job's committed epoch needs).
+        /// job's retained commits need).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
         retain: u64,
         /// Only report what would be deleted.
@@ -868,17 +868,19 @@ fn gc(loc: &Location, retain: usize, dry_run: bool, verify: bool, out: &Out) -> 
         Kind::Manager(storage) => places.push((None, storage, retain)),
         Kind::Job(indexes) => {
             let root = loc.open("")?;
-            let newest = gress_stream::latest_commit(&*root)?;
+            let commits = gress_stream::commits(&*root)?;
             for w in indexes {
                 let storage = loc.worker(w)?;
                 let catalog = Catalog::open(Arc::clone(&storage))?;
-                // Never drop what the newest commit names, nor anything
-                // newer (an epoch being committed right now).
-                let needed = match newest.as_ref().and_then(|c| c.checkpoints.get(w)) {
-                    Some(&committed) => catalog
+                // Never drop what a commit that counts names (recovery may
+                // fall back to any of them), nor anything newer (an epoch
+                // being committed right now).
+                let oldest = commits.iter().filter_map(|c| c.checkpoints.get(w)).min();
+                let needed = match oldest {
+                    Some(&oldest) => catalog
                         .checkpoints()
                         .iter()
-                        .filter(|i| i.id >= committed)
+                        .filter(|i| i.id >= oldest)
                         .count(),
                     None => catalog.checkpoints().len(),
                 };
