@@ -201,9 +201,22 @@ impl Fence {
             created_at_ms: now_ms(),
             lease_ms: lease.map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
         };
-        match storage.put_new(&epoch_path(epoch), &to_json(&holder)?) {
+        // Live from before its fencing record exists: another manager of
+        // this process that reads the record in between must not take this
+        // one for a closed one.
+        LIVE_TOKENS.lock().push(token);
+        let not_live = || LIVE_TOKENS.lock().retain(|t| *t != token);
+        let record = match to_json(&holder) {
+            Ok(record) => record,
+            Err(e) => {
+                not_live();
+                return Err(e);
+            }
+        };
+        match storage.put_new(&epoch_path(epoch), &record) {
             Ok(()) => {}
             Err(Error::Storage { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                not_live();
                 return Err(Error::LocationInUse {
                     holder: "another manager opening this location at the same time".into(),
                     age_ms: 0,
@@ -218,11 +231,11 @@ impl Fence {
                     .and_then(|b| serde_json::from_slice::<Holder>(&b).ok())
                     .is_some_and(|h| h.token == token);
                 if !ours {
+                    not_live();
                     return Err(e);
                 }
             }
         }
-        LIVE_TOKENS.lock().push(token);
         let fence = Arc::new(Fence {
             storage,
             epoch,

@@ -168,16 +168,9 @@ impl Broker {
         partition: i32,
         values: Vec<Vec<u8>>,
     ) -> Result<rdkafka::producer::BaseProducer, String> {
-        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        use rdkafka::producer::{BaseRecord, Producer};
         let timeout = std::time::Duration::from_secs(20);
-        let producer: BaseProducer = rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", self.address())
-            .set("transactional.id", transactional_id)
-            .create()
-            .map_err(|e| e.to_string())?;
-        producer
-            .init_transactions(timeout)
-            .map_err(|e| format!("init_transactions: {e}"))?;
+        let producer = self.transactional_producer(transactional_id)?;
         producer
             .begin_transaction()
             .map_err(|e| format!("begin_transaction: {e}"))?;
@@ -198,6 +191,15 @@ impl Broker {
     /// restarted producer does: a new producer with the same id fences the
     /// old one, and the broker writes an abort marker.
     pub fn abort_by_fencing(&self, transactional_id: &str) -> Result<(), String> {
+        self.transactional_producer(transactional_id).map(drop)
+    }
+
+    /// A producer of `transactional_id`, its transactions initialized
+    /// (which fences any earlier producer of that id).
+    fn transactional_producer(
+        &self,
+        transactional_id: &str,
+    ) -> Result<rdkafka::producer::BaseProducer, String> {
         use rdkafka::producer::{BaseProducer, Producer};
         let producer: BaseProducer = rdkafka::config::ClientConfig::new()
             .set("bootstrap.servers", self.address())
@@ -206,7 +208,8 @@ impl Broker {
             .map_err(|e| e.to_string())?;
         producer
             .init_transactions(std::time::Duration::from_secs(20))
-            .map_err(|e| format!("init_transactions: {e}"))
+            .map_err(|e| format!("init_transactions: {e}"))?;
+        Ok(producer)
     }
 
     /// Every record of partition `partition` of `topic`, in order: offset,

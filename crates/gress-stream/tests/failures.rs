@@ -1,30 +1,20 @@
 //! Bad input stops a job with a clear, typed error; it never hangs, and
 //! never loses or duplicates committed output.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::Duration;
 
 use gress_checkpoint::storage::fault::{FaultRates, FaultyStorage};
 use gress_checkpoint::{LocalStorage, Storage};
 use gress_stream::{
     CheckpointStorage, CollectSink, EpochPolicy, Error, FileSink, FileSource, GeneratorSource,
-    JobConfig, JobReport, KeyedProcessFunction, ProcessingContext, Result, commits, run,
+    JobConfig, KeyedProcessFunction, ProcessingContext, Result, commits, run,
 };
 use parking_lot::Mutex;
 
-type R = std::result::Result<(), Box<dyn std::error::Error>>;
+mod common;
+use common::bounded;
 
-/// Runs `job` on a thread; a hang fails the test instead of stalling it.
-fn bounded(job: impl FnOnce() -> Result<JobReport> + Send + 'static) -> Result<JobReport> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(job());
-    });
-    rx.recv_timeout(Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("the job hung"))
-}
+type R = std::result::Result<(), Box<dyn std::error::Error>>;
 
 /// A line that does not parse stops the job with a source error naming
 /// the file and the byte position.
@@ -167,16 +157,6 @@ fn unreachable_checkpoint_storage_stops_the_job() -> R {
     Ok(())
 }
 
-fn lines(
-    dir: &std::path::Path,
-) -> std::result::Result<BTreeMap<(u64, u64), usize>, Box<dyn std::error::Error>> {
-    let mut m = BTreeMap::new();
-    for record in FileSink::read_committed::<(u64, u64)>(dir)? {
-        *m.entry(record).or_default() += 1;
-    }
-    Ok(m)
-}
-
 /// A damaged checkpoint of the newest committed epoch makes recovery fall
 /// back to the previous committed epoch, and with deterministic epochs the
 /// replay leaves the committed output as it was.
@@ -202,7 +182,7 @@ fn a_damaged_checkpoint_falls_back_to_the_previous_commit() -> R {
         )
     };
     let first = job(cp.clone(), out.clone())?;
-    let before = lines(&out)?;
+    let before = common::committed_records::<(u64, u64)>(&out)?;
     let newest = commits(&LocalStorage::new(&cp)?)?;
     let newest = newest.first().ok_or("no commit")?;
     assert_eq!(Some(newest.epoch), first.last_committed);
@@ -222,7 +202,7 @@ fn a_damaged_checkpoint_falls_back_to_the_previous_commit() -> R {
         second.recovered_from
     );
     assert_eq!(
-        lines(&out)?,
+        common::committed_records::<(u64, u64)>(&out)?,
         before,
         "the replay changed the committed output"
     );

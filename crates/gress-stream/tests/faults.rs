@@ -3,8 +3,7 @@
 //! processes leave is swept, a full disk is named as such, and a process
 //! that cannot reach its peers gives up.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -16,17 +15,10 @@ use gress_stream::{
     latest_commit, run,
 };
 
-type R = std::result::Result<(), Box<dyn std::error::Error>>;
+mod common;
+use common::bounded;
 
-/// Runs `job` on a thread; a hang fails the test instead of stalling it.
-fn bounded(job: impl FnOnce() -> Result<JobReport> + Send + 'static) -> Result<JobReport> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(job());
-    });
-    rx.recv_timeout(Duration::from_secs(90))
-        .unwrap_or_else(|_| panic!("the job hung"))
-}
+type R = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn count_job(config: JobConfig, out: PathBuf, per_partition: Option<u64>) -> Result<JobReport> {
     run(config, move |job| {
@@ -38,16 +30,6 @@ fn count_job(config: JobConfig, out: PathBuf, per_partition: Option<u64>) -> Res
         .count("count")
         .sink("out", FileSink::new(out.clone()))
     })
-}
-
-fn lines(
-    dir: &Path,
-) -> std::result::Result<BTreeMap<(u64, u64), usize>, Box<dyn std::error::Error>> {
-    let mut m = BTreeMap::new();
-    for record in FileSink::read_committed::<(u64, u64)>(dir)? {
-        *m.entry(record).or_default() += 1;
-    }
-    Ok(m)
 }
 
 /// Story: when another run took over a job's checkpoint location, the
@@ -107,7 +89,7 @@ fn two_instances_started_together_never_hang() -> R {
         clean.clone(),
         Some(3_000),
     )?;
-    let expected = lines(&clean)?;
+    let expected = common::committed_records::<(u64, u64)>(&clean)?;
     for trial in 0..6 {
         let cp = dir.path().join(format!("cp{trial}"));
         let out = dir.path().join(format!("out{trial}"));
@@ -155,7 +137,11 @@ fn two_instances_started_together_never_hang() -> R {
                 )
             }
         })?;
-        assert_eq!(lines(&out)?, expected, "trial {trial}");
+        assert_eq!(
+            common::committed_records::<(u64, u64)>(&out)?,
+            expected,
+            "trial {trial}"
+        );
     }
     Ok(())
 }

@@ -15,6 +15,8 @@ use gress_stream::{
     commits, run,
 };
 
+mod common;
+
 type R = std::result::Result<(), Box<dyn std::error::Error>>;
 
 const PARTITIONS: usize = 2;
@@ -55,33 +57,6 @@ fn job(config: JobConfig, out: PathBuf, stop_after: Option<u64>) -> Result<JobRe
     })
 }
 
-fn lines(
-    dir: &Path,
-) -> std::result::Result<BTreeMap<(u64, u64), usize>, Box<dyn std::error::Error>> {
-    let mut m = BTreeMap::new();
-    for record in FileSink::read_committed::<(u64, u64)>(dir)? {
-        *m.entry(record).or_default() += 1;
-    }
-    Ok(m)
-}
-
-/// Every file under `dir`, with its bytes.
-fn tree(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.insert(path.clone(), std::fs::read(&path)?);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// The output of one run without failures.
 fn clean_output() -> std::result::Result<BTreeMap<(u64, u64), usize>, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
@@ -91,7 +66,7 @@ fn clean_output() -> std::result::Result<BTreeMap<(u64, u64), usize>, Box<dyn st
         out.clone(),
         None,
     )?;
-    lines(&out)
+    common::committed_records::<(u64, u64)>(&out)
 }
 
 /// Story: each worker kept its newest `max_epochs_in_flight + 3`
@@ -135,7 +110,10 @@ fn failed_commits_never_push_out_the_recovery_point() -> R {
 
     let report = job(config(CheckpointStorage::Local(root), 2), out.clone(), None)?;
     assert_eq!(report.recovered_from, Some(newest));
-    assert_eq!(lines(&out)?, clean_output()?);
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&out)?,
+        clean_output()?
+    );
     Ok(())
 }
 
@@ -156,7 +134,7 @@ fn a_refused_restart_changes_nothing() -> R {
         Some(700),
     );
     assert!(stopped.is_err(), "the first run was to stop part-way");
-    let before = tree(&root)?;
+    let before = common::tree(&root)?;
     let refused = job(
         config(storage.clone(), 2).with_key_groups(64),
         out.clone(),
@@ -180,12 +158,15 @@ fn a_refused_restart_changes_nothing() -> R {
         "{other_job:?}"
     );
     assert_eq!(
-        tree(&root)?,
+        common::tree(&root)?,
         before,
         "a refused restart changed the location"
     );
     job(config(storage, 2), out.clone(), None)?;
-    assert_eq!(lines(&out)?, clean_output()?);
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&out)?,
+        clean_output()?
+    );
     Ok(())
 }
 
@@ -239,7 +220,10 @@ fn damaged_bytes_fall_back_and_a_rescale_after_it_is_exact() -> R {
         "recovered from {:?}",
         report.recovered_from
     );
-    assert_eq!(lines(&out)?, clean_output()?);
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&out)?,
+        clean_output()?
+    );
     let after = commits(&LocalStorage::new(&root)?)?;
     assert!(
         after.iter().all(|c| c.epoch != newest.epoch),
@@ -248,7 +232,10 @@ fn damaged_bytes_fall_back_and_a_rescale_after_it_is_exact() -> R {
     );
     // Running the finished job again changes nothing.
     job(config(storage, 2), out.clone(), None)?;
-    assert_eq!(lines(&out)?, clean_output()?);
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&out)?,
+        clean_output()?
+    );
     Ok(())
 }
 
@@ -293,7 +280,10 @@ fn from_epoch_picks_an_older_retained_commit() -> R {
         "rolled-back commits still count: {:?}",
         now.iter().map(|c| c.epoch).collect::<Vec<_>>()
     );
-    assert_eq!(lines(&out)?, clean_output()?);
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&out)?,
+        clean_output()?
+    );
     Ok(())
 }
 
@@ -324,6 +314,9 @@ fn a_restart_reads_each_workers_location_once() -> R {
             "{opened:?}"
         );
     }
-    assert_eq!(lines(&out)?, clean_output()?);
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&out)?,
+        clean_output()?
+    );
     Ok(())
 }

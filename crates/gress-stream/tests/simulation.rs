@@ -34,6 +34,8 @@ use gress_stream::{
 };
 use parking_lot::Mutex;
 
+mod common;
+
 type R<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const PARTITIONS: usize = 3;
@@ -385,26 +387,6 @@ fn listing(cp: &Path, out: &Path) -> String {
     text
 }
 
-/// Every file under `dir`, with its bytes.
-fn tree(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    if !dir.exists() {
-        return Ok(out);
-    }
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.insert(path.clone(), std::fs::read(&path)?);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// What the schedules did, for the report.
 #[derive(Debug, Default)]
 struct Stats {
@@ -458,7 +440,7 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
         // A restart with another number of key groups is refused and
         // changes nothing.
         if !last && has_commit && rng.chance(10) {
-            let before = tree(&cp)?;
+            let before = common::tree(&cp)?;
             let refused_cfg = RunConfig {
                 key_groups: 64,
                 ..cfg.clone()
@@ -471,7 +453,7 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
                 Err(Error::Recovery { reason, .. }) if reason.contains("key groups") => {}
                 other => return Err(ctx(&format!("expected a refusal, got {other:?}")).into()),
             }
-            if tree(&cp)? != before {
+            if common::tree(&cp)? != before {
                 return Err(ctx("a refused restart changed the checkpoints").into());
             }
             stats.refused_key_groups += 1;
@@ -479,7 +461,7 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
 
         // Damage a stored file between runs.
         if !last && has_commit && rng.chance(20) {
-            let files: Vec<PathBuf> = tree(&cp)?
+            let files: Vec<PathBuf> = common::tree(&cp)?
                 .into_keys()
                 .filter(|p| !p.components().any(|c| c.as_os_str() == "fence"))
                 .collect();

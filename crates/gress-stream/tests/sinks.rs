@@ -3,7 +3,7 @@
 //! record is durable whatever the cleanup after it does.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+
 use std::sync::Arc;
 
 use gress_checkpoint::storage::fault::{FaultKind, FaultyStorage};
@@ -13,17 +13,9 @@ use gress_stream::{
     commits, run,
 };
 
-type R = std::result::Result<(), Box<dyn std::error::Error>>;
+mod common;
 
-fn lines(
-    dir: &Path,
-) -> std::result::Result<BTreeMap<(u64, u64), usize>, Box<dyn std::error::Error>> {
-    let mut m = BTreeMap::new();
-    for record in FileSink::read_committed::<(u64, u64)>(dir)? {
-        *m.entry(record).or_default() += 1;
-    }
-    Ok(m)
-}
+type R = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn count_job(
     config: JobConfig,
@@ -62,7 +54,12 @@ fn epochs_without_output_write_no_file() -> R {
         1,
     )?;
     let files = FileSink::committed_files(&out)?;
-    assert_eq!(lines(&out)?.values().sum::<usize>(), 10);
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&out)?
+            .values()
+            .sum::<usize>(),
+        10
+    );
     assert!(files.len() <= 10, "{} files for 10 records", files.len());
     for f in &files {
         assert!(std::fs::metadata(f)?.len() > 0, "{} is empty", f.display());
@@ -107,7 +104,10 @@ fn compaction_bounds_the_committed_files() -> R {
         after * 4 < before,
         "{after} files after compaction, {before} without"
     );
-    assert_eq!(lines(&compacted)?, lines(&plain)?);
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&compacted)?,
+        common::committed_records::<(u64, u64)>(&plain)?
+    );
     // Per key, the running counts still come in order.
     let records = FileSink::read_committed::<(u64, u64)>(&compacted)?;
     let mut last: BTreeMap<u64, u64> = BTreeMap::new();
@@ -138,7 +138,7 @@ fn a_compaction_cut_short_is_read_once_and_finished_later() -> R {
         },
         5,
     )?;
-    let expected = lines(&out)?;
+    let expected = common::committed_records::<(u64, u64)>(&out)?;
     // Put back copies of what a segment holds, as a crash before the
     // deletions would have left them.
     let committed = out.join("committed");
@@ -157,7 +157,11 @@ fn a_compaction_cut_short_is_read_once_and_finished_later() -> R {
     let first: u64 = name.split('-').next().ok_or("bad name")?.parse()?;
     let leftover = committed.join(format!("{first:020}-00000.jsonl"));
     std::fs::write(&leftover, b"[999,999]\n")?;
-    assert_eq!(lines(&out)?, expected, "a file a segment covers was read");
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&out)?,
+        expected,
+        "a file a segment covers was read"
+    );
     // The next run (the job is complete: it only commits) tidies up.
     count_job(
         config(),
@@ -168,7 +172,7 @@ fn a_compaction_cut_short_is_read_once_and_finished_later() -> R {
         5,
     )?;
     assert!(!leftover.exists(), "the leftover is still there");
-    assert_eq!(lines(&out)?, expected);
+    assert_eq!(common::committed_records::<(u64, u64)>(&out)?, expected);
     Ok(())
 }
 
@@ -206,6 +210,11 @@ fn a_failed_trim_does_not_uncommit_an_epoch() -> R {
         records.len() > 2,
         "old records were deleted although deletes fail"
     );
-    assert_eq!(lines(&out)?.values().sum::<usize>(), 1_000);
+    assert_eq!(
+        common::committed_records::<(u64, u64)>(&out)?
+            .values()
+            .sum::<usize>(),
+        1_000
+    );
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+
 use std::time::Duration;
 
 use gress_stream::{
@@ -15,17 +15,10 @@ use gress_stream::{
 };
 use parking_lot::Mutex;
 
-type R = std::result::Result<(), Box<dyn std::error::Error>>;
+mod common;
+use common::bounded;
 
-/// Runs `job` on a thread; a hang fails the test instead of stalling it.
-fn bounded(job: impl FnOnce() -> Result<JobReport> + Send + 'static) -> Result<JobReport> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(job());
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("the job hung"))
-}
+type R = std::result::Result<(), Box<dyn std::error::Error>>;
 
 /// Partition 0: `n` records `(0, t)` with event times `0, 1, 2, ...`, at
 /// most `per_poll` per poll, every other poll none. Partition 1: nothing (idle) until partition 0

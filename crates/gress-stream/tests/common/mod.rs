@@ -1,4 +1,4 @@
-//! Sources, backends and small helpers shared by the window and join tests.
+//! Sources, backends and small helpers shared by the tests.
 
 #![allow(dead_code)]
 
@@ -174,4 +174,47 @@ pub fn disordered(
                 .collect()
         })
         .collect()
+}
+
+/// Runs `job` on a thread; a hang fails the test instead of stalling it.
+pub fn bounded(
+    job: impl FnOnce() -> gress_stream::Result<gress_stream::JobReport> + Send + 'static,
+) -> gress_stream::Result<gress_stream::JobReport> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(job());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("the job hung"))
+}
+
+/// A `FileSink`'s committed records under `dir`, with how often each came.
+pub fn committed_records<T: serde::de::DeserializeOwned + Ord>(
+    dir: &std::path::Path,
+) -> Result<BTreeMap<T, usize>, Box<dyn std::error::Error>> {
+    let mut m = BTreeMap::new();
+    for record in gress_stream::FileSink::read_committed::<T>(dir)? {
+        *m.entry(record).or_default() += 1;
+    }
+    Ok(m)
+}
+
+/// Every file under `dir` (none if it does not exist), with its bytes.
+pub fn tree(dir: &std::path::Path) -> std::io::Result<BTreeMap<PathBuf, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path)?);
+            }
+        }
+    }
+    Ok(out)
 }
