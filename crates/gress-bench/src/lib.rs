@@ -28,7 +28,6 @@ use gress_state::{MemoryConfig, MemoryStateBackend, StateBackend};
 mod rescale;
 mod rocks;
 mod stream;
-mod timed;
 mod workload;
 pub use rescale::RescaleArgs;
 pub use rocks::RocksArgs;

@@ -28,21 +28,24 @@ use gress_rocksdb::{Compression, RocksDbConfig, RocksDbStateBackend};
 use gress_state::checkpoint::Checkpointable;
 use gress_state::{MemoryConfig, MemoryStateBackend};
 use gress_stream::{
-    BackendFactory, EpochPolicy, GeneratorSource, JobConfig, KeyedProcessFunction,
+    BackendFactory, CacheStats, EpochPolicy, GeneratorSource, JobConfig, KeyedProcessFunction,
     ProcessingContext, Sink, ValueStateDescriptor,
 };
 
-use crate::timed::{CutLog, TimedBackend};
 use crate::workload::{mix, scale};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct StreamArgs {
-    /// Events per run, over all workers.
+    /// Events per run, over all workers (at the offered rates: as many as
+    /// `--offered-secs` of them take).
     #[arg(long, default_value_t = 5_000_000)]
     events: u64,
-    /// Distinct keys.
-    #[arg(long, default_value_t = 100_000)]
-    keys: u64,
+    /// Distinct keys: a row (and its baseline) per value.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![100_000u64])]
+    keys: Vec<u64>,
+    /// How events pick their key.
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    distribution: Distribution,
     /// Worker counts to measure.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 2])]
     workers: Vec<usize>,
@@ -63,12 +66,34 @@ pub struct StreamArgs {
     /// Runs per case; a row is the run with the median events/s.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Offered loads, in percent of a row's peak events/s, at which the
+    /// source-to-commit latency is measured (checkpointed rows only; 0
+    /// for none).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![50u32, 80])]
+    offered: Vec<u32>,
+    /// How long each run at an offered load lasts, in seconds.
+    #[arg(long, default_value_t = 25)]
+    offered_secs: u64,
     /// Leave out the plain timely baseline (e.g. when profiling).
     #[arg(long)]
     no_baseline: bool,
+    /// Each worker's state cache, MiB (the default: the engine's).
+    #[arg(long)]
+    cache_mb: Option<usize>,
     /// Where RocksDB and the checkpoints go (a temporary directory inside).
     #[arg(long, default_value = "target/bench-data")]
     dir: PathBuf,
+}
+
+/// How events pick their key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Distribution {
+    /// Every key equally likely.
+    Uniform,
+    /// Zipf with s = 1.0: the key of rank k is picked in proportion to
+    /// 1/k (the hot keys spread over the key groups).
+    Zipf,
 }
 
 impl StreamArgs {
@@ -158,20 +183,42 @@ struct Run {
     elapsed: Duration,
     /// CPU time of the process during the run (every thread).
     cpu: Option<Duration>,
+    /// The most memory the process held during the run (resident).
+    peak_rss: Option<u64>,
     /// Epochs cut, per worker.
     epochs: u64,
     /// Epochs committed with a checkpoint.
     checkpoints: u64,
-    /// Each worker's stall per cut (flush plus capture).
-    cuts: Vec<Duration>,
-    /// The parts of the cuts: each `write_batch` of the cache flush, and
-    /// each capture.
-    flushes: Vec<Duration>,
-    captures: Vec<Duration>,
-    /// From each capture to its checkpoint's commit.
+    /// The caches' counters, all workers.
+    cache: Option<CacheStats>,
+    /// Each worker's stall per cut (what was left to flush, and the
+    /// capture).
+    stalls: Vec<Duration>,
+    /// Per worker and checkpoint: from the cut to the commit, and the bytes
+    /// written.
     checkpoint_durations: Vec<Duration>,
+    checkpoint_bytes: Vec<u64>,
     /// Source-to-commit latency per event, µs.
     latency: Option<Histogram<u64>>,
+}
+
+/// Latency of a row's subject at a fixed offered load.
+#[derive(Debug, Serialize, Clone)]
+struct Offered {
+    /// Percent of the row's peak.
+    percent: u32,
+    /// Events per second offered, over all workers.
+    events_per_sec: f64,
+    /// Events per second committed (below the offered rate when the
+    /// subject could not keep up).
+    achieved_per_sec: f64,
+    latency_ms_p50: Option<f64>,
+    latency_ms_p99: Option<f64>,
+    latency_ms_max: Option<f64>,
+    /// The worker stalls per cut at this load.
+    stall_ms_p99: Option<f64>,
+    /// Epoch length, for reading the latency in epochs.
+    epoch_ms: u64,
 }
 
 /// One measured row.
@@ -183,37 +230,43 @@ struct StreamRow {
     workers: usize,
     events: u64,
     keys: u64,
+    distribution: Distribution,
     events_per_sec: f64,
     /// Wall time of the median run: start to the last commit.
     total_s: f64,
     /// CPU time of the median run over all its threads, per event: what
     /// the machine's load from other processes does not change.
     cpu_ns_per_event: Option<f64>,
+    /// Peak resident memory of the process during the run, MiB.
+    peak_rss_mib: Option<f64>,
     /// Events/s of every round.
     rounds_events_per_sec: Vec<f64>,
     /// Epochs cut per worker.
     epochs: Option<u64>,
     /// Epochs committed with a checkpoint.
     checkpoints_committed: Option<u64>,
-    /// A worker's stall per cut: the cache flush's `write_batch` plus the
-    /// backend capture (encoding of the flushed batch not included).
-    cut_ms_p50: Option<f64>,
-    cut_ms_max: Option<f64>,
-    /// The cache flush's `write_batch` calls (epochs that wrote state).
-    flush_ms_p50: Option<f64>,
-    flush_ms_max: Option<f64>,
-    /// The backend captures (every checkpointed epoch).
-    capture_ms_p50: Option<f64>,
-    capture_ms_max: Option<f64>,
-    /// From the capture to the checkpoint's commit (files written,
-    /// manifest published).
+    /// State reads answered by the cache, of all reads.
+    cache_hit_rate: Option<f64>,
+    /// Entries the caches wrote to the backend, per event.
+    written_per_event: Option<f64>,
+    /// A worker's stall per cut: the dirty entries left to write and the
+    /// backend's capture.
+    stall_ms_p50: Option<f64>,
+    stall_ms_p99: Option<f64>,
+    stall_ms_max: Option<f64>,
+    /// From the cut to the checkpoint's commit (files written, manifest
+    /// published), per worker.
     checkpoint_ms_p50: Option<f64>,
     checkpoint_ms_max: Option<f64>,
-    /// From an event's generation to the commit that made its output
-    /// visible.
+    /// Bytes a worker wrote per checkpoint (mean).
+    checkpoint_mib_mean: Option<f64>,
+    /// At saturation: from an event's generation to the commit that made
+    /// its output visible (mostly queueing; see `offered`).
     latency_ms_p50: Option<f64>,
     latency_ms_p99: Option<f64>,
     latency_ms_max: Option<f64>,
+    /// Latency at fixed offered loads.
+    offered: Vec<Offered>,
     /// This row's time per event divided by the baseline's.
     ratio_to_baseline: Option<f64>,
 }
@@ -222,7 +275,8 @@ struct StreamRow {
 struct StreamReport {
     machine: crate::Machine,
     events: u64,
-    keys: u64,
+    keys: Vec<u64>,
+    distribution: Distribution,
     epoch_policy: String,
     rocksdb: &'static str,
     /// The machine's 1-minute load average before and after: other
@@ -246,9 +300,42 @@ fn rocksdb_config(path: PathBuf) -> RocksDbConfig {
 /// Events are generated in batches of this many by the baseline's input.
 const BATCH: u64 = 4096;
 
-/// The key of event `i` of partition `p`: uniform over `0..keys`.
-fn key_of(p: usize, i: u64, keys: u64) -> u64 {
-    scale(mix(((p as u64) << 48) ^ i), keys)
+/// Picks keys for events.
+#[derive(Debug, Clone, Copy)]
+struct KeyPicker {
+    keys: u64,
+    /// For Zipf: the harmonic number of `keys`.
+    zipf: Option<f64>,
+}
+
+/// The Euler-Mascheroni constant.
+const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
+
+impl KeyPicker {
+    fn new(keys: u64, distribution: Distribution) -> Self {
+        let n = keys as f64;
+        KeyPicker {
+            keys,
+            zipf: (distribution == Distribution::Zipf)
+                .then(|| n.ln() + EULER_GAMMA + 1.0 / (2.0 * n)),
+        }
+    }
+
+    /// The key of event `i` of partition `p`, in `0..keys`.
+    fn key_of(&self, p: usize, i: u64) -> u64 {
+        let x = mix(((p as u64) << 48) ^ i);
+        match self.zipf {
+            None => scale(x, self.keys),
+            Some(h) => {
+                // The rank k (1-based) whose harmonic number H(k) ~ ln k + γ
+                // is u·H(keys): the inverse of Zipf's CDF for s = 1.
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+                let rank = ((u * h - EULER_GAMMA).exp() as u64).clamp(1, self.keys);
+                // Spread ranks over the key space (and the key groups).
+                scale(mix(rank), self.keys)
+            }
+        }
+    }
 }
 
 /// Microseconds since `base`, read from the clock once every 256 calls.
@@ -358,38 +445,51 @@ impl Sink<(u64, u64, u64)> for LatencySink {
     }
 }
 
+/// How fast a run offers events: as fast as the job takes them, or at a
+/// fixed rate (events per second over all workers).
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Saturate,
+    Rate(f64),
+}
+
 fn run_gress(
     args: &StreamArgs,
+    keys: KeyPicker,
     workers: usize,
     backend: Backend,
     checkpoints: bool,
+    load: Load,
 ) -> Result<Run> {
     std::fs::create_dir_all(&args.dir)?;
     let tmp = tempfile::tempdir_in(&args.dir)?;
-    let logs: Vec<Arc<Mutex<CutLog>>> = (0..workers).map(|_| Arc::default()).collect();
     let factory = {
-        let logs = logs.clone();
         let root = tmp.path().join("state");
         BackendFactory::new(move |w| {
-            let inner: Arc<dyn Checkpointable> = match backend {
+            let backend: Arc<dyn Checkpointable> = match backend {
                 Backend::Memory => Arc::new(MemoryStateBackend::new(MemoryConfig::default())?),
                 Backend::Rocksdb => Arc::new(RocksDbStateBackend::open(rocksdb_config(
                     root.join(format!("worker-{w}")),
                 ))?),
             };
-            let log = logs.get(w).cloned().unwrap_or_default();
-            Ok(Arc::new(TimedBackend::new(inner, log)) as Arc<dyn Checkpointable>)
+            Ok(backend)
         })
     };
     let mut config = JobConfig::new("stream-bench")
         .with_workers(workers)
         .with_backend(factory)
         .with_epochs(args.epoch_policy());
+    if let Some(mb) = args.cache_mb {
+        config = config.with_cache_bytes(mb << 20);
+    }
     if checkpoints {
         config = config.with_checkpoint_dir(tmp.path().join("checkpoints"));
     }
-    let per_partition = args.events / workers as u64;
-    let keys = args.keys;
+    let events = match load {
+        Load::Saturate => args.events,
+        Load::Rate(rate) => (rate * args.offered_secs as f64) as u64,
+    };
+    let per_partition = (events / workers as u64).max(1);
     let outcome = Arc::new(Mutex::new(SinkOutcome {
         records: 0,
         latency_us: Histogram::new(3)?,
@@ -398,9 +498,12 @@ fn run_gress(
     let started = Instant::now();
     let report = gress_stream::run(config, move |job| {
         let stamp = Stamper::new(started);
-        let source = GeneratorSource::new(workers, Some(per_partition), move |p, i| {
-            (key_of(p, i, keys), stamp.now_us())
+        let mut source = GeneratorSource::new(workers, Some(per_partition), move |p, i| {
+            (keys.key_of(p, i), stamp.now_us())
         });
+        if let Load::Rate(rate) = load {
+            source = source.with_rate(rate / workers as f64)?;
+        }
         job.source("events", source)?
             .key_by(|e: &(u64, u64)| e.0)
             .process(
@@ -431,30 +534,20 @@ fn run_gress(
             outcome.records
         );
     }
-    let mut cuts = Vec::new();
-    let mut flushes = Vec::new();
-    let mut captures = Vec::new();
-    let mut checkpoint_durations = Vec::new();
-    for log in &logs {
-        let log = log.lock().unwrap_or_else(|e| e.into_inner());
-        cuts.extend(log.cut_pauses());
-        flushes.extend(log.flushes.iter().map(|f| f.1));
-        captures.extend(log.captures.iter().map(|c| c.1));
-        checkpoint_durations.extend(log.committed.iter().copied());
-    }
     Ok(Run {
         elapsed,
         cpu: None,
+        peak_rss: None,
         epochs: report.epochs_cut / workers as u64,
         checkpoints: if checkpoints {
             report.last_committed.map_or(0, |e| e + 1)
         } else {
             0
         },
-        cuts,
-        flushes,
-        captures,
-        checkpoint_durations,
+        cache: Some(report.cache),
+        stalls: report.checkpoints.iter().map(|c| c.stall).collect(),
+        checkpoint_durations: report.checkpoints.iter().map(|c| c.duration).collect(),
+        checkpoint_bytes: report.checkpoints.iter().map(|c| c.bytes_written).collect(),
         latency: Some(outcome.latency_us),
     })
 }
@@ -463,9 +556,8 @@ fn run_gress(
 /// by key, counted in a `HashMap<u64, u64>` per worker, one output record
 /// per event to an operator that counts them. No state layer, no epochs,
 /// no checkpoints.
-fn run_timely(args: &StreamArgs, workers: usize) -> Result<Run> {
+fn run_timely(args: &StreamArgs, keys: KeyPicker, workers: usize) -> Result<Run> {
     let per_partition = args.events / workers as u64;
-    let keys = args.keys;
     let config = if workers > 1 {
         timely::Config::process(workers)
     } else {
@@ -511,7 +603,7 @@ fn run_timely(args: &StreamArgs, workers: usize) -> Result<Run> {
         let mut i = 0;
         while i < per_partition {
             let end = (i + BATCH).min(per_partition);
-            batch.extend((i..end).map(|j| (key_of(index, j, keys), stamp.now_us())));
+            batch.extend((i..end).map(|j| (keys.key_of(index, j), stamp.now_us())));
             input.send_batch(&mut batch);
             batch.clear();
             i = end;
@@ -534,28 +626,51 @@ fn run_timely(args: &StreamArgs, workers: usize) -> Result<Run> {
     Ok(Run {
         elapsed,
         cpu: None,
+        peak_rss: None,
         epochs: 0,
         checkpoints: 0,
-        cuts: Vec::new(),
-        flushes: Vec::new(),
-        captures: Vec::new(),
+        cache: None,
+        stalls: Vec::new(),
         checkpoint_durations: Vec::new(),
+        checkpoint_bytes: Vec::new(),
         latency: None,
     })
 }
 
-fn run_subject(args: &StreamArgs, subject: Subject, workers: usize) -> Result<Run> {
+/// Forgets the process's peak resident memory so far (Linux: the next
+/// reading of `VmHWM` starts from the current RSS).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory since the last reset, bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn run_subject(
+    args: &StreamArgs,
+    keys: KeyPicker,
+    subject: Subject,
+    workers: usize,
+    load: Load,
+) -> Result<Run> {
+    reset_peak_rss();
     let cpu_before = process_cpu();
     let mut run = match subject {
-        Subject::Timely => run_timely(args, workers),
+        Subject::Timely => run_timely(args, keys, workers),
         Subject::Gress {
             backend,
             checkpoints,
-        } => run_gress(args, workers, backend, checkpoints),
+        } => run_gress(args, keys, workers, backend, checkpoints, load),
     }?;
     run.cpu = cpu_before
         .zip(process_cpu())
         .map(|(before, after)| after.saturating_sub(before));
+    run.peak_rss = peak_rss();
     Ok(run)
 }
 
@@ -571,7 +686,26 @@ fn percentile(sorted: &[Duration], q: f64) -> Option<f64> {
     Some(ms(sorted[i]))
 }
 
-fn row_of(args: &StreamArgs, subject: Subject, workers: usize, runs: Vec<Run>) -> StreamRow {
+fn sorted(v: &[Duration]) -> Vec<Duration> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+fn latency_ms(run: &Run, q: f64) -> Option<f64> {
+    run.latency
+        .as_ref()
+        .filter(|h| !h.is_empty())
+        .map(|h| h.value_at_quantile(q) as f64 / 1e3)
+}
+
+fn row_of(
+    args: &StreamArgs,
+    keys: u64,
+    subject: Subject,
+    workers: usize,
+    runs: Vec<Run>,
+) -> StreamRow {
     let events = args.events / workers as u64 * workers as u64;
     let eps = |r: &Run| events as f64 / r.elapsed.as_secs_f64();
     let rounds_events_per_sec: Vec<f64> = runs.iter().map(eps).collect();
@@ -579,45 +713,41 @@ fn row_of(args: &StreamArgs, subject: Subject, workers: usize, runs: Vec<Run>) -
     runs.sort_by(|a, b| eps(a).total_cmp(&eps(b)));
     let median = runs.swap_remove(runs.len() / 2);
     let gress = matches!(subject, Subject::Gress { .. });
-    let sorted = |v: &[Duration]| {
-        let mut v = v.to_vec();
-        v.sort();
-        v
-    };
-    let cuts = sorted(&median.cuts);
-    let flushes = sorted(&median.flushes);
-    let captures = sorted(&median.captures);
+    let stalls = sorted(&median.stalls);
     let durations = sorted(&median.checkpoint_durations);
-    let lat = |q: f64| {
-        median
-            .latency
-            .as_ref()
-            .filter(|h| !h.is_empty())
-            .map(|h| h.value_at_quantile(q) as f64 / 1e3)
-    };
+    let cache = median.cache;
     StreamRow {
         subject: subject.name().into(),
         checkpoints: subject.checkpoints(&args.epoch_label()),
         workers,
         events,
-        keys: args.keys,
+        keys,
+        distribution: args.distribution,
         events_per_sec: eps(&median),
         total_s: median.elapsed.as_secs_f64(),
         cpu_ns_per_event: median.cpu.map(|c| c.as_secs_f64() * 1e9 / events as f64),
+        peak_rss_mib: median.peak_rss.map(|b| b as f64 / f64::from(1 << 20)),
         rounds_events_per_sec,
         epochs: gress.then_some(median.epochs),
         checkpoints_committed: gress.then_some(median.checkpoints),
-        cut_ms_p50: percentile(&cuts, 0.5),
-        cut_ms_max: percentile(&cuts, 1.0),
-        flush_ms_p50: percentile(&flushes, 0.5),
-        flush_ms_max: percentile(&flushes, 1.0),
-        capture_ms_p50: percentile(&captures, 0.5),
-        capture_ms_max: percentile(&captures, 1.0),
+        cache_hit_rate: cache
+            .filter(|c| c.hits + c.misses > 0)
+            .map(|c| c.hits as f64 / (c.hits + c.misses) as f64),
+        written_per_event: cache.map(|c| c.written as f64 / events as f64),
+        stall_ms_p50: percentile(&stalls, 0.5),
+        stall_ms_p99: percentile(&stalls, 0.99),
+        stall_ms_max: percentile(&stalls, 1.0),
         checkpoint_ms_p50: percentile(&durations, 0.5),
         checkpoint_ms_max: percentile(&durations, 1.0),
-        latency_ms_p50: lat(0.5),
-        latency_ms_p99: lat(0.99),
-        latency_ms_max: lat(1.0),
+        checkpoint_mib_mean: (!median.checkpoint_bytes.is_empty()).then(|| {
+            median.checkpoint_bytes.iter().sum::<u64>() as f64
+                / median.checkpoint_bytes.len() as f64
+                / f64::from(1 << 20)
+        }),
+        latency_ms_p50: latency_ms(&median, 0.5),
+        latency_ms_p99: latency_ms(&median, 0.99),
+        latency_ms_max: latency_ms(&median, 1.0),
+        offered: Vec::new(),
         ratio_to_baseline: None,
     }
 }
@@ -631,16 +761,27 @@ pub(crate) fn run(args: &StreamArgs) -> Result<crate::Outcome> {
         .rows
         .iter()
         .map(|r| crate::PlotRow {
-            label: format!("{} ckpt {} {} wrk", r.subject, r.checkpoints, r.workers),
+            label: format!(
+                "{} ckpt {} {} wrk {} keys",
+                r.subject, r.checkpoints, r.workers, r.keys
+            ),
             throughput: r.events_per_sec,
-            latency_ns: [
-                ("p50", r.latency_ms_p50),
-                ("p99", r.latency_ms_p99),
-                ("max", r.latency_ms_max),
-            ]
-            .into_iter()
-            .filter_map(|(n, ms)| Some((n, ms? * 1e6)))
-            .collect(),
+            latency_ns: r
+                .offered
+                .iter()
+                .flat_map(|o| {
+                    [(
+                        if o.percent >= 80 {
+                            "p99@80%"
+                        } else {
+                            "p99@50%"
+                        },
+                        o.latency_ms_p99,
+                    )]
+                })
+                .chain([("p99 saturated", r.latency_ms_p99)])
+                .filter_map(|(n, ms)| Some((n, ms? * 1e6)))
+                .collect(),
         })
         .collect();
     Ok(crate::Outcome {
@@ -663,61 +804,102 @@ fn load_average() -> Option<f64> {
 
 fn bench_stream(args: &StreamArgs) -> Result<StreamReport> {
     let load_before = load_average();
-    if args.rounds == 0 || args.events == 0 || args.keys == 0 {
+    if args.rounds == 0 || args.events == 0 || args.keys.contains(&0) || args.keys.is_empty() {
         bail!("--rounds, --events and --keys must be at least 1");
     }
+    if args.offered.iter().any(|&p| p > 100) {
+        bail!("--offered: percentages of the peak, at most 100");
+    }
     let mut rows = Vec::new();
-    for &workers in &args.workers {
-        if workers == 0 {
-            bail!("--workers: at least one");
-        }
-        let mut subjects = Vec::new();
-        if !args.no_baseline {
-            subjects.push(Subject::Timely);
-        }
-        for &backend in &args.backends {
-            for &checkpoints in &args.checkpoints {
-                subjects.push(Subject::Gress {
-                    backend,
-                    checkpoints,
-                });
+    for &n_keys in &args.keys {
+        let keys = KeyPicker::new(n_keys, args.distribution);
+        for &workers in &args.workers {
+            if workers == 0 {
+                bail!("--workers: at least one");
             }
-        }
-        let mut runs: Vec<Vec<Run>> = subjects.iter().map(|_| Vec::new()).collect();
-        for round in 0..args.rounds {
-            // Rotate who goes first, so a slow spell hits every subject alike.
-            for k in 0..subjects.len() {
-                let i = (round + k) % subjects.len();
-                let subject = subjects[i];
-                let run = run_subject(args, subject, workers)?;
-                crate::status(&format!(
-                    "stream: {} checkpoints {} workers {workers} round {}: {:.2}M events/s in {:.2}s",
-                    subject.name(),
-                    subject.checkpoints(&args.epoch_label()),
-                    round + 1,
-                    args.events as f64 / run.elapsed.as_secs_f64() / 1e6,
-                    run.elapsed.as_secs_f64(),
-                ));
-                runs[i].push(run);
+            let mut subjects = Vec::new();
+            if !args.no_baseline {
+                subjects.push(Subject::Timely);
             }
-        }
-        let mut case: Vec<StreamRow> = subjects
-            .iter()
-            .zip(runs)
-            .map(|(&s, r)| row_of(args, s, workers, r))
-            .collect();
-        if !args.no_baseline {
-            let base = case[0].events_per_sec;
-            for r in case.iter_mut().skip(1) {
-                r.ratio_to_baseline = Some(base / r.events_per_sec);
+            for &backend in &args.backends {
+                for &checkpoints in &args.checkpoints {
+                    subjects.push(Subject::Gress {
+                        backend,
+                        checkpoints,
+                    });
+                }
             }
+            let mut runs: Vec<Vec<Run>> = subjects.iter().map(|_| Vec::new()).collect();
+            for round in 0..args.rounds {
+                // Rotate who goes first, so a slow spell hits every subject alike.
+                for k in 0..subjects.len() {
+                    let i = (round + k) % subjects.len();
+                    let subject = subjects[i];
+                    let run = run_subject(args, keys, subject, workers, Load::Saturate)?;
+                    crate::status(&format!(
+                        "stream: {} keys {n_keys} checkpoints {} workers {workers} round {}: \
+                         {:.2}M events/s in {:.2}s",
+                        subject.name(),
+                        subject.checkpoints(&args.epoch_label()),
+                        round + 1,
+                        args.events as f64 / run.elapsed.as_secs_f64() / 1e6,
+                        run.elapsed.as_secs_f64(),
+                    ));
+                    runs[i].push(run);
+                }
+            }
+            let mut case: Vec<StreamRow> = subjects
+                .iter()
+                .zip(runs)
+                .map(|(&s, r)| row_of(args, n_keys, s, workers, r))
+                .collect();
+            if !args.no_baseline {
+                let base = case[0].events_per_sec;
+                for r in case.iter_mut().skip(1) {
+                    r.ratio_to_baseline = Some(base / r.events_per_sec);
+                }
+            }
+            for (row, &subject) in case.iter_mut().zip(&subjects) {
+                let Subject::Gress {
+                    checkpoints: true, ..
+                } = subject
+                else {
+                    continue;
+                };
+                for &percent in args.offered.iter().filter(|&&p| p > 0) {
+                    let rate = row.events_per_sec * f64::from(percent) / 100.0;
+                    let run = run_subject(args, keys, subject, workers, Load::Rate(rate))?;
+                    let committed = run.latency.as_ref().map_or(0, |h| h.len());
+                    let stalls = sorted(&run.stalls);
+                    let offered = Offered {
+                        percent,
+                        events_per_sec: rate,
+                        achieved_per_sec: committed as f64 / run.elapsed.as_secs_f64(),
+                        latency_ms_p50: latency_ms(&run, 0.5),
+                        latency_ms_p99: latency_ms(&run, 0.99),
+                        latency_ms_max: latency_ms(&run, 1.0),
+                        stall_ms_p99: percentile(&stalls, 0.99),
+                        epoch_ms: args.epoch_ms,
+                    };
+                    crate::status(&format!(
+                        "stream: {} keys {n_keys} workers {workers} at {percent}% ({:.2}M events/s): \
+                         latency p50 {} p99 {} ms",
+                        subject.name(),
+                        rate / 1e6,
+                        opt(offered.latency_ms_p50, 0),
+                        opt(offered.latency_ms_p99, 0),
+                    ));
+                    row.offered.push(offered);
+                }
+            }
+            rows.extend(case);
         }
-        rows.extend(case);
     }
     Ok(StreamReport {
         machine: crate::machine(),
         events: args.events,
-        keys: args.keys,
+        keys: args.keys.clone(),
+        distribution: args.distribution,
         epoch_policy: format!("{:?}", args.epoch_policy()),
         rocksdb: ROCKSDB_TUNING,
         load_before,
@@ -734,8 +916,8 @@ fn write_table(out: &mut String, report: &StreamReport) {
     use std::fmt::Write;
     let _ = writeln!(
         out,
-        "keyed count: {} events over {} keys; epochs: {}; rocksdb: {}",
-        report.events, report.keys, report.epoch_policy, report.rocksdb
+        "keyed count: {} events per run, keys {:?} ({:?}); epochs: {}; rocksdb: {}",
+        report.events, report.keys, report.distribution, report.epoch_policy, report.rocksdb
     );
     let _ = writeln!(
         out,
@@ -746,18 +928,23 @@ fn write_table(out: &mut String, report: &StreamReport) {
     );
     let _ = writeln!(
         out,
-        "{:<15} {:>6} {:>3} {:>12} {:>7} {:>7} {:>6} {:>5} {:>15} {:>15} {:>15} {:>7}",
+        "{:<15} {:>5} {:>3} {:>10} {:>11} {:>7} {:>7} {:>6} {:>5} {:>6} {:>17} {:>13} {:>8} {:>13} {:>13} {:>13} {:>6}",
         "subject",
         "ckpt",
         "wrk",
+        "keys",
         "events/s",
-        "time",
         "cpu/ev",
-        "epochs",
+        "rss MiB",
+        "hit %",
         "ckpts",
-        "cut p50/max ms",
-        "ckpt p50/max ms",
-        "lat p50/p99 ms",
+        "wr/ev",
+        "stall p50/99/max",
+        "ckpt p50/max",
+        "ckpt MiB",
+        "lat@50% p50/99",
+        "lat@80% p50/99",
+        "lat@sat p50/99",
         "ratio"
     );
     for r in &report.rows {
@@ -765,24 +952,45 @@ fn write_table(out: &mut String, report: &StreamReport) {
             (None, None) => "-".to_string(),
             _ => format!("{}/{}", opt(a, d), opt(b, d)),
         };
+        let at = |p: u32| {
+            r.offered
+                .iter()
+                .find(|o| o.percent == p)
+                .map_or("-".to_string(), |o| {
+                    pair(o.latency_ms_p50, o.latency_ms_p99, 0)
+                })
+        };
         let _ = writeln!(
             out,
-            "{:<15} {:>6} {:>3} {:>12.0} {:>6.2}s {:>7} {:>6} {:>5} {:>15} {:>15} {:>15} {:>7}",
+            "{:<15} {:>5} {:>3} {:>10} {:>11.0} {:>7} {:>7} {:>6} {:>5} {:>6} {:>17} {:>13} {:>8} {:>13} {:>13} {:>13} {:>6}",
             r.subject,
             r.checkpoints,
             r.workers,
+            r.keys,
             r.events_per_sec,
-            r.total_s,
             r.cpu_ns_per_event
                 .map_or("-".into(), |ns| format!("{ns:.0}ns")),
-            r.epochs.map_or("-".into(), |e| e.to_string()),
+            opt(r.peak_rss_mib, 0),
+            opt(r.cache_hit_rate.map(|h| h * 100.0), 1),
             r.checkpoints_committed
                 .map_or("-".into(), |e| e.to_string()),
-            pair(r.cut_ms_p50, r.cut_ms_max, 1),
-            pair(r.checkpoint_ms_p50, r.checkpoint_ms_max, 1),
+            opt(r.written_per_event, 2),
+            match (r.stall_ms_p50, r.stall_ms_p99, r.stall_ms_max) {
+                (Some(a), Some(b), Some(c)) => format!("{a:.1}/{b:.1}/{c:.1}"),
+                _ => "-".into(),
+            },
+            pair(r.checkpoint_ms_p50, r.checkpoint_ms_max, 0),
+            opt(r.checkpoint_mib_mean, 1),
+            at(50),
+            at(80),
             pair(r.latency_ms_p50, r.latency_ms_p99, 0),
             r.ratio_to_baseline
                 .map_or(String::new(), |x| format!("{x:.2}x")),
         );
     }
+    let _ = writeln!(
+        out,
+        "stall: a worker's pause per cut; lat@N%: source-to-commit latency at N% of the row's \
+         peak events/s offered, ms"
+    );
 }

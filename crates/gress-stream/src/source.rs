@@ -64,6 +64,8 @@ pub trait Source: 'static {
 pub struct GeneratorSource<T> {
     partitions: usize,
     per_partition: Option<u64>,
+    /// Records per second per partition, at most.
+    rate: Option<f64>,
     make: Arc<dyn Fn(usize, u64) -> T>,
 }
 
@@ -72,6 +74,7 @@ impl<T> std::fmt::Debug for GeneratorSource<T> {
         f.debug_struct("GeneratorSource")
             .field("partitions", &self.partitions)
             .field("per_partition", &self.per_partition)
+            .field("rate", &self.rate)
             .finish_non_exhaustive()
     }
 }
@@ -87,8 +90,24 @@ impl<T: Data> GeneratorSource<T> {
         GeneratorSource {
             partitions,
             per_partition,
+            rate: None,
             make: Arc::new(make),
         }
+    }
+
+    /// Makes each partition produce at most `per_second` records per
+    /// second from the time it is opened (an offered load: a partition
+    /// that falls behind catches up as fast as it can). Refused unless
+    /// positive and finite.
+    pub fn with_rate(mut self, per_second: f64) -> Result<Self> {
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return Err(Error::invalid(
+                "generator source",
+                format!("a rate must be a positive number of records per second, not {per_second}"),
+            ));
+        }
+        self.rate = Some(per_second);
+        Ok(self)
     }
 }
 
@@ -96,14 +115,25 @@ struct GeneratorReader<T> {
     partition: usize,
     next: u64,
     end: Option<u64>,
+    /// With a rate: when the partition was opened, and its offset then.
+    paced: Option<(f64, std::time::Instant, u64)>,
     make: Arc<dyn Fn(usize, u64) -> T>,
 }
 
 impl<T: Data> PartitionReader<T> for GeneratorReader<T> {
     fn poll(&mut self, max: usize, out: &mut Vec<T>) -> Result<Poll> {
+        let mut max = max as u64;
+        if let Some((rate, opened, first)) = self.paced {
+            let due = (opened.elapsed().as_secs_f64() * rate) as u64;
+            let allowed = (first + due).saturating_sub(self.next);
+            if allowed == 0 && self.end.is_none_or(|end| self.next < end) {
+                return Ok(Poll::Idle);
+            }
+            max = max.min(allowed);
+        }
         let until = match self.end {
-            Some(end) => end.min(self.next + max as u64),
-            None => self.next + max as u64,
+            Some(end) => end.min(self.next + max),
+            None => self.next + max,
         };
         out.extend((self.next..until).map(|i| (self.make)(self.partition, i)));
         self.next = until;
@@ -130,6 +160,9 @@ impl<T: Data> Source for GeneratorSource<T> {
             partition,
             next: offset,
             end: self.per_partition,
+            paced: self
+                .rate
+                .map(|rate| (rate, std::time::Instant::now(), offset)),
             make: Arc::clone(&self.make),
         }))
     }

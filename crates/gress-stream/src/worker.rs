@@ -91,6 +91,9 @@ pub struct EpochCheckpoint {
     pub epoch: u64,
     /// Writing the cache's dirty entries to the backend.
     pub flush: std::time::Duration,
+    /// How long the worker stopped processing for the cut: the flush of
+    /// what was still dirty plus the backend's capture.
+    pub stall: std::time::Duration,
     /// The backend's cut (writers held).
     pub pause: std::time::Duration,
     /// From the cut to the published manifest.
@@ -188,8 +191,9 @@ pub(crate) struct WorkerState {
     cut_at: BTreeMap<u64, Instant>,
     /// This worker's metrics in the `metrics` facade.
     pub(crate) metrics: WorkerMetrics,
-    /// Flush time of each epoch cut, until its checkpoint is reported.
-    pub(crate) flushes: BTreeMap<u64, std::time::Duration>,
+    /// Flush time and whole stall of each epoch cut, until its checkpoint
+    /// is reported.
+    pub(crate) flushes: BTreeMap<u64, (Duration, Duration)>,
     /// Finished checkpoints of this worker.
     pub(crate) checkpoint_costs: Vec<EpochCheckpoint>,
     /// This worker's checkpoint of each epoch not yet settled.
@@ -427,9 +431,7 @@ impl WorkerState {
         self.store.flush()?;
         self.store.maybe_evict()?;
         self.epochs_cut += 1;
-        if self.checkpoints.is_some() {
-            self.flushes.insert(epoch, started.elapsed());
-        }
+        let flushed = started.elapsed();
         let Some(cp) = &self.checkpoints else {
             return Ok(());
         };
@@ -439,7 +441,9 @@ impl WorkerState {
         metadata.insert("workers".into(), self.peers.to_string());
         metadata.insert("key_groups".into(), self.key_groups.to_string());
         metadata.insert("job".into(), self.job_id.clone());
-        match cp.manager.begin_checkpoint(metadata) {
+        let begun = cp.manager.begin_checkpoint(metadata);
+        let stall = started.elapsed();
+        match begun {
             Ok(pending) => {
                 if cp
                     .uploads
@@ -462,6 +466,7 @@ impl WorkerState {
                 }
             }
         }
+        self.flushes.insert(epoch, (flushed, stall));
         Ok(())
     }
 
@@ -476,12 +481,13 @@ impl WorkerState {
         if let Some(id) = id {
             self.checkpoint_ids.insert(epoch, id);
         }
-        let flush = self.flushes.remove(&epoch).unwrap_or_default();
+        let (flush, stall) = self.flushes.remove(&epoch).unwrap_or_default();
         if let Some(r) = report {
             self.checkpoint_costs.push(EpochCheckpoint {
                 worker: self.index,
                 epoch,
                 flush,
+                stall,
                 pause: r.max_pause,
                 duration: r.duration,
                 bytes_written: r.bytes_written,
