@@ -194,6 +194,10 @@ struct Run {
     /// Each worker's stall per cut (what was left to flush, and the
     /// capture).
     stalls: Vec<Duration>,
+    /// The parts of the stalls: writing back what was dirty, and the
+    /// backend's capture.
+    flushes: Vec<Duration>,
+    captures: Vec<Duration>,
     /// Per worker and checkpoint: from the cut to the commit, and the bytes
     /// written.
     checkpoint_durations: Vec<Duration>,
@@ -254,6 +258,9 @@ struct StreamRow {
     stall_ms_p50: Option<f64>,
     stall_ms_p99: Option<f64>,
     stall_ms_max: Option<f64>,
+    /// The stall's parts: writing back what was dirty, and the capture.
+    flush_ms_p99: Option<f64>,
+    capture_ms_p99: Option<f64>,
     /// From the cut to the checkpoint's commit (files written, manifest
     /// published), per worker.
     checkpoint_ms_p50: Option<f64>,
@@ -546,6 +553,12 @@ fn run_gress(
         },
         cache: Some(report.cache),
         stalls: report.checkpoints.iter().map(|c| c.stall).collect(),
+        flushes: report.checkpoints.iter().map(|c| c.flush).collect(),
+        captures: report
+            .checkpoints
+            .iter()
+            .map(|c| c.stall.saturating_sub(c.flush))
+            .collect(),
         checkpoint_durations: report.checkpoints.iter().map(|c| c.duration).collect(),
         checkpoint_bytes: report.checkpoints.iter().map(|c| c.bytes_written).collect(),
         latency: Some(outcome.latency_us),
@@ -631,6 +644,8 @@ fn run_timely(args: &StreamArgs, keys: KeyPicker, workers: usize) -> Result<Run>
         checkpoints: 0,
         cache: None,
         stalls: Vec::new(),
+        flushes: Vec::new(),
+        captures: Vec::new(),
         checkpoint_durations: Vec::new(),
         checkpoint_bytes: Vec::new(),
         latency: None,
@@ -737,6 +752,8 @@ fn row_of(
         stall_ms_p50: percentile(&stalls, 0.5),
         stall_ms_p99: percentile(&stalls, 0.99),
         stall_ms_max: percentile(&stalls, 1.0),
+        flush_ms_p99: percentile(&sorted(&median.flushes), 0.99),
+        capture_ms_p99: percentile(&sorted(&median.captures), 0.99),
         checkpoint_ms_p50: percentile(&durations, 0.5),
         checkpoint_ms_max: percentile(&durations, 1.0),
         checkpoint_mib_mean: (!median.checkpoint_bytes.is_empty()).then(|| {

@@ -142,6 +142,25 @@ impl Checkpointable for RocksDbStateBackend {
         None
     }
 
+    /// Switches the memtables to immutable ones and flushes them in the
+    /// background: the capture that follows then only hard-links files.
+    fn prepare_capture(&self) -> Result<()> {
+        let db = self.current()?;
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(false);
+        db.db().flush_opt(&opts).map_err(error::engine)
+    }
+
+    /// Ready once no flushed memtable waits to be written.
+    fn capture_ready(&self) -> Result<bool> {
+        let db = self.current()?;
+        let pending = db
+            .db()
+            .property_int_value("rocksdb.num-immutable-mem-table")
+            .map_err(error::engine)?;
+        Ok(pending.unwrap_or(0) == 0)
+    }
+
     /// A native checkpoint. With [`CaptureMode::Incremental`] its SST files
     /// are offered for sharing with other checkpoints; with
     /// [`CaptureMode::Full`] every file is stored anew. Refused unless

@@ -453,6 +453,11 @@ pub(crate) fn build_options(
     if config.bloom_filter_bits > 0.0 {
         table.set_bloom_filter(config.bloom_filter_bits, false);
         table.set_whole_key_filtering(true);
+        // A bloom filter over the memtable's keys too: a read of a key the
+        // memtable lacks (most, for a cache that reads only its misses)
+        // skips the skip list.
+        opts.set_memtable_prefix_bloom_ratio(0.02);
+        opts.set_memtable_whole_key_filtering(true);
     }
     if let Some(len) = config.prefix_len {
         // Set before open, so the filters of every SST carry prefixes.

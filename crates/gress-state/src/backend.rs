@@ -70,6 +70,15 @@ pub trait StateBackend: Send + Sync + fmt::Debug {
     /// The live values of `keys`, in the same order.
     fn multi_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
 
+    /// The live values of `keys` with when each expires, in the same
+    /// order, as [`StateBackend::get_with_expiry`] gives them one at a
+    /// time. Backends that read several keys faster together (RocksDB's
+    /// batched `MultiGet`) override it.
+    #[allow(clippy::type_complexity)]
+    fn multi_get_with_expiry(&self, keys: &[&[u8]]) -> Result<Vec<Option<(Vec<u8>, Option<u64>)>>> {
+        keys.iter().map(|k| self.get_with_expiry(k)).collect()
+    }
+
     /// The TTL that [`StateBackend::put`] gives a value, if any (the
     /// backend's configured default).
     fn default_ttl(&self) -> Option<Duration> {

@@ -166,6 +166,21 @@ pub trait Checkpointable: StateBackend {
     /// build on, if the backend would answer with a delta.
     fn delta_base(&self) -> Option<u64>;
 
+    /// Starts, in the background, the work a capture would otherwise do
+    /// while writers wait (RocksDB flushes its memtables). The caller then
+    /// writes nothing until it captures, and captures once
+    /// [`capture_ready`](Checkpointable::capture_ready) says so (or
+    /// sooner, waiting for that work). The default does nothing.
+    fn prepare_capture(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the work [`prepare_capture`](Checkpointable::prepare_capture)
+    /// started is done, so that a capture now is quick. The default: yes.
+    fn capture_ready(&self) -> Result<bool> {
+        Ok(true)
+    }
+
     /// Takes a consistent cut of the state for checkpoint `checkpoint_id`
     /// of `owner` (ids increase; backends may use them to name files).
     /// Captures are taken one at a time, but several may be written out

@@ -38,6 +38,6 @@ pub use checkpoint::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{EngineErrorKind, Error, Result};
-pub use memory::{MemoryConfig, MemoryStateBackend};
+pub use memory::{MEMORY_CHECKPOINT_FORMAT, MemoryConfig, MemoryStateBackend};
 pub use metrics::{LatencySummary, Metrics, MetricsRecorder, Op};
 pub use snapshot::{RestoreSummary, SnapshotKind, SnapshotSummary};

@@ -218,6 +218,11 @@ pub struct JobConfig {
     /// others to connect before it gives up with an error naming the ones
     /// it could not reach. Default 60 s.
     pub connect_timeout: Duration,
+    /// Where each worker keeps the files of its cache's checkpoints until
+    /// they are stored and no longer needed (a new directory inside, removed
+    /// when the run ends). `None` (the default): the system's temporary
+    /// directory.
+    pub local_dir: Option<PathBuf>,
 }
 
 impl JobConfig {
@@ -245,6 +250,7 @@ impl JobConfig {
             idle_timeout: None,
             max_epoch_duration: None,
             connect_timeout: Duration::from_secs(60),
+            local_dir: None,
         }
     }
 
@@ -399,6 +405,13 @@ impl JobConfig {
     /// Sets how long processes of a cluster wait for each other to connect.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Keeps the cache's checkpoint files under `dir`
+    /// ([`JobConfig::local_dir`]).
+    pub fn with_local_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.local_dir = Some(dir.into());
         self
     }
 

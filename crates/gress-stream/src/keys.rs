@@ -73,6 +73,12 @@ pub(crate) fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// Writes a state key into `out` (cleared first).
+/// The state id of a key made by [`state_key`] (or a timer key).
+pub(crate) fn state_id_of(key: &[u8]) -> Option<u32> {
+    let id = key.get(2..6)?;
+    Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]))
+}
+
 pub(crate) fn state_key(out: &mut Vec<u8>, kg: u16, state_id: u32, key: &[u8], ns: &[u8]) {
     out.clear();
     out.extend_from_slice(&kg.to_be_bytes());

@@ -128,7 +128,8 @@ fn tally(votes: &[Vote], own: Option<Error>) -> Result<bool> {
     Ok(votes.iter().all(|v| matches!(v, Vote::Ready)))
 }
 
-/// Opens worker `index`'s checkpoint location, registers its backend,
+/// Opens worker `index`'s checkpoint location, registers its backend and
+/// its cache's checkpoints,
 /// restores the newest commit every worker can restore, and tells the
 /// manager what to keep. Every worker calls this, in every process.
 pub(crate) fn recover(
@@ -137,6 +138,7 @@ pub(crate) fn recover(
     config: &JobConfig,
     storage: &CheckpointStorage,
     backend: &Arc<dyn Checkpointable>,
+    hot: &Arc<crate::state::HotImage>,
 ) -> Result<(Arc<CheckpointManager>, Recovered)> {
     let index = worker.index();
     let peers = worker.peers();
@@ -152,6 +154,7 @@ pub(crate) fn recover(
         })
         .and_then(|m| {
             m.register("state", Arc::clone(backend))?;
+            m.register("cache", Arc::clone(hot) as Arc<dyn Checkpointable>)?;
             Ok(m)
         });
     let vote = match &opened {

@@ -178,6 +178,9 @@ impl Drop for AbortOnPanic<'_> {
     }
 }
 
+/// How often a worker gives its cache time for background work.
+const IDLE_WORK_EVERY: Duration = Duration::from_millis(50);
+
 /// One worker's part of a run.
 struct WorkerReport {
     cache: crate::state::CacheStats,
@@ -215,18 +218,26 @@ where
     let backend_label = format!("{}/{index}", config.job_id);
     publisher.register(backend_label.clone(), &backend)?;
     let slot: Arc<Mutex<Option<timely::scheduling::SyncActivator>>> = Arc::new(Mutex::new(None));
-    let (checkpoints, recovered, root) = match &config.checkpoints {
+    let (checkpoints, recovered, root, hot) = match &config.checkpoints {
         None => {
             clear(&*backend)?;
-            (None, Recovered::default(), None)
+            (None, Recovered::default(), None, None)
         }
         Some(storage) => {
-            let (manager, recovered) = recover(worker, abort, config, storage, &backend)?;
+            // The cache's part of the worker's checkpoints.
+            let hot = Arc::new(crate::state::HotImage::new(
+                config.local_dir.as_deref(),
+                Arc::clone(&config.clock),
+                config.checkpoint.max_deltas,
+                config.checkpoint.max_delta_ratio,
+            )?);
+            let (manager, recovered) = recover(worker, abort, config, storage, &backend, &hot)?;
             let checkpoints = upload_thread(index, Arc::clone(&slot), Arc::clone(&manager));
             (
                 Some((checkpoints, manager)),
                 recovered,
                 Some(storage.open("")?),
+                Some(hot),
             )
         }
     };
@@ -245,7 +256,8 @@ where
         Arc::clone(&backend),
         config.cache_bytes,
         Arc::clone(&config.clock),
-    );
+        hot,
+    )?;
     let (checkpoints, manager) = match checkpoints {
         Some((c, m)) => (Some(c), Some(m)),
         None => (None, None),
@@ -292,6 +304,7 @@ where
         abort.store(true, Ordering::Release);
         return Err(e);
     }
+    let mut last_idle = Instant::now();
     loop {
         if let Some(e) = shared.borrow_mut().error.take() {
             abort.store(true, Ordering::Release);
@@ -300,10 +313,29 @@ where
         if abort.load(Ordering::Acquire) {
             return Err(Error::Worker(STOPPED.into()));
         }
-        if !worker.step_or_park(Some(Duration::from_millis(50))) {
+        // A cut waiting for its backend is looked at often.
+        let park = if shared.borrow().store.capture_pending() {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(50)
+        };
+        if !worker.step_or_park(Some(park)) {
             break;
         }
-        shared.borrow_mut().refresh_metrics(false);
+        let mut s = shared.borrow_mut();
+        // Now and then, work the cache does when there is time (a full
+        // snapshot of it moves on even while no records come).
+        let done = if last_idle.elapsed() >= IDLE_WORK_EVERY {
+            last_idle = Instant::now();
+            s.store.idle()
+        } else {
+            s.store.finish_capture(false)
+        };
+        if let Err(e) = done {
+            s.fail(e);
+        }
+        s.refresh_metrics(false);
+        drop(s);
     }
     shared.borrow_mut().refresh_metrics(true);
     if !backend.is_closed() {

@@ -22,6 +22,12 @@
 //! | `gress_stream_epoch_lag` | gauge | epochs opened by the worker's sources and not yet committed |
 //! | `gress_stream_cut_duration_seconds` | histogram | flushing the state cache and cutting the backend (processing waits) |
 //! | `gress_stream_commit_latency_seconds` | histogram | from an epoch's cut to its commit |
+//! | `gress_stream_cache_hits_total` | counter | state reads answered by the worker's cache |
+//! | `gress_stream_cache_misses_total` | counter | state reads that went to the backend |
+//! | `gress_stream_cache_evicted_total` | counter | entries dropped from the cache to stay within its budget |
+//! | `gress_stream_cache_written_total` | counter | entries the cache wrote to the backend |
+//! | `gress_stream_cache_entries` | gauge | entries in the cache |
+//! | `gress_stream_cache_bytes` | gauge | bytes the cache holds (what its budget bounds) |
 //!
 //! [`JobConfig::with_prometheus`]: crate::JobConfig::with_prometheus
 //! [`JobConfig::metrics_interval`]: crate::JobConfig::metrics_interval
@@ -54,6 +60,19 @@ pub const EPOCH_LAG: &str = "gress_stream_epoch_lag";
 pub const CUT_DURATION_SECONDS: &str = "gress_stream_cut_duration_seconds";
 /// From an epoch's cut to its commit (histogram).
 pub const COMMIT_LATENCY_SECONDS: &str = "gress_stream_commit_latency_seconds";
+
+/// State reads answered by the cache (counter).
+pub const CACHE_HITS_TOTAL: &str = "gress_stream_cache_hits_total";
+/// State reads that went to the backend (counter).
+pub const CACHE_MISSES_TOTAL: &str = "gress_stream_cache_misses_total";
+/// Entries dropped from the cache to stay within its budget (counter).
+pub const CACHE_EVICTED_TOTAL: &str = "gress_stream_cache_evicted_total";
+/// Entries the cache wrote to the backend (counter).
+pub const CACHE_WRITTEN_TOTAL: &str = "gress_stream_cache_written_total";
+/// Entries in the cache (gauge).
+pub const CACHE_ENTRIES: &str = "gress_stream_cache_entries";
+/// Bytes the cache holds (gauge).
+pub const CACHE_BYTES: &str = "gress_stream_cache_bytes";
 
 /// Registers the help text of this module's series with the installed
 /// recorder. Idempotent; [`crate::run`] calls it.
@@ -90,6 +109,24 @@ pub fn describe() {
         COMMIT_LATENCY_SECONDS,
         "Time from an epoch's cut on this worker to its commit."
     );
+    describe_counter!(
+        CACHE_HITS_TOTAL,
+        "State reads answered by the worker's cache."
+    );
+    describe_counter!(CACHE_MISSES_TOTAL, "State reads that went to the backend.");
+    describe_counter!(
+        CACHE_EVICTED_TOTAL,
+        "Entries dropped from the cache to stay within its budget."
+    );
+    describe_counter!(
+        CACHE_WRITTEN_TOTAL,
+        "Entries the cache wrote to the backend (spilled values and deletions)."
+    );
+    describe_gauge!(CACHE_ENTRIES, "Entries in the worker's state cache.");
+    describe_gauge!(
+        CACHE_BYTES,
+        "Bytes the worker's state cache holds; its budget bounds them."
+    );
 }
 
 /// What one worker's counts are, for [`WorkerMetrics::refresh`].
@@ -101,6 +138,9 @@ pub(crate) struct Counts {
     pub(crate) epochs_cut: u64,
     pub(crate) committed: Option<u64>,
     pub(crate) epoch_lag: u64,
+    pub(crate) cache: crate::state::CacheStats,
+    pub(crate) cache_entries: usize,
+    pub(crate) cache_bytes: usize,
 }
 
 /// One worker's handles into the facade, resolved once.
@@ -115,6 +155,12 @@ pub(crate) struct WorkerMetrics {
     epoch_lag: Gauge,
     pub(crate) cut_duration: Histogram,
     pub(crate) commit_latency: Histogram,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_evicted: Counter,
+    cache_written: Counter,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
     interval: Duration,
     next_refresh: Instant,
 }
@@ -136,6 +182,12 @@ impl WorkerMetrics {
             epoch_lag: metrics::gauge!(EPOCH_LAG, &labels),
             cut_duration: metrics::histogram!(CUT_DURATION_SECONDS, &labels),
             commit_latency: metrics::histogram!(COMMIT_LATENCY_SECONDS, &labels),
+            cache_hits: metrics::counter!(CACHE_HITS_TOTAL, &labels),
+            cache_misses: metrics::counter!(CACHE_MISSES_TOTAL, &labels),
+            cache_evicted: metrics::counter!(CACHE_EVICTED_TOTAL, &labels),
+            cache_written: metrics::counter!(CACHE_WRITTEN_TOTAL, &labels),
+            cache_entries: metrics::gauge!(CACHE_ENTRIES, &labels),
+            cache_bytes: metrics::gauge!(CACHE_BYTES, &labels),
             interval,
             next_refresh: Instant::now(),
         }
@@ -156,6 +208,12 @@ impl WorkerMetrics {
             self.committed_epoch.set(epoch as f64);
         }
         self.epoch_lag.set(c.epoch_lag as f64);
+        self.cache_hits.absolute(c.cache.hits);
+        self.cache_misses.absolute(c.cache.misses);
+        self.cache_evicted.absolute(c.cache.evicted);
+        self.cache_written.absolute(c.cache.written);
+        self.cache_entries.set(c.cache_entries as f64);
+        self.cache_bytes.set(c.cache_bytes as f64);
         self.next_refresh = Instant::now() + self.interval;
     }
 }

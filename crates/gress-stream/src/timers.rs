@@ -114,6 +114,42 @@ impl TimerService {
     }
 }
 
+/// The operator, domain and timer a timer key names.
+fn timer_of(key: &[u8]) -> Option<(u32, TimeDomain, TimerEntry)> {
+    if key.get(2..6) != Some(&TIMER_STATE_ID.to_be_bytes()[..]) {
+        return None;
+    }
+    let kg = key.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
+    let op = key
+        .get(6..10)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
+    let domain = key.get(10).and_then(|&d| match d {
+        0 => Some(TimeDomain::EventTime),
+        1 => Some(TimeDomain::ProcessingTime),
+        _ => None,
+    })?;
+    let (time, k, ns) = parse_timer_key(key)?;
+    Some((
+        op,
+        domain,
+        TimerEntry {
+            time,
+            kg,
+            key: k.to_vec(),
+            ns: ns.to_vec(),
+        },
+    ))
+}
+
+/// Adds the timers of `keys` (timer keys) to `all`.
+pub(crate) fn add_keys(all: &mut HashMap<u32, Vec<(TimeDomain, TimerEntry)>>, keys: Vec<Vec<u8>>) {
+    for key in keys {
+        if let Some((op, domain, timer)) = timer_of(&key) {
+            all.entry(op).or_default().push((domain, timer));
+        }
+    }
+}
+
 /// Every operator's timers in key groups `groups`, by operator id: one scan
 /// of the timers of each key group on an ordered backend, or one scan of
 /// the whole range on one whose scans read everything anyway.
@@ -123,31 +159,8 @@ pub(crate) fn load_all(
 ) -> Result<HashMap<u32, Vec<(TimeDomain, TimerEntry)>>> {
     let mut out: HashMap<u32, Vec<(TimeDomain, TimerEntry)>> = HashMap::new();
     let mut take = |key: &[u8]| {
-        if key.get(2..6) != Some(&TIMER_STATE_ID.to_be_bytes()[..]) {
-            return;
-        }
-        let (Some(kg), Some(op), Some(domain)) = (
-            key.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])),
-            key.get(6..10)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-            key.get(10).and_then(|&d| match d {
-                0 => Some(TimeDomain::EventTime),
-                1 => Some(TimeDomain::ProcessingTime),
-                _ => None,
-            }),
-        ) else {
-            return;
-        };
-        if let Some((time, k, ns)) = parse_timer_key(key) {
-            out.entry(op).or_default().push((
-                domain,
-                TimerEntry {
-                    time,
-                    kg,
-                    key: k.to_vec(),
-                    ns: ns.to_vec(),
-                },
-            ));
+        if let Some((op, domain, timer)) = timer_of(key) {
+            out.entry(op).or_default().push((domain, timer));
         }
     };
     if backend.ordered() {

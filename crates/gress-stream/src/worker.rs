@@ -132,6 +132,65 @@ impl Drop for Checkpoints {
     }
 }
 
+/// A worker's cut of an epoch, waiting for its backend's capture: the
+/// cache has written the epoch's state to the backend, which now starts
+/// what it needs for a quick capture (RocksDB flushes its memtables) while
+/// the worker goes on with the next epoch in its cache.
+struct Cut {
+    epoch: u64,
+    metadata: Metadata,
+    manager: Arc<CheckpointManager>,
+    uploads: mpsc::Sender<UploadJob>,
+    failures: mpsc::Sender<Uploaded>,
+    wake: Arc<parking_lot::Mutex<Option<SyncActivator>>>,
+    /// How long writing the cache's dirty entries took.
+    flushed: Duration,
+    flushes: Rc<RefCell<BTreeMap<u64, (Duration, Duration)>>>,
+}
+
+impl crate::state::DeferredCapture for Cut {
+    fn capture(self: Box<Self>) -> Result<()> {
+        let started = Instant::now();
+        let Cut {
+            epoch,
+            metadata,
+            manager,
+            uploads,
+            failures,
+            wake,
+            flushed,
+            flushes,
+        } = *self;
+        let begun = manager.begin_checkpoint(metadata);
+        flushes
+            .borrow_mut()
+            .insert(epoch, (flushed, flushed + started.elapsed()));
+        match begun {
+            Ok(pending) => {
+                if uploads
+                    .send(UploadJob::Commit(epoch, Box::new(pending)))
+                    .is_err()
+                {
+                    return Err(Error::Worker("the upload thread stopped".into()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(epoch, error = %e, "could not cut a checkpoint; the epoch will not commit");
+                let _ = failures.send(Uploaded {
+                    epoch,
+                    result: Err(CheckpointFailure::new(&e)),
+                    report: None,
+                });
+                // The acks wait for this result.
+                if let Some(a) = &*wake.lock() {
+                    let _ = a.activate();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Shared by the operators of one worker (one thread).
 pub(crate) struct WorkerState {
     pub(crate) index: usize,
@@ -192,8 +251,8 @@ pub(crate) struct WorkerState {
     /// This worker's metrics in the `metrics` facade.
     pub(crate) metrics: WorkerMetrics,
     /// Flush time and whole stall of each epoch cut, until its checkpoint
-    /// is reported.
-    pub(crate) flushes: BTreeMap<u64, (Duration, Duration)>,
+    /// is reported (shared with the cuts waiting for their capture).
+    pub(crate) flushes: Rc<RefCell<BTreeMap<u64, (Duration, Duration)>>>,
     /// Finished checkpoints of this worker.
     pub(crate) checkpoint_costs: Vec<EpochCheckpoint>,
     /// This worker's checkpoint of each epoch not yet settled.
@@ -261,7 +320,7 @@ impl WorkerState {
             opened: first_epoch,
             cut_at: BTreeMap::new(),
             metrics,
-            flushes: BTreeMap::new(),
+            flushes: Rc::default(),
             checkpoint_costs: Vec::new(),
             checkpoint_ids: BTreeMap::new(),
             kept: BTreeMap::new(),
@@ -286,7 +345,10 @@ impl WorkerState {
         if self.restored_timers.is_none() {
             let groups = crate::keys::groups_of(self.index, self.peers, self.key_groups);
             let backend = Arc::clone(self.store.backend());
-            self.restored_timers = Some(crate::timers::load_all(&*backend, groups)?);
+            // The backend's, and those only the cache holds.
+            let mut all = crate::timers::load_all(&*backend, groups)?;
+            crate::timers::add_keys(&mut all, self.store.cached_timers());
+            self.restored_timers = Some(all);
         }
         Ok(self
             .restored_timers
@@ -424,12 +486,13 @@ impl WorkerState {
         }
     }
 
-    /// Flushes the state and cuts it for `epoch`; the upload runs on the
-    /// worker's upload thread.
+    /// Flushes the state and cuts it for `epoch`: the backend's capture is
+    /// taken as soon as the backend is ready for it (the worker goes on
+    /// meanwhile, writing nothing to the backend), and the upload runs on
+    /// the worker's upload thread.
     fn cut(&mut self, epoch: u64, marks: Metadata) -> Result<()> {
         let started = std::time::Instant::now();
-        self.store.flush()?;
-        self.store.maybe_evict()?;
+        self.store.cut()?;
         self.epochs_cut += 1;
         let flushed = started.elapsed();
         let Some(cp) = &self.checkpoints else {
@@ -441,33 +504,21 @@ impl WorkerState {
         metadata.insert("workers".into(), self.peers.to_string());
         metadata.insert("key_groups".into(), self.key_groups.to_string());
         metadata.insert("job".into(), self.job_id.clone());
-        let begun = cp.manager.begin_checkpoint(metadata);
-        let stall = started.elapsed();
-        match begun {
-            Ok(pending) => {
-                if cp
-                    .uploads
-                    .send(UploadJob::Commit(epoch, Box::new(pending)))
-                    .is_err()
-                {
-                    return Err(Error::Worker("the upload thread stopped".into()));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(epoch, error = %e, "could not cut a checkpoint; the epoch will not commit");
-                let _ = cp.failures.send(Uploaded {
-                    epoch,
-                    result: Err(CheckpointFailure::new(&e)),
-                    report: None,
-                });
-                // The acks wait for this result.
-                if let Some(a) = &*cp.wake.lock() {
-                    let _ = a.activate();
-                }
-            }
+        if let Err(e) = self.store.backend().prepare_capture() {
+            // The capture does the work itself then, while the worker waits.
+            tracing::warn!(epoch, error = %e, "could not prepare the backend's capture");
         }
-        self.flushes.insert(epoch, (flushed, stall));
-        Ok(())
+        let cut = Cut {
+            epoch,
+            metadata,
+            manager: Arc::clone(&cp.manager),
+            uploads: cp.uploads.clone(),
+            failures: cp.failures.clone(),
+            wake: Arc::clone(&cp.wake),
+            flushed,
+            flushes: Rc::clone(&self.flushes),
+        };
+        self.store.defer_capture(Box::new(cut))
     }
 
     /// Records this worker's checkpoint of `epoch`, if it has one, and
@@ -481,7 +532,7 @@ impl WorkerState {
         if let Some(id) = id {
             self.checkpoint_ids.insert(epoch, id);
         }
-        let (flush, stall) = self.flushes.remove(&epoch).unwrap_or_default();
+        let (flush, stall) = self.flushes.borrow_mut().remove(&epoch).unwrap_or_default();
         if let Some(r) = report {
             self.checkpoint_costs.push(EpochCheckpoint {
                 worker: self.index,
@@ -508,7 +559,11 @@ impl WorkerState {
             let first_uncommitted = self.committed.map_or(self.first_epoch, |c| c + 1);
             (self.opened + 1).saturating_sub(first_uncommitted)
         };
+        let (cache_entries, cache_bytes) = self.store.cached();
         self.metrics.refresh(Counts {
+            cache: self.store.stats(),
+            cache_entries,
+            cache_bytes,
             records_read: self.records_read,
             records_in: self.records_in,
             records_out: self.records_out,

@@ -224,7 +224,10 @@ fn join_buffers_are_removed_once_nothing_can_join() -> R {
         let most = Arc::new(AtomicUsize::new(0));
         let (sink, probe, probe_most) = (out.clone(), backends.clone(), most.clone());
         let (l_src, r_src) = (VecSource::new(left.clone()), VecSource::new(right.clone()));
-        let config = config("bounded", workers, None, 50).with_backend(factory);
+        // No cache: every entry lives in the backend, where the probe sees it.
+        let config = config("bounded", workers, None, 50)
+            .with_backend(factory)
+            .with_cache_bytes(0);
         run(config, move |job| {
             let backend = probe
                 .lock()

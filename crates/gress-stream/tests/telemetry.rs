@@ -127,8 +127,12 @@ fn a_running_job_serves_its_metrics() -> R {
                 &[("manager", "live/1")],
             )
             .is_some_and(|v| v > 0.0)
-            && value(&samples, "gress_state_puts_total", &[("backend", "live/0")])
-                .is_some_and(|v| v > 0.0);
+            && value(
+                &samples,
+                "gress_stream_cache_entries",
+                &[("job_id", "live"), ("worker", "0")],
+            )
+            .is_some_and(|v| v > 0.0);
         if ready {
             break samples;
         }

@@ -269,9 +269,9 @@ struct Scratch<'a, O, S> {
     wms: &'a mut Vec<(u32, u64)>,
 }
 
-/// How many records ahead of the current one state is prefetched: enough
-/// to overlap several cache misses, few enough that the lines stay cached.
-const PREFETCH_AHEAD: usize = 8;
+/// Records applied between two read-aheads: the entries read ahead for
+/// them stay cached until they run.
+const CHUNK: usize = 1024;
 
 /// Applies records of the current epoch (watermarks are kept for its end).
 fn apply_records<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
@@ -282,8 +282,29 @@ fn apply_records<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
     store: &mut crate::state::StateStore,
     records_in: &mut u64,
 ) -> Result<()> {
-    // Every key of the batch encoded once, up front, so that the state of
-    // a record a few places ahead can be prefetched while this one runs.
+    let mut items = items.into_iter();
+    loop {
+        let chunk: Vec<Item<(K, V)>> = items.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let n = chunk.len();
+        apply_chunk(function, epoch, chunk, sc, store, records_in)?;
+        store.maintain(n)?;
+    }
+}
+
+/// Applies a chunk of records: their keys encoded once, the state they
+/// read fetched from the backend together, and each record's state
+/// prefetched into the CPU cache a few records ahead.
+fn apply_chunk<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
+    function: &mut F,
+    epoch: &Epoch<'_>,
+    items: Vec<Item<(K, V)>>,
+    sc: &mut Scratch<'_, F::Out, F::Side>,
+    store: &mut crate::state::StateStore,
+    records_in: &mut u64,
+) -> Result<()> {
     // Per item: where its key ends in `key_bytes`, and its key group.
     sc.key_bytes.clear();
     sc.key_ends.clear();
@@ -302,6 +323,14 @@ fn apply_records<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
     let key_at = |ends: &[(usize, Option<u16>)], i: usize| {
         (if i == 0 { 0 } else { ends[i - 1].0 })..ends[i].0
     };
+    store.read_ahead(
+        epoch.op,
+        (0..sc.key_ends.len()).map(|i| {
+            sc.key_ends[i]
+                .1
+                .map(|kg| (kg, &sc.key_bytes[key_at(sc.key_ends, i)]))
+        }),
+    )?;
     for (i, item) in items.into_iter().enumerate() {
         match item {
             Item::Rec {
@@ -310,10 +339,7 @@ fn apply_records<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
                 data: (key, value),
             } => {
                 *records_in += 1;
-                let j = i + PREFETCH_AHEAD;
-                if let Some(&(_, Some(ahead_kg))) = sc.key_ends.get(j) {
-                    store.prefetch(ahead_kg, &sc.key_bytes[key_at(sc.key_ends, j)]);
-                }
+                store.prefetch(i);
                 sc.ns.clear();
                 let mut ctx = ProcessingContext {
                     key: &key,

@@ -19,6 +19,10 @@ struct Common {
     /// (operator id << 32 | state id) of the last operator that used it,
     /// plus one; 0 before first use.
     resolved: AtomicU64,
+    /// The store it was last registered with (`StateStore::serial`): a
+    /// descriptor used by another store (another worker, a later run)
+    /// registers with that one too.
+    registered_with: AtomicU64,
 }
 
 impl Common {
@@ -27,6 +31,7 @@ impl Common {
             name: name.into(),
             ttl: None,
             resolved: AtomicU64::new(0),
+            registered_with: AtomicU64::new(0),
         }
     }
 
@@ -40,7 +45,10 @@ impl Common {
         encoder: impl FnOnce() -> Box<dyn Encoder>,
     ) -> Result<u32> {
         let cached = self.resolved.load(Ordering::Relaxed);
-        if cached != 0 && (cached - 1) >> 32 == u64::from(op) {
+        if cached != 0
+            && (cached - 1) >> 32 == u64::from(op)
+            && self.registered_with.load(Ordering::Relaxed) == store.serial()
+        {
             return Ok((cached - 1) as u32);
         }
         if let Some(ttl) = self.ttl
@@ -54,6 +62,8 @@ impl Common {
         let full = format!("{op_name}/{}", self.name);
         let id = name_id(&full);
         store.register(id, &full, encoder)?;
+        self.registered_with
+            .store(store.serial(), Ordering::Relaxed);
         self.resolved.store(
             ((u64::from(op) << 32) | u64::from(id)) + 1,
             Ordering::Relaxed,
@@ -85,6 +95,7 @@ pub(crate) struct Target<'a> {
 
 impl Target<'_> {
     fn full_key(&mut self, state_id: u32) {
+        self.store.note_state(self.op, state_id, self.ns.is_empty());
         crate::keys::state_key(self.key, self.kg, state_id, self.user_key, self.ns);
     }
 }
