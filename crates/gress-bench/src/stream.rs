@@ -80,6 +80,10 @@ pub struct StreamArgs {
     /// Each worker's state cache, MiB (the default: the engine's).
     #[arg(long)]
     cache_mb: Option<usize>,
+    /// Each worker's memory budget, MiB, split between the state cache
+    /// and RocksDB (`JobConfig::with_memory`); none by default.
+    #[arg(long)]
+    memory_mb: Option<usize>,
     /// Where RocksDB and the checkpoints go (a temporary directory inside).
     #[arg(long, default_value = "target/bench-data")]
     dir: PathBuf,
@@ -472,12 +476,16 @@ fn run_gress(
     let tmp = tempfile::tempdir_in(&args.dir)?;
     let factory = {
         let root = tmp.path().join("state");
-        BackendFactory::new(move |w| {
+        BackendFactory::with_memory_budget(move |w, bytes| {
             let backend: Arc<dyn Checkpointable> = match backend {
                 Backend::Memory => Arc::new(MemoryStateBackend::new(MemoryConfig::default())?),
-                Backend::Rocksdb => Arc::new(RocksDbStateBackend::open(rocksdb_config(
-                    root.join(format!("worker-{w}")),
-                ))?),
+                Backend::Rocksdb => {
+                    let mut config = rocksdb_config(root.join(format!("worker-{w}")));
+                    if let Some(bytes) = bytes {
+                        config = config.with_memory_budget(bytes);
+                    }
+                    Arc::new(RocksDbStateBackend::open(config)?)
+                }
             };
             Ok(backend)
         })
@@ -488,6 +496,9 @@ fn run_gress(
         .with_epochs(args.epoch_policy());
     if let Some(mb) = args.cache_mb {
         config = config.with_cache_bytes(mb << 20);
+    }
+    if let Some(mb) = args.memory_mb {
+        config = config.with_memory(mb << 20);
     }
     if checkpoints {
         config = config.with_checkpoint_dir(tmp.path().join("checkpoints"));

@@ -200,6 +200,19 @@ impl RocksDbConfig {
         self
     }
 
+    /// Bounds the database's memory at about `bytes`: a block cache of
+    /// that size with the memtables charged to it (`bound_memory`), each
+    /// memtable a quarter of it at most (64 MiB at most), so the data
+    /// blocks, indexes, filters and memtables share one bound. Pass the
+    /// bytes a stream job leaves to its backend
+    /// (`gress_stream::BackendFactory::with_memory_budget`).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.block_cache_size = bytes;
+        self.bound_memory = true;
+        self.write_buffer_size = (bytes / 4).clamp(MIB, 64 * MIB);
+        self
+    }
+
     /// Checks every field; the first bad one is reported by name.
     pub fn validate(&self) -> Result<()> {
         fn range<T: PartialOrd + std::fmt::Display>(

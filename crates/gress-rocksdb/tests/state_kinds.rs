@@ -146,7 +146,7 @@ fn run_job(dir: &Path, rocksdb: bool, fail_at: Option<u64>) -> Result<()> {
         .with_epochs(EpochPolicy::Records(500))
         .with_clock(Arc::clone(&clock) as Arc<dyn Clock>);
     // A few hundred bytes: nearly every access misses the cache.
-    config.cache_bytes = 2_000;
+    config.cache_bytes = Some(2_000);
     if rocksdb {
         let state = dir.join("state");
         let clock = Arc::clone(&clock);

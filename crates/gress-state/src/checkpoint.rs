@@ -166,6 +166,14 @@ pub trait Checkpointable: StateBackend {
     /// build on, if the backend would answer with a delta.
     fn delta_base(&self) -> Option<u64>;
 
+    /// Whether the backend keeps all its state in this process's memory
+    /// (the memory backend). A cache in front of such a backend holds
+    /// the state itself rather than a second copy, and needs no budget of
+    /// its own. The default: no.
+    fn keeps_state_in_memory(&self) -> bool {
+        false
+    }
+
     /// Starts, in the background, the work a capture would otherwise do
     /// while writers wait (RocksDB flushes its memtables). The caller then
     /// writes nothing until it captures, and captures once

@@ -84,12 +84,16 @@ impl CheckpointStorage {
 pub struct BackendFactory(Factory);
 
 type MakeBackend = dyn Fn(usize) -> gress_state::Result<Arc<dyn Checkpointable>> + Send + Sync;
+type MakeBudgeted =
+    dyn Fn(usize, Option<usize>) -> gress_state::Result<Arc<dyn Checkpointable>> + Send + Sync;
 
 #[derive(Clone)]
 enum Factory {
     /// A memory backend on the job's clock.
     Memory,
     Custom(Arc<MakeBackend>),
+    /// Told the bytes of the worker's memory budget left to the backend.
+    Budgeted(Arc<MakeBudgeted>),
 }
 
 impl std::fmt::Debug for BackendFactory {
@@ -106,6 +110,21 @@ impl BackendFactory {
         BackendFactory(Factory::Custom(Arc::new(make)))
     }
 
+    /// Uses `make(worker_index, backend_bytes)`, where `backend_bytes` is
+    /// the part of the worker's memory budget
+    /// ([`JobConfig::with_memory`]) left to the backend once the state
+    /// cache has its share (`None` without a budget). A RocksDB backend
+    /// sizes its block cache and memtables from it, e.g. with
+    /// `RocksDbConfig::with_memory_budget`.
+    pub fn with_memory_budget(
+        make: impl Fn(usize, Option<usize>) -> gress_state::Result<Arc<dyn Checkpointable>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        BackendFactory(Factory::Budgeted(Arc::new(make)))
+    }
+
     /// A memory backend per worker, on the job's clock.
     pub fn memory() -> Self {
         BackendFactory(Factory::Memory)
@@ -115,15 +134,25 @@ impl BackendFactory {
         &self,
         worker: usize,
         clock: &Arc<dyn Clock>,
+        backend_bytes: Option<usize>,
     ) -> gress_state::Result<Arc<dyn Checkpointable>> {
         match &self.0 {
             Factory::Memory => Ok(Arc::new(MemoryStateBackend::new(
                 MemoryConfig::default().with_clock(Arc::clone(clock)),
             )?)),
             Factory::Custom(make) => make(worker),
+            Factory::Budgeted(make) => make(worker, backend_bytes),
         }
     }
 }
+
+/// The share of [`JobConfig::memory`] the state cache gets; the backend
+/// gets the rest.
+pub const CACHE_SHARE: f64 = 0.6;
+
+/// The cache's budget without a memory budget, in front of a backend that
+/// keeps its state on disk.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 /// How a source divides its input into epochs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,8 +199,16 @@ pub struct JobConfig {
     pub key_groups: u16,
     /// Each worker's state backend.
     pub backend: BackendFactory,
-    /// Bytes of decoded state each worker keeps in its cache.
-    pub cache_bytes: usize,
+    /// Bytes of state each worker keeps in its cache. `None` (the
+    /// default): no bound in front of a backend that keeps its state in
+    /// memory (the cache then is the state), else the cache's share of
+    /// [`memory`](JobConfig::memory), else 64 MiB.
+    pub cache_bytes: Option<usize>,
+    /// Bytes of memory each worker's state may use, split between the
+    /// cache ([`CACHE_SHARE`] of it) and the backend (the rest: for
+    /// RocksDB its block cache with the memtables charged to it). `None`
+    /// (the default): no job-wide budget.
+    pub memory: Option<usize>,
     /// The clock of processing time and state TTL. The backends enforce
     /// state TTL with their own clock, so give them the same one.
     pub clock: Arc<dyn Clock>,
@@ -239,7 +276,8 @@ impl JobConfig {
             max_epochs_in_flight: 4,
             key_groups: DEFAULT_KEY_GROUPS,
             backend: BackendFactory::memory(),
-            cache_bytes: 64 << 20,
+            cache_bytes: None,
+            memory: None,
             clock: Arc::new(SystemClock),
             checkpoint: CheckpointConfig::default(),
             max_failed_epochs: 10,
@@ -382,10 +420,35 @@ impl JobConfig {
         self
     }
 
-    /// Sets the bytes of decoded state each worker caches.
+    /// Sets the bytes of state each worker caches
+    /// ([`JobConfig::cache_bytes`]).
     pub fn with_cache_bytes(mut self, bytes: usize) -> Self {
-        self.cache_bytes = bytes;
+        self.cache_bytes = Some(bytes);
         self
+    }
+
+    /// Bounds the memory each worker's state uses at `bytes`
+    /// ([`JobConfig::memory`]): the cache gets [`CACHE_SHARE`] of it and
+    /// the backend the rest, through a factory made with
+    /// [`BackendFactory::with_memory_budget`]. In front of the memory
+    /// backend, which keeps all state in memory, the budget bounds
+    /// nothing.
+    pub fn with_memory(mut self, bytes: usize) -> Self {
+        self.memory = Some(bytes);
+        self
+    }
+
+    /// The cache's budget and the bytes left to the backend, for a
+    /// backend that does or does not keep its state in memory.
+    pub(crate) fn memory_split(&self, backend_in_memory: bool) -> (usize, Option<usize>) {
+        let cache = match (self.cache_bytes, self.memory) {
+            (Some(bytes), _) => bytes,
+            (None, _) if backend_in_memory => usize::MAX,
+            (None, Some(memory)) => (memory as f64 * CACHE_SHARE) as usize,
+            (None, None) => DEFAULT_CACHE_BYTES,
+        };
+        let backend = self.memory.map(|m| m.saturating_sub(cache.min(m)));
+        (cache, backend)
     }
 
     /// Makes partitions with nothing to read for `timeout` idle

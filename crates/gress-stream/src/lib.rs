@@ -54,7 +54,10 @@ pub(crate) mod worker;
 
 pub use builder::JobBuilder;
 pub use codec::{Codec, Postcard};
-pub use config::{BackendFactory, CheckpointStorage, EpochPolicy, JobConfig, OpenStorage};
+pub use config::{
+    BackendFactory, CACHE_SHARE, CheckpointStorage, DEFAULT_CACHE_BYTES, EpochPolicy, JobConfig,
+    OpenStorage,
+};
 pub use context::{ProcessingContext, Timer};
 pub use data::{Data, Key};
 pub use error::{Error, Result};

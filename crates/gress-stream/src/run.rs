@@ -204,7 +204,9 @@ where
 {
     let index = worker.index();
     let peers = worker.peers();
-    let backend = config.backend.make(index, &config.clock)?;
+    let (_, backend_bytes) = config.memory_split(false);
+    let backend = config.backend.make(index, &config.clock, backend_bytes)?;
+    let (cache_bytes, _) = config.memory_split(backend.keeps_state_in_memory());
     if let Some(ttl) = backend.default_ttl() {
         return Err(Error::invalid(
             "backend",
@@ -254,7 +256,7 @@ where
     let recovered_from = commit.as_ref().map(|c| c.epoch);
     let store = StateStore::new(
         Arc::clone(&backend),
-        config.cache_bytes,
+        cache_bytes,
         Arc::clone(&config.clock),
         hot,
     )?;

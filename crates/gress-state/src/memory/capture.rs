@@ -60,6 +60,10 @@ impl CaptureChain {
 }
 
 impl Checkpointable for MemoryStateBackend {
+    fn keeps_state_in_memory(&self) -> bool {
+        true
+    }
+
     fn claim_checkpoints(&self, owner: u64) -> Result<()> {
         let mut chain = self.inner.chain.lock();
         match chain.owner {

@@ -246,6 +246,10 @@ pub struct StateStore {
     /// Scratch: keys read ahead.
     ahead_keys: Vec<u8>,
     ahead_ends: Vec<(usize, u64)>,
+    /// Keys `read_ahead` looks up (their bytes in `probe_keys`), each
+    /// with where it ends and its hash.
+    probes: Vec<(usize, u64)>,
+    probe_keys: Vec<u8>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -310,6 +314,8 @@ impl StateStore {
             ahead: Vec::new(),
             ahead_keys: Vec::new(),
             ahead_ends: Vec::new(),
+            probes: Vec::new(),
+            probe_keys: Vec::new(),
         };
         if let Some(image) = hot {
             if let Some(entries) = image.take_restored()? {
@@ -505,7 +511,14 @@ impl StateStore {
         self.window = (hits, misses);
         let probe = !rare || self.chunks.is_multiple_of(16);
         self.chunks = self.chunks.wrapping_add(1);
+        // First every key and its hash, starting to load its index slot;
+        // then the lookups, each entry loaded a few keys ahead: the cache
+        // misses of a batch overlap instead of following one another.
         let mut key = Vec::new();
+        let mut probes = std::mem::take(&mut self.probes);
+        probes.clear();
+        let mut probe_keys = std::mem::take(&mut self.probe_keys);
+        probe_keys.clear();
         for record in records {
             let Some((kg, user_key)) = record else {
                 self.ahead.push(0);
@@ -518,13 +531,28 @@ impl StateStore {
                 if n == 0 {
                     first = hash;
                 }
-                if probe && self.table.find(hash, &key).is_none() {
-                    self.ahead_keys.extend_from_slice(&key);
-                    self.ahead_ends.push((self.ahead_keys.len(), hash));
+                if probe {
+                    self.table.prefetch_slot(hash);
+                    probe_keys.extend_from_slice(&key);
+                    probes.push((probe_keys.len(), hash));
                 }
             }
             self.ahead.push(first);
         }
+        let mut start = 0;
+        for (i, &(end, hash)) in probes.iter().enumerate() {
+            if let Some(&(_, next)) = probes.get(i + PREFETCH_DISTANCE) {
+                self.table.prefetch_entry(next);
+            }
+            let key = &probe_keys[start..end];
+            if self.table.find(hash, key).is_none() {
+                self.ahead_keys.extend_from_slice(key);
+                self.ahead_ends.push((self.ahead_keys.len(), hash));
+            }
+            start = end;
+        }
+        self.probes = probes;
+        self.probe_keys = probe_keys;
         if self.ahead_ends.is_empty() {
             return Ok(());
         }
@@ -712,6 +740,9 @@ impl StateStore {
         let mut logged = 0u64;
         let mut scratch = Vec::new();
         for _ in 0..take {
+            if let Some(&ahead) = self.queue.get(PREFETCH_DISTANCE) {
+                self.table.prefetch_place(ahead);
+            }
             let Some(at) = self.queue.pop_front() else {
                 break;
             };

@@ -328,6 +328,14 @@ impl Table {
         }
     }
 
+    /// Starts loading the entry at slab place `at`.
+    #[inline]
+    pub(super) fn prefetch_place(&self, at: u32) {
+        if let Some(entry) = self.entries.get(at as usize) {
+            prefetch_read(std::ptr::from_ref(entry).cast(), std::mem::size_of::<Entry>());
+        }
+    }
+
     /// Starts loading the entry `hash` probably has: the first slot of its
     /// probe with the same tag (best loaded already by `prefetch_slot`).
     #[inline]
