@@ -146,9 +146,21 @@ impl BackendFactory {
     }
 }
 
-/// The share of [`JobConfig::memory`] the state cache gets; the backend
-/// gets the rest.
-pub const CACHE_SHARE: f64 = 0.6;
+/// The share of [`JobConfig::memory`] the state cache gets; records in
+/// flight get [`RECORDS_SHARE`], memory no part of the job counts (the
+/// allocator's free lists, I/O and compaction buffers, threads) is left
+/// [`UNCOUNTED_SHARE`], and the backend gets the rest.
+pub const CACHE_SHARE: f64 = 0.5;
+
+/// The share of [`JobConfig::memory`] left for memory nothing counts.
+pub const UNCOUNTED_SHARE: f64 = 0.1;
+
+/// The smallest [`JobConfig::memory`]: 16 MiB per worker.
+pub const MIN_MEMORY: usize = 16 << 20;
+
+/// The share of [`JobConfig::memory`] the records in flight get, through
+/// the default [`JobConfig::max_epoch_records`].
+pub const RECORDS_SHARE: f64 = 0.1;
 
 /// The cache's budget without a memory budget, in front of a backend that
 /// keeps its state on disk.
@@ -251,6 +263,13 @@ pub struct JobConfig {
     /// depend on timing. `None` (the default): only the counts close an
     /// epoch.
     pub max_epoch_duration: Option<Duration>,
+    /// Records a source's partitions on one worker read in one
+    /// [`EpochPolicy::Interval`] epoch at most: the epoch closes early
+    /// when they have, so the records in flight stay within
+    /// `max_epochs_in_flight` times this per source and worker whatever
+    /// the sources' speed. `None` (the default): with a memory budget,
+    /// [`RECORDS_SHARE`] of it at 32 bytes a record; without, no bound.
+    pub max_epoch_records: Option<u64>,
     /// In a job of several processes, how long a process waits for the
     /// others to connect before it gives up with an error naming the ones
     /// it could not reach. Default 60 s.
@@ -287,6 +306,7 @@ impl JobConfig {
             from_epoch: None,
             idle_timeout: None,
             max_epoch_duration: None,
+            max_epoch_records: None,
             connect_timeout: Duration::from_secs(60),
             local_dir: None,
         }
@@ -438,6 +458,25 @@ impl JobConfig {
         self
     }
 
+    /// Closes an [`EpochPolicy::Interval`] epoch once a source's partitions
+    /// on a worker have read `n` records in it
+    /// ([`JobConfig::max_epoch_records`]).
+    pub fn with_max_epoch_records(mut self, n: u64) -> Self {
+        self.max_epoch_records = Some(n);
+        self
+    }
+
+    /// The records a source's partitions on one worker read in one
+    /// `Interval` epoch at most, if bounded.
+    pub(crate) fn epoch_records_bound(&self) -> Option<u64> {
+        self.max_epoch_records.or_else(|| {
+            self.memory.map(|m| {
+                let records = (m as f64 * RECORDS_SHARE) as u64 / 32;
+                (records / self.max_epochs_in_flight.max(1)).max(1024)
+            })
+        })
+    }
+
     /// The cache's budget and the bytes left to the backend, for a
     /// backend that does or does not keep its state in memory.
     pub(crate) fn memory_split(&self, backend_in_memory: bool) -> (usize, Option<usize>) {
@@ -447,7 +486,10 @@ impl JobConfig {
             (None, Some(memory)) => (memory as f64 * CACHE_SHARE) as usize,
             (None, None) => DEFAULT_CACHE_BYTES,
         };
-        let backend = self.memory.map(|m| m.saturating_sub(cache.min(m)));
+        let backend = self.memory.map(|m| {
+            let others = (m as f64 * (RECORDS_SHARE + UNCOUNTED_SHARE)) as usize;
+            m.saturating_sub(cache.min(m)).saturating_sub(others)
+        });
         (cache, backend)
     }
 
@@ -514,6 +556,17 @@ impl JobConfig {
             return Err(Error::invalid(
                 "max_epochs_in_flight",
                 format!("at most {MAX_EPOCHS_IN_FLIGHT}"),
+            ));
+        }
+        if self.max_epoch_records == Some(0) {
+            return Err(Error::invalid("max_epoch_records", "at least one record"));
+        }
+        if let Some(memory) = self.memory
+            && memory < MIN_MEMORY
+        {
+            return Err(Error::invalid(
+                "memory",
+                format!("{memory} bytes per worker: at least {MIN_MEMORY}"),
             ));
         }
         if self.retained_commits == 0 || self.retained_commits > 1000 {

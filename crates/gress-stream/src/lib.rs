@@ -56,7 +56,7 @@ pub use builder::JobBuilder;
 pub use codec::{Codec, Postcard};
 pub use config::{
     BackendFactory, CACHE_SHARE, CheckpointStorage, DEFAULT_CACHE_BYTES, EpochPolicy, JobConfig,
-    OpenStorage,
+    MIN_MEMORY, OpenStorage, RECORDS_SHARE, UNCOUNTED_SHARE,
 };
 pub use context::{ProcessingContext, Timer};
 pub use data::{Data, Key};

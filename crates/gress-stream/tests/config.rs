@@ -65,6 +65,8 @@ fn values_out_of_range_are_refused_by_name() {
         "connect_timeout",
     );
     refused(base().with_key_groups(0), "key_groups");
+    refused(base().with_max_epoch_records(0), "max_epoch_records");
+    refused(base().with_memory(1 << 20), "memory");
     refused(JobConfig::new(""), "job_id");
     let mut c = base();
     c.max_failed_epochs = 0;

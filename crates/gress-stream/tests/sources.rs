@@ -389,3 +389,45 @@ fn a_maximum_epoch_duration_commits_a_slow_partition() -> R {
     assert_eq!(first, [0, 1, 2, 3, 4]);
     Ok(())
 }
+
+/// Story: an `Interval` epoch took whatever its sources read in its time,
+/// so a fast source with a long interval filled memory with the records of
+/// the epochs in flight. With `max_epoch_records` an epoch closes once a
+/// source's partitions on a worker have read that many: here an hour-long
+/// interval still commits 10,000 records as 10 epochs of 1,000 per worker.
+#[test]
+fn an_interval_epoch_closes_at_its_record_bound() -> R {
+    let dir = tempfile::tempdir()?;
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&out);
+    let cp = dir.path().join("cp");
+    let report = bounded(move || {
+        run(
+            JobConfig::new("bounded-epochs")
+                .with_workers(2)
+                .with_checkpoint_dir(cp)
+                .with_epochs(EpochPolicy::Interval(Duration::from_secs(3600)))
+                .with_max_epoch_records(1_000),
+            move |job| {
+                job.source("n", GeneratorSource::new(2, Some(10_000), |_, i| i))?
+                    .key_by(|n| n % 100)
+                    .count("count")
+                    .sink("out", CollectSink::new(Arc::clone(&sink)))
+            },
+        )
+    })?;
+    // Each worker reads one partition of 10,000 records.
+    assert!(
+        report.epochs_cut >= 2 * 10,
+        "{} epochs cut",
+        report.epochs_cut
+    );
+    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    for (key, count) in out.lock().iter() {
+        let c = last.entry(*key).or_default();
+        *c = (*c).max(*count);
+    }
+    assert_eq!(last.len(), 100);
+    assert!(last.values().all(|&c| c == 200), "{last:?}");
+    Ok(())
+}

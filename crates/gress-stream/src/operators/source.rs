@@ -112,6 +112,7 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
     let in_flight = config.max_epochs_in_flight;
     let idle_timeout = config.idle_timeout;
     let max_epoch = config.max_epoch_duration;
+    let epoch_records = config.epoch_records_bound();
     let name = name.to_string();
     let state = Rc::new(RefCell::new(SourceParts {
         parts,
@@ -172,12 +173,17 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
             let mut failed = None;
             let mut read = 0;
             let now = Instant::now();
+            // Records this worker's partitions read in the epoch: an
+            // `Interval` epoch closes early at `epoch_records`.
+            let mut in_epoch: u64 = parts.iter().map(|p| p.read_in_epoch).sum();
             for part in parts.iter_mut().filter(|p| !p.ended) {
                 let want = match policy {
                     EpochPolicy::Records(n) => {
                         n.saturating_sub(part.read_in_epoch).min(BATCH as u64)
                     }
-                    EpochPolicy::Interval(_) => BATCH as u64,
+                    EpochPolicy::Interval(_) => epoch_records
+                        .map_or(BATCH as u64, |n| n.saturating_sub(in_epoch))
+                        .min(BATCH as u64),
                 };
                 if want == 0 {
                     continue;
@@ -200,6 +206,7 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
                     part.idle = false;
                 }
                 part.read_in_epoch += buf.len() as u64;
+                in_epoch += buf.len() as u64;
                 read += buf.len() as u64;
                 for record in buf.drain(..) {
                     let t = match &time {
@@ -244,7 +251,9 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
                             && parts.iter().any(|p| p.read_in_epoch > 0))
                             || max_epoch.is_some_and(|d| open_for >= d)
                     }
-                    EpochPolicy::Interval(d) => open_for >= d,
+                    EpochPolicy::Interval(d) => {
+                        open_for >= d || epoch_records.is_some_and(|n| in_epoch >= n)
+                    }
                 };
             if !epoch_over {
                 if let EpochPolicy::Records(n) = policy

@@ -14,9 +14,11 @@
 //! fuzzy snapshot): when it is done at cut `c`, having started after cut
 //! `s`, the deltas of `s + 1 ..= c` hold every change made while it was
 //! written, so `[full, delta s+1, ..., delta c]` is the image at cut `c`.
-//! A new one starts when the deltas since the last have grown as large as
-//! it, so the chain stays short and the bytes a restore reads stay within
-//! about twice the image.
+//! A new one starts under the checkpoint manager's rule for backends: after
+//! `max_deltas` deltas, or once the deltas add up to more than
+//! `max_delta_ratio` of it (of 1 MiB at least), so the chain stays short
+//! and the bytes a restore reads stay within a small multiple of the
+//! image.
 //!
 //! Files live in a local directory until no capture and no later chain
 //! needs them; every file is offered to the checkpoint manager for sharing,

@@ -220,6 +220,10 @@ pub struct StateStore {
     /// The queue's length after the last write while the epoch ran
     /// (entries in use): the next one waits for a chunk more.
     queue_floor: usize,
+    /// Bytes an entry gained, on average, when written back (its value
+    /// counted at its encoded size from then on): what the queued entries
+    /// are expected to add.
+    growth: f64,
     /// Scratch: the slab places a flush or an eviction writes.
     places: Vec<u32>,
     /// A cut waiting for its capture: nothing is written to the backend
@@ -304,6 +308,7 @@ impl StateStore {
             queue: VecDeque::new(),
             flush_chunk: FIRST_FLUSH_CHUNK,
             queue_floor: 0,
+            growth: 0.0,
             places: Vec::new(),
             pending_cut: None,
             hand: 0,
@@ -588,8 +593,9 @@ impl StateStore {
         keys.truncate(fits);
         hashes.truncate(fits);
         let incoming = keys.len() * per_key;
-        if self.bytes + incoming > self.budget {
-            self.evict_to(self.budget.saturating_sub(incoming))?;
+        let pending = self.pending_growth();
+        if self.bytes + incoming + pending > self.budget {
+            self.evict_to(self.budget.saturating_sub(incoming + pending))?;
         }
         let found = self.backend.multi_get_with_expiry(&keys)?;
         self.stats.read_ahead += keys.len() as u64;
@@ -738,8 +744,16 @@ impl StateStore {
         places.clear();
         let take = n.min(self.queue.len());
         let mut logged = 0u64;
+        let mut gained = 0f64;
         let mut scratch = Vec::new();
+        // Written values are counted at their encoded size from here on:
+        // between cuts, stop once that puts the cache well over its
+        // budget, so that it evicts before writing more.
+        let limit = self.budget.saturating_add(self.budget / 16);
         for _ in 0..take {
+            if cold_only && self.bytes > limit {
+                break;
+            }
             if let Some(&ahead) = self.queue.get(PREFETCH_DISTANCE) {
                 self.table.prefetch_place(ahead);
             }
@@ -781,6 +795,7 @@ impl StateStore {
                     log.delta.put(&entry.key, &scratch, slot.expires_at)?;
                     logged += 1;
                     let size = entry.key.len() + scratch.len() + ENTRY_OVERHEAD;
+                    gained += size as f64 - slot.size as f64;
                     self.bytes = self.bytes + size - (slot.size as usize).min(self.bytes);
                     slot.size = size as u32;
                 }
@@ -795,6 +810,10 @@ impl StateStore {
             }
         }
         self.stats.logged += logged;
+        if logged > 0 {
+            let per_entry = (gained / logged as f64).max(0.0);
+            self.growth = 0.75 * self.growth + 0.25 * per_entry;
+        }
         // Deletions the backend must see.
         let written = self.write_backend(&places, true)?;
         for &at in &places {
@@ -835,9 +854,19 @@ impl StateStore {
         };
         let now = self.clock.now_ms();
         let mut batch = WriteBatch::new();
+        let mut batch_bytes = 0;
         let mut scratch = Vec::new();
         for &at in places {
+            if batch_bytes >= SPILL_BATCH_BYTES {
+                // Bounded batches: the batch and the backend's copy of it
+                // are memory beyond the cache's budget.
+                self.backend.write_batch(&batch)?;
+                self.stats.flushes += 1;
+                batch = WriteBatch::new();
+                batch_bytes = 0;
+            }
             let entry = self.table.entry(at);
+            batch_bytes += entry.key.len() + slot_bytes(&entry.slot);
             let slot = &entry.slot;
             let live = slot.present && slot.expires_at.is_none_or(|t| t > now);
             if live && !deletes_only {
@@ -921,7 +950,7 @@ impl StateStore {
     /// Whether the cache holds more than its budget.
     #[inline]
     pub(crate) fn over_budget(&self) -> bool {
-        self.bytes > self.budget
+        self.bytes + self.pending_growth() > self.budget
     }
 
     /// Drops entries until the cache is within its budget. Called as
@@ -929,10 +958,16 @@ impl StateStore {
     /// past its budget by more than one record's state.
     pub(crate) fn maybe_evict(&mut self) -> Result<()> {
         self.stats.peak_bytes = self.stats.peak_bytes.max(self.bytes as u64);
-        if self.bytes <= self.budget {
+        let pending = self.pending_growth();
+        if self.bytes + pending <= self.budget {
             return Ok(());
         }
-        self.evict_to(self.budget - self.budget / 8)
+        self.evict_to((self.budget - self.budget / 8).saturating_sub(pending))
+    }
+
+    /// What the queued entries are expected to add once written back.
+    fn pending_growth(&self) -> usize {
+        (self.queue.len() as f64 * self.growth) as usize
     }
 
     /// Drops entries until the cache holds at most `target` bytes: the
@@ -1046,6 +1081,15 @@ fn encode_value(
 /// index slot twice as far): enough to overlap several cache misses, few
 /// enough that the lines stay cached.
 const PREFETCH_DISTANCE: usize = 8;
+
+/// Bytes of values written to the backend in one batch at most.
+const SPILL_BATCH_BYTES: usize = 1 << 20;
+
+/// The bytes a slot's value is counted as (its encoded size when last
+/// known).
+fn slot_bytes(slot: &Slot) -> usize {
+    (slot.size as usize).saturating_sub(ENTRY_OVERHEAD)
+}
 
 #[cfg(test)]
 mod tests {

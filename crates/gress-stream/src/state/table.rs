@@ -332,7 +332,10 @@ impl Table {
     #[inline]
     pub(super) fn prefetch_place(&self, at: u32) {
         if let Some(entry) = self.entries.get(at as usize) {
-            prefetch_read(std::ptr::from_ref(entry).cast(), std::mem::size_of::<Entry>());
+            prefetch_read(
+                std::ptr::from_ref(entry).cast(),
+                std::mem::size_of::<Entry>(),
+            );
         }
     }
 
