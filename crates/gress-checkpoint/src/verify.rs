@@ -87,24 +87,6 @@ pub(crate) fn upload(
     }
 }
 
-/// The size and CRC32C of a local file.
-pub(crate) fn size_and_crc(path: &std::path::Path) -> Result<(u64, u32)> {
-    let shown = || path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(|e| Error::storage("reading", shown(), e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut len, mut crc) = (0u64, 0u32);
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => return Ok((len, crc)),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::storage("reading", shown(), e)),
-        };
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        len += n as u64;
-    }
-}
-
 /// Passes a stored file through, failing at its end (or as soon as it is
 /// too long) if it is not exactly what the manifest says.
 pub(crate) struct VerifyingReader<'a> {

@@ -575,13 +575,6 @@ impl PendingCheckpoint {
         };
         let storage = &*self.shared.storage;
         match &captured.source {
-            // A shared file never changes: stored by a link where the
-            // storage can, its size and checksum read back from it.
-            FileSource::Local(local)
-                if captured.shared_key.is_some() && storage.link_file(&job.path, local)? =>
-            {
-                crate::verify::size_and_crc(local)
-            }
             FileSource::Local(local) => upload(storage, &job.path, Some(cancelled), &mut |w| {
                 let mut f = File::open(local)
                     .map_err(|e| Error::storage("reading", local.display().to_string(), e))?;

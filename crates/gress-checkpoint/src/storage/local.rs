@@ -13,8 +13,7 @@ use crate::error::{Error, Result};
 /// A directory on a local file system.
 ///
 /// `put` writes a temporary file beside the target, fsyncs it, renames it
-/// into place and fsyncs the directory; `link_file` does the same with a
-/// hard link to a local file on the same file system; `put_new` links the temporary file
+/// into place and fsyncs the directory; `put_new` links the temporary file
 /// to the target name, which fails if the name exists. Directories are
 /// created with their parents fsynced, up to the root. A crash leaves at
 /// most a temporary file (named `*.tmp-*`), never a partial object.
@@ -95,45 +94,6 @@ impl Storage for LocalStorage {
             return Err(Error::storage("renaming into place", path, e));
         }
         sync_parent(&target, &self.root, path)
-    }
-
-    fn link_file(&self, path: &str, local: &Path) -> Result<bool> {
-        let target = self.full(path)?;
-        let dir = target.parent().unwrap_or(&self.root);
-        create_dir_all_synced(&self.root, dir)
-            .map_err(|e| Error::storage("creating directory for", path, e))?;
-        // The bytes are durable before the name is.
-        File::open(local)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::storage("syncing", local.display().to_string(), e))?;
-        let tmp = PathBuf::from(format!(
-            "{}.tmp-{}-{}",
-            target.display(),
-            std::process::id(),
-            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        match fs::hard_link(local, &tmp) {
-            Ok(()) => {}
-            // Another file system, or one without links (EPERM): copy
-            // instead; a copy that may not write fails on its own.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::CrossesDevices
-                        | io::ErrorKind::Unsupported
-                        | io::ErrorKind::PermissionDenied
-                ) =>
-            {
-                return Ok(false);
-            }
-            Err(e) => return Err(Error::storage("linking", path, e)),
-        }
-        if let Err(e) = fs::rename(&tmp, &target) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::storage("renaming into place", path, e));
-        }
-        sync_parent(&target, &self.root, path)?;
-        Ok(true)
     }
 
     fn put_new(&self, path: &str, bytes: &[u8]) -> Result<()> {

@@ -50,16 +50,6 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Durable when this returns `Ok`.
     fn put_new(&self, path: &str, bytes: &[u8]) -> Result<()>;
 
-    /// Stores the local file `local` at `path` without copying its bytes,
-    /// where the storage can (a hard link on the same file system), as
-    /// [`put`](Storage::put) would store them: whole and durable when this
-    /// returns `Ok(true)`. The file must never change afterwards. `Ok(false)`:
-    /// not possible here, nothing done (the caller copies). The default.
-    fn link_file(&self, path: &str, local: &std::path::Path) -> Result<bool> {
-        let _ = (path, local);
-        Ok(false)
-    }
-
     /// Reads an object.
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send + '_>>;
 
