@@ -150,7 +150,7 @@ impl BackendFactory {
 /// flight get [`RECORDS_SHARE`], memory no part of the job counts (the
 /// allocator's free lists, I/O and compaction buffers, threads) is left
 /// [`UNCOUNTED_SHARE`], and the backend gets the rest.
-pub const CACHE_SHARE: f64 = 0.5;
+pub const CACHE_SHARE: f64 = 0.6;
 
 /// The share of [`JobConfig::memory`] left for memory nothing counts.
 pub const UNCOUNTED_SHARE: f64 = 0.1;

@@ -113,24 +113,24 @@ fn live_slot<'s, T: 'static>(
     let now = ttl.map(|_| store.now_ms());
     let slot = store.slot(key, state_id, decode)?;
     if let (Some(ttl), Some(now)) = (ttl, now) {
-        if slot.expires_at.is_some_and(|at| at <= now) {
+        if slot.expires_at().is_some_and(|at| at <= now) {
             *slot.cell::<T>()? = None;
             slot.mark_present(false);
-            slot.expires_at = None;
+            slot.set_expires_at(None);
             slot.dirty = true;
         } else if slot.present {
-            match (ttl.update, slot.expires_at) {
+            match (ttl.update, slot.expires_at()) {
                 (TtlUpdate::OnReadAndWrite, _) => {
                     let at = ttl.expiry(now);
-                    slot.dirty |= at != slot.expires_at;
-                    slot.expires_at = at;
+                    slot.dirty |= at != slot.expires_at();
+                    slot.set_expires_at(at);
                 }
                 // Stored before the state had a TTL: it lives a TTL from
                 // now, written so.
                 (TtlUpdate::OnCreateAndWrite, None) => {
                     let at = ttl.expiry(now);
                     slot.dirty |= at.is_some();
-                    slot.expires_at = at;
+                    slot.set_expires_at(at);
                 }
                 (TtlUpdate::OnCreateAndWrite, Some(_)) => {}
             }
@@ -143,10 +143,10 @@ fn live_slot<'s, T: 'static>(
 fn written(slot: &mut Slot, present: bool, ttl: Option<StateTtl>, now: Option<u64>) {
     slot.mark_present(present);
     slot.dirty = true;
-    slot.expires_at = match (ttl, now) {
+    slot.set_expires_at(match (ttl, now) {
         (Some(ttl), Some(now)) if present => ttl.expiry(now),
         _ => None,
-    };
+    });
 }
 
 /// The `Some` value of an `Option<T>` held as `dyn Any`.

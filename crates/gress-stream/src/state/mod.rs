@@ -653,7 +653,7 @@ impl StateStore {
                 slot.present = present;
                 slot.dirty = true;
                 slot.touched = true;
-                slot.expires_at = None;
+                slot.set_expires_at(None);
                 at
             }
             None => {
@@ -764,7 +764,7 @@ impl StateStore {
                 continue;
             }
             let entry = self.table.entry_mut(at);
-            if entry.vacant {
+            if entry.slot.vacant {
                 continue;
             }
             let slot = &mut entry.slot;
@@ -773,7 +773,7 @@ impl StateStore {
                 self.queue.push_back(at);
                 continue;
             }
-            let live = slot.present && slot.expires_at.is_none_or(|t| t > now);
+            let live = slot.present && slot.expires_at().is_none_or(|t| t > now);
             if slot.dirty && !live && slot.cold != Cold::None && hold_backend {
                 // A deletion for the backend: after the capture.
                 self.queue.push_back(at);
@@ -792,7 +792,7 @@ impl StateStore {
                 if let Some(log) = &mut self.log {
                     scratch.clear();
                     encode_value(&self.registry, slot, &mut scratch)?;
-                    log.delta.put(&entry.key, &scratch, slot.expires_at)?;
+                    log.delta.put(&entry.key, &scratch, slot.expires_at())?;
                     logged += 1;
                     let size = entry.key.len() + scratch.len() + ENTRY_OVERHEAD;
                     gained += size as f64 - slot.size as f64;
@@ -868,11 +868,11 @@ impl StateStore {
             let entry = self.table.entry(at);
             batch_bytes += entry.key.len() + slot_bytes(&entry.slot);
             let slot = &entry.slot;
-            let live = slot.present && slot.expires_at.is_none_or(|t| t > now);
+            let live = slot.present && slot.expires_at().is_none_or(|t| t > now);
             if live && !deletes_only {
                 scratch.clear();
                 encode_value(&self.registry, slot, &mut scratch)?;
-                match slot.expires_at {
+                match slot.expires_at() {
                     Some(t) => batch.put_with_ttl(
                         &entry.key,
                         &scratch,
@@ -928,13 +928,13 @@ impl StateStore {
         for at in *pos..end {
             let entry = self.table.entry(at as u32);
             let slot = &entry.slot;
-            let live = slot.present && slot.expires_at.is_none_or(|t| t > now);
-            if entry.vacant || !live || (slot.cold == Cold::Same && !slot.dirty) {
+            let live = slot.present && slot.expires_at().is_none_or(|t| t > now);
+            if entry.slot.vacant || !live || (slot.cold == Cold::Same && !slot.dirty) {
                 continue;
             }
             scratch.clear();
             encode_value(&self.registry, slot, &mut scratch)?;
-            full.put(&entry.key, &scratch, slot.expires_at)?;
+            full.put(&entry.key, &scratch, slot.expires_at())?;
             logged += 1;
         }
         *pos = end;
@@ -1001,7 +1001,7 @@ impl StateStore {
                 self.hand += 1;
                 looked += 1;
                 let entry = self.table.entry_mut(at);
-                if entry.vacant || entry.slot.evicting {
+                if entry.slot.vacant || entry.slot.evicting {
                     continue;
                 }
                 if entry.slot.referenced {
@@ -1052,7 +1052,7 @@ impl StateStore {
 
 /// What the backend must be told when `slot` leaves the cache at `now`.
 fn spill_of(slot: &Slot, now: u64) -> Spill {
-    let live = slot.present && slot.expires_at.is_none_or(|t| t > now);
+    let live = slot.present && slot.expires_at().is_none_or(|t| t > now);
     match (live, slot.cold) {
         (true, Cold::Same) if !slot.dirty => Spill::Nothing,
         (true, _) => Spill::Put,

@@ -55,8 +55,11 @@ pub(crate) struct Slot {
     pub(super) evicting: bool,
     /// What the backend holds of it.
     pub(super) cold: Cold,
-    /// When it expires (ms), for state with a TTL.
-    pub(crate) expires_at: Option<u64>,
+    /// The slab place is free (no entry).
+    pub(super) vacant: bool,
+    /// When it expires (ms, at least 1), for state with a TTL: through
+    /// [`Slot::expires_at`], 8 bytes rather than an `Option<u64>`'s 16.
+    expiry: Option<std::num::NonZeroU64>,
     /// The state it belongs to.
     pub(super) state_id: u32,
     /// Bytes it is counted as.
@@ -83,10 +86,30 @@ impl Slot {
             touched: false,
             evicting: false,
             cold,
-            expires_at,
+            vacant: false,
+            expiry: None,
             state_id,
             size: u32::try_from(size).unwrap_or(u32::MAX),
         }
+        .with_expiry(expires_at)
+    }
+
+    fn with_expiry(mut self, at: Option<u64>) -> Self {
+        self.set_expires_at(at);
+        self
+    }
+
+    /// When it expires (ms), for state with a TTL.
+    #[inline]
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        self.expiry.map(std::num::NonZeroU64::get)
+    }
+
+    /// Sets when it expires; an expiry at 0 counts as at 1 ms (expired
+    /// alike for every time a clock gives after its start).
+    #[inline]
+    pub(crate) fn set_expires_at(&mut self, at: Option<u64>) {
+        self.expiry = at.map(|t| std::num::NonZeroU64::MIN.saturating_add(t.saturating_sub(1)));
     }
 
     /// The value, typed.
@@ -115,7 +138,6 @@ impl Slot {
 pub(super) struct Entry {
     pub(super) key: CacheKey,
     pub(super) slot: Slot,
-    pub(super) vacant: bool,
 }
 
 /// An empty index slot.
@@ -223,7 +245,6 @@ impl Table {
         let entry = Entry {
             key: CacheKey::from_slice(key),
             slot,
-            vacant: false,
         };
         let at = match self.free.pop() {
             Some(at) => {
@@ -304,17 +325,18 @@ impl Table {
         self.index[gap] = EMPTY;
         self.len -= 1;
         self.free.push(at);
+        let mut slot = Slot::new(smallbox::smallbox!(()), false, None, 0, 0, Cold::None);
+        slot.vacant = true;
         let vacant = Entry {
             key: CacheKey::new(),
-            slot: Slot::new(smallbox::smallbox!(()), false, None, 0, 0, Cold::None),
-            vacant: true,
+            slot,
         };
         std::mem::replace(&mut self.entries[at as usize], vacant)
     }
 
     /// The live entries.
     pub(super) fn live(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(|e| !e.vacant)
+        self.entries.iter().filter(|e| !e.slot.vacant)
     }
 
     /// Starts loading the index slot where `hash`'s probe begins.
@@ -429,5 +451,13 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// An entry's size is most of what a cached key costs beyond its bytes:
+    /// it stays within 88 bytes (key inline up to 24 bytes, value inline up
+    /// to 16).
+    #[test]
+    fn an_entry_stays_small() {
+        assert!(std::mem::size_of::<super::Entry>() <= 88);
     }
 }
