@@ -299,7 +299,8 @@ struct StreamReport {
 
 /// RocksDB as the benchmark opens it.
 const ROCKSDB_TUNING: &str = "WAL off (checkpoints give durability), statistics off, LZ4, \
-     otherwise RocksDbConfig::new defaults (64 MiB memtables x3, 128 MiB block cache)";
+     otherwise RocksDbConfig::new defaults (64 MiB memtables x3, 128 MiB block cache), or \
+     with --memory-mb RocksDbConfig::with_memory_budget of the budget's backend share";
 
 fn rocksdb_config(path: PathBuf) -> RocksDbConfig {
     let mut c = RocksDbConfig::new(path).with_wal(false);

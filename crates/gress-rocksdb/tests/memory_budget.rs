@@ -113,6 +113,7 @@ fn a_job_stays_within_its_memory_budget() -> R {
     let records = field(line, "records").ok_or("no records")?;
     let cache_peak = field(line, "cache_peak").ok_or("no cache peak")?;
     let budget = (WORKERS * BUDGET) as u64;
+    println!("budget {} MiB; {line}", budget >> 20);
     // Ten times the budget went through the state.
     assert_eq!(records, WORKERS as u64 * PER_WORKER);
     assert!(records * VALUE as u64 >= 10 * budget);
