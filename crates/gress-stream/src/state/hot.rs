@@ -68,11 +68,11 @@ pub(crate) struct Writing {
 
 impl Writing {
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8], expires_at: Option<u64>) -> Result<()> {
-        Ok(self.writer.put(key, value, expires_at)?)
+        self.writer.put(key, value, expires_at)
     }
 
     pub(crate) fn tombstone(&mut self, key: &[u8]) -> Result<()> {
-        Ok(self.writer.tombstone(key)?)
+        self.writer.tombstone(key)
     }
 
     /// Ends the file.

@@ -1453,52 +1453,52 @@ mod tests {
             for step in steps {
                 match step {
                     Step::Set(k, v) => {
-                        desc.handle(target(&mut w.store, &mut scratch, &[k])).unwrap().set(v).unwrap();
-                        w.store.maybe_evict().unwrap();
+                        desc.handle(target(&mut w.store, &mut scratch, &[k])).expect("a state operation").set(v).expect("a state operation");
+                        w.store.maybe_evict().expect("a state operation");
                         model.insert(k, v);
                     }
                     Step::Clear(k) => {
-                        desc.handle(target(&mut w.store, &mut scratch, &[k])).unwrap().clear().unwrap();
+                        desc.handle(target(&mut w.store, &mut scratch, &[k])).expect("a state operation").clear().expect("a state operation");
                         model.remove(&k);
                     }
                     Step::Read(k) => {
-                        let got = desc.handle(target(&mut w.store, &mut scratch, &[k])).unwrap().get().unwrap();
+                        let got = desc.handle(target(&mut w.store, &mut scratch, &[k])).expect("a state operation").get().expect("a state operation");
                         prop_assert_eq!(got, model.get(&k).copied(), "read of {}", k);
                     }
                     Step::Squeeze(bytes) => {
                         let budget = w.store.budget;
                         w.store.budget = usize::from(bytes);
-                        w.store.maybe_evict().unwrap();
+                        w.store.maybe_evict().expect("a state operation");
                         w.store.budget = budget;
                     }
                     Step::Maintain(n) => {
                         // Write whatever is queued, as a long epoch would.
                         w.store.flush_chunk = 0;
                         w.store.queue_floor = 0;
-                        w.store.maintain(usize::from(n)).unwrap();
+                        w.store.maintain(usize::from(n)).expect("a state operation");
                         w.store.flush_chunk = FIRST_FLUSH_CHUNK;
                     }
                     Step::Checkpoint => {
-                        let id = w.checkpoint().unwrap();
+                        let id = w.checkpoint().expect("a state operation");
                         committed = (Some(id), model.clone());
                     }
                     Step::Crash => {
                         drop(w);
-                        w = worker(dir.path(), 1 << 20, committed.0).unwrap();
+                        w = worker(dir.path(), 1 << 20, committed.0).expect("a state operation");
                         model = committed.1.clone();
                         for k in 0u8..40 {
-                            let got = desc.handle(target(&mut w.store, &mut scratch, &[k])).unwrap().get().unwrap();
+                            let got = desc.handle(target(&mut w.store, &mut scratch, &[k])).expect("a state operation").get().expect("a state operation");
                             prop_assert_eq!(got, model.get(&k).copied(), "after a restart, key {}", k);
                         }
                     }
                 }
             }
             // And a last restart from the last checkpoint.
-            let id = w.checkpoint().unwrap();
+            let id = w.checkpoint().expect("a state operation");
             drop(w);
-            let mut w = worker(dir.path(), 1 << 20, Some(id)).unwrap();
+            let mut w = worker(dir.path(), 1 << 20, Some(id)).expect("a state operation");
             for k in 0u8..40 {
-                let got = desc.handle(target(&mut w.store, &mut scratch, &[k])).unwrap().get().unwrap();
+                let got = desc.handle(target(&mut w.store, &mut scratch, &[k])).expect("a state operation").get().expect("a state operation");
                 prop_assert_eq!(got, model.get(&k).copied(), "at the end, key {}", k);
             }
             let _ = (&w.backend, &w.image);

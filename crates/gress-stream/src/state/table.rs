@@ -133,8 +133,8 @@ impl Slot {
     }
 }
 
-/// A cached key and its entry; `key` is empty and `vacant` set while the
-/// slab place is free.
+/// A cached key and its entry; `key` is empty and `slot.vacant` set while
+/// the slab place is free.
 pub(super) struct Entry {
     pub(super) key: CacheKey,
     pub(super) slot: Slot,
@@ -146,6 +146,7 @@ const EMPTY: u64 = 0;
 const MIN_BITS: u32 = 10;
 
 /// The index and the slab.
+#[derive(Default)]
 pub(super) struct Table {
     /// `EMPTY`, or the tag (high 32 bits) and the slab place plus one.
     index: Vec<u64>,
@@ -156,19 +157,6 @@ pub(super) struct Table {
     free: Vec<u32>,
     len: usize,
     hasher: foldhash::fast::FixedState,
-}
-
-impl Default for Table {
-    fn default() -> Self {
-        Table {
-            index: Vec::new(),
-            bits: 0,
-            entries: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-            hasher: foldhash::fast::FixedState::default(),
-        }
-    }
 }
 
 #[inline]
