@@ -28,11 +28,14 @@ use gress_rocksdb::{Compression, RocksDbConfig, RocksDbStateBackend};
 use gress_state::checkpoint::Checkpointable;
 use gress_state::{MemoryConfig, MemoryStateBackend};
 use gress_stream::{
-    BackendFactory, CacheStats, EpochPolicy, GeneratorSource, JobConfig, KeyedProcessFunction,
-    ProcessingContext, Sink, ValueStateDescriptor,
+    BackendFactory, CacheStats, EpochPolicy, GeneratorSource, JobConfig, ValueStateDescriptor,
 };
 
-use crate::workload::{mix, scale};
+mod events;
+mod table;
+
+use events::{KeyPicker, LatencySink, RunningCount, SinkOutcome, Stamper};
+use table::{opt, write_table};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct StreamArgs {
@@ -311,151 +314,6 @@ fn rocksdb_config(path: PathBuf) -> RocksDbConfig {
 
 /// Events are generated in batches of this many by the baseline's input.
 const BATCH: u64 = 4096;
-
-/// Picks keys for events.
-#[derive(Debug, Clone, Copy)]
-struct KeyPicker {
-    keys: u64,
-    /// For Zipf: the harmonic number of `keys`.
-    zipf: Option<f64>,
-}
-
-/// The Euler-Mascheroni constant.
-const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
-
-impl KeyPicker {
-    fn new(keys: u64, distribution: Distribution) -> Self {
-        let n = keys as f64;
-        KeyPicker {
-            keys,
-            zipf: (distribution == Distribution::Zipf)
-                .then(|| n.ln() + EULER_GAMMA + 1.0 / (2.0 * n)),
-        }
-    }
-
-    /// The key of event `i` of partition `p`, in `0..keys`.
-    fn key_of(&self, p: usize, i: u64) -> u64 {
-        let x = mix(((p as u64) << 48) ^ i);
-        match self.zipf {
-            None => scale(x, self.keys),
-            Some(h) => {
-                // The rank k (1-based) whose harmonic number H(k) ~ ln k + γ
-                // is u·H(keys): the inverse of Zipf's CDF for s = 1.
-                let u = (x >> 11) as f64 / (1u64 << 53) as f64;
-                let rank = ((u * h - EULER_GAMMA).exp() as u64).clamp(1, self.keys);
-                // Spread ranks over the key space (and the key groups).
-                scale(mix(rank), self.keys)
-            }
-        }
-    }
-}
-
-/// Microseconds since `base`, read from the clock once every 256 calls.
-struct Stamper {
-    base: Instant,
-    calls: Cell<u32>,
-    now_us: Cell<u64>,
-}
-
-impl Stamper {
-    fn new(base: Instant) -> Self {
-        Stamper {
-            base,
-            calls: Cell::new(0),
-            now_us: Cell::new(0),
-        }
-    }
-
-    fn now_us(&self) -> u64 {
-        let n = self.calls.get();
-        if n.is_multiple_of(256) {
-            self.now_us.set(self.base.elapsed().as_micros() as u64);
-        }
-        self.calls.set(n.wrapping_add(1));
-        self.now_us.get()
-    }
-}
-
-/// The running count: one read and one write of a `ValueState<u64>` per
-/// event; emits (key, count, generated µs).
-struct RunningCount {
-    count: ValueStateDescriptor<u64>,
-}
-
-impl KeyedProcessFunction<u64, (u64, u64)> for RunningCount {
-    type Out = (u64, u64, u64);
-    type Side = ();
-
-    fn on_record(
-        &mut self,
-        ctx: &mut ProcessingContext<'_, u64, Self::Out, ()>,
-        (key, born_us): (u64, u64),
-    ) -> gress_stream::Result<()> {
-        let mut n = 0;
-        ctx.value(&self.count)?.update(|c| {
-            n = c.unwrap_or(0) + 1;
-            Some(n)
-        })?;
-        ctx.output((key, n, born_us));
-        Ok(())
-    }
-}
-
-/// What the sinks of a run saw, over all workers.
-#[derive(Debug)]
-struct SinkOutcome {
-    records: u64,
-    latency_us: Histogram<u64>,
-}
-
-/// Counts records and, when an epoch commits, records each of its
-/// events' latency from generation to now.
-struct LatencySink {
-    base: Instant,
-    /// Per written epoch: runs of (generated µs, events).
-    pending: Vec<(u64, Vec<(u64, u64)>)>,
-    outcome: Arc<Mutex<SinkOutcome>>,
-}
-
-impl Sink<(u64, u64, u64)> for LatencySink {
-    fn open(&mut self, _worker: usize, _committed: Option<u64>) -> gress_stream::Result<()> {
-        Ok(())
-    }
-
-    fn write_epoch(
-        &mut self,
-        epoch: u64,
-        records: Vec<(u64, u64, u64)>,
-    ) -> gress_stream::Result<()> {
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for &(_, _, born) in &records {
-            match runs.last_mut() {
-                Some((b, n)) if *b == born => *n += 1,
-                _ => runs.push((born, 1)),
-            }
-        }
-        self.pending.push((epoch, runs));
-        Ok(())
-    }
-
-    fn commit(&mut self, epoch: u64) -> gress_stream::Result<()> {
-        let now = self.base.elapsed().as_micros() as u64;
-        let mut out = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
-        self.pending.retain(|(e, runs)| {
-            if *e > epoch {
-                return true;
-            }
-            for &(born, n) in runs {
-                out.records += n;
-                out.latency_us
-                    .record_n(now.saturating_sub(born).max(1), n)
-                    .expect("an auto-resizing histogram takes any value");
-            }
-            false
-        });
-        Ok(())
-    }
-}
 
 /// How fast a run offers events: as fast as the job takes them, or at a
 /// fixed rate (events per second over all workers).
@@ -935,91 +793,4 @@ fn bench_stream(args: &StreamArgs) -> Result<StreamReport> {
         load_after: load_average(),
         rows,
     })
-}
-
-fn opt(x: Option<f64>, digits: usize) -> String {
-    x.map_or("-".into(), |v| format!("{v:.digits$}"))
-}
-
-fn write_table(out: &mut String, report: &StreamReport) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "keyed count: {} events per run, keys {:?} ({:?}); epochs: {}; rocksdb: {}",
-        report.events, report.keys, report.distribution, report.epoch_policy, report.rocksdb
-    );
-    let _ = writeln!(
-        out,
-        "load average before/after: {}/{} on {} cpus",
-        opt(report.load_before, 2),
-        opt(report.load_after, 2),
-        report.machine.cpus
-    );
-    let _ = writeln!(
-        out,
-        "{:<15} {:>5} {:>3} {:>10} {:>11} {:>7} {:>7} {:>6} {:>5} {:>6} {:>17} {:>13} {:>8} {:>13} {:>13} {:>13} {:>6}",
-        "subject",
-        "ckpt",
-        "wrk",
-        "keys",
-        "events/s",
-        "cpu/ev",
-        "rss MiB",
-        "hit %",
-        "ckpts",
-        "wr/ev",
-        "stall p50/99/max",
-        "ckpt p50/max",
-        "ckpt MiB",
-        "lat@50% p50/99",
-        "lat@80% p50/99",
-        "lat@sat p50/99",
-        "ratio"
-    );
-    for r in &report.rows {
-        let pair = |a: Option<f64>, b: Option<f64>, d: usize| match (a, b) {
-            (None, None) => "-".to_string(),
-            _ => format!("{}/{}", opt(a, d), opt(b, d)),
-        };
-        let at = |p: u32| {
-            r.offered
-                .iter()
-                .find(|o| o.percent == p)
-                .map_or("-".to_string(), |o| {
-                    pair(o.latency_ms_p50, o.latency_ms_p99, 0)
-                })
-        };
-        let _ = writeln!(
-            out,
-            "{:<15} {:>5} {:>3} {:>10} {:>11.0} {:>7} {:>7} {:>6} {:>5} {:>6} {:>17} {:>13} {:>8} {:>13} {:>13} {:>13} {:>6}",
-            r.subject,
-            r.checkpoints,
-            r.workers,
-            r.keys,
-            r.events_per_sec,
-            r.cpu_ns_per_event
-                .map_or("-".into(), |ns| format!("{ns:.0}ns")),
-            opt(r.peak_rss_mib, 0),
-            opt(r.cache_hit_rate.map(|h| h * 100.0), 1),
-            r.checkpoints_committed
-                .map_or("-".into(), |e| e.to_string()),
-            opt(r.written_per_event, 2),
-            match (r.stall_ms_p50, r.stall_ms_p99, r.stall_ms_max) {
-                (Some(a), Some(b), Some(c)) => format!("{a:.1}/{b:.1}/{c:.1}"),
-                _ => "-".into(),
-            },
-            pair(r.checkpoint_ms_p50, r.checkpoint_ms_max, 0),
-            opt(r.checkpoint_mib_mean, 1),
-            at(50),
-            at(80),
-            pair(r.latency_ms_p50, r.latency_ms_p99, 0),
-            r.ratio_to_baseline
-                .map_or(String::new(), |x| format!("{x:.2}x")),
-        );
-    }
-    let _ = writeln!(
-        out,
-        "stall: a worker's pause per cut; lat@N%: source-to-commit latency at N% of the row's \
-         peak events/s offered, ms"
-    );
 }

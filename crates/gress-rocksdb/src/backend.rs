@@ -62,7 +62,7 @@ pub struct RocksDbStateBackend {
     /// Serialises switches of the live database (not reads or writes).
     switch_lock: Mutex<()>,
     /// The checkpoint manager that may capture this backend.
-    pub(crate) checkpoint_owner: Mutex<Option<u64>>,
+    pub(crate) checkpoint_owner: gress_state::checkpoint::CheckpointClaim,
     ttl: TtlPolicy,
     pub(crate) clock: Arc<dyn Clock>,
     metrics: MetricsRecorder,
@@ -220,7 +220,7 @@ impl RocksDbStateBackend {
             engine,
             next_db: AtomicU64::new(next),
             switch_lock: Mutex::new(()),
-            checkpoint_owner: Mutex::new(None),
+            checkpoint_owner: Default::default(),
             ttl: TtlPolicy::new(config.ttl_enabled, config.default_ttl)?,
             clock: config.clock.clone(),
             metrics: MetricsRecorder::new(config.latency_sample_every),

@@ -117,24 +117,11 @@ impl Drop for PreparedRocksRestore<'_> {
 
 impl Checkpointable for RocksDbStateBackend {
     fn claim_checkpoints(&self, owner: u64) -> Result<()> {
-        let mut claimed = self.checkpoint_owner.lock();
-        match *claimed {
-            Some(current) if current != owner => Err(Error::invalid_argument(
-                "backend",
-                "already registered with another checkpoint manager",
-            )),
-            _ => {
-                *claimed = Some(owner);
-                Ok(())
-            }
-        }
+        self.checkpoint_owner.claim(owner)
     }
 
     fn release_checkpoints(&self, owner: u64) {
-        let mut claimed = self.checkpoint_owner.lock();
-        if *claimed == Some(owner) {
-            *claimed = None;
-        }
+        self.checkpoint_owner.release(owner);
     }
 
     /// Captures are always complete (their SST files are shared instead).
@@ -171,12 +158,7 @@ impl Checkpointable for RocksDbStateBackend {
         mode: CaptureMode,
         checkpoint_id: u64,
     ) -> Result<Box<dyn Capture>> {
-        if *self.checkpoint_owner.lock() != Some(owner) {
-            return Err(Error::invalid_argument(
-                "owner",
-                "this checkpoint manager has not claimed the backend",
-            ));
-        }
+        self.checkpoint_owner.check(owner, "backend")?;
         let db = self.current()?;
         let dir = self.root.path.join(format!("capture-{checkpoint_id:020}"));
         if dir.exists() {

@@ -226,3 +226,48 @@ pub trait Checkpointable: StateBackend {
         self.prepare_restore(format, files)?.commit()
     }
 }
+
+/// The checkpoint manager a backend is registered with, for backends whose
+/// claim carries no state of its own (their captures are complete):
+/// [`Checkpointable::claim_checkpoints`], `release_checkpoints` and the
+/// owner check of `capture` in one place.
+#[derive(Debug, Default)]
+pub struct CheckpointClaim(parking_lot::Mutex<Option<u64>>);
+
+impl CheckpointClaim {
+    /// Claims for `owner`; refused while another manager holds the claim.
+    pub fn claim(&self, owner: u64) -> Result<()> {
+        let mut current = self.0.lock();
+        match *current {
+            Some(o) if o != owner => Err(crate::Error::invalid_argument(
+                "backend",
+                "already registered with another checkpoint manager",
+            )),
+            _ => {
+                *current = Some(owner);
+                Ok(())
+            }
+        }
+    }
+
+    /// Releases the claim if `owner` holds it.
+    pub fn release(&self, owner: u64) {
+        let mut current = self.0.lock();
+        if *current == Some(owner) {
+            *current = None;
+        }
+    }
+
+    /// Whether `owner` holds the claim; `what` names the backend in the
+    /// error.
+    pub fn check(&self, owner: u64, what: &str) -> Result<()> {
+        if *self.0.lock() == Some(owner) {
+            Ok(())
+        } else {
+            Err(crate::Error::invalid_argument(
+                "owner",
+                format!("this checkpoint manager has not claimed the {what}"),
+            ))
+        }
+    }
+}

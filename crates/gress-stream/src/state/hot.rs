@@ -115,7 +115,7 @@ pub(crate) struct HotImage {
     id: u64,
     chain: Mutex<Chain>,
     next_file: Mutex<u64>,
-    owner: Mutex<Option<u64>>,
+    owner: gress_state::checkpoint::CheckpointClaim,
     /// Deltas in a chain at most before a new full snapshot starts.
     max_deltas: usize,
     /// ... or their bytes, as a fraction of the full snapshot's.
@@ -168,7 +168,7 @@ impl HotImage {
             id,
             chain: Mutex::new(Chain::default()),
             next_file: Mutex::new(0),
-            owner: Mutex::new(None),
+            owner: Default::default(),
             max_deltas: (max_deltas as usize).max(1),
             max_delta_ratio,
         };
@@ -340,24 +340,11 @@ impl Capture for HotCapture {
 
 impl Checkpointable for HotImage {
     fn claim_checkpoints(&self, owner: u64) -> Result<()> {
-        let mut current = self.owner.lock();
-        match *current {
-            Some(o) if o != owner => Err(gress_state::Error::invalid_argument(
-                "backend",
-                "already registered with another checkpoint manager",
-            )),
-            _ => {
-                *current = Some(owner);
-                Ok(())
-            }
-        }
+        self.owner.claim(owner)
     }
 
     fn release_checkpoints(&self, owner: u64) {
-        let mut current = self.owner.lock();
-        if *current == Some(owner) {
-            *current = None;
-        }
+        self.owner.release(owner);
     }
 
     fn delta_base(&self) -> Option<u64> {
@@ -365,12 +352,7 @@ impl Checkpointable for HotImage {
     }
 
     fn capture(&self, owner: u64, mode: CaptureMode, _id: u64) -> Result<Box<dyn Capture>> {
-        if *self.owner.lock() != Some(owner) {
-            return Err(gress_state::Error::invalid_argument(
-                "owner",
-                "this checkpoint manager has not claimed the cache",
-            ));
-        }
+        self.owner.check(owner, "cache")?;
         let chain = self.chain.lock();
         let keep: Vec<Arc<LocalFile>> = chain
             .full
