@@ -38,6 +38,14 @@ pub struct Timer {
     pub namespace: Vec<u8>,
 }
 
+impl Timer {
+    /// The namespace, decoded (as [`ProcessingContext::set_namespace`]
+    /// encoded it).
+    pub fn decode_namespace<N: serde::de::DeserializeOwned>(&self) -> Result<N> {
+        postcard::from_bytes(&self.namespace).map_err(|e| Error::codec("timer namespace", e))
+    }
+}
+
 /// The current key, time, watermark, epoch, its keyed state, timers and
 /// outputs, handed to a keyed operator per record and per timer.
 pub struct ProcessingContext<'a, K, O, S = ()> {

@@ -30,6 +30,7 @@
 
 mod agree;
 mod builder;
+mod changelog;
 pub mod cluster;
 mod codec;
 mod commit;
@@ -53,6 +54,7 @@ mod timers;
 pub(crate) mod worker;
 
 pub use builder::JobBuilder;
+pub use changelog::{Change, ChangelogTable, MalformedChange};
 pub use codec::{Codec, Postcard};
 pub use config::{
     BackendFactory, CACHE_SHARE, CheckpointStorage, DEFAULT_CACHE_BYTES, EpochPolicy, JobConfig,
@@ -64,10 +66,12 @@ pub use error::{Error, Result};
 pub use gress_checkpoint::S3Config;
 pub use history::{COMMITS, CommitRecord, commits, latest_commit};
 pub use keys::TimeDomain;
+pub use operators::connect::CoInput;
 pub use operators::keyed::{Either, KeyedProcessFunction};
+pub use operators::updating::{Ranked, RetractingAggregate};
 pub use operators::window::{Window, WindowAssigner, WindowResult, WindowedStream};
 pub use run::{JobReport, run};
-pub use sink::{CollectSink, FileSink, Sink};
+pub use sink::{CollectSink, FileSink, PartitionedFileSink, Sink};
 pub use source::{FileSource, GeneratorSource, PartitionReader, Poll, Source};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, CacheStats, ListState,

@@ -1,12 +1,9 @@
 //! A keyed interval join (Flink's `IntervalJoin`), built on
 //! [`KeyedProcessFunction`].
 //!
-//! The two keyed inputs become one keyed stream of [`JoinInput`]s: both
-//! are already partitioned by key group, so concatenating them keeps every
-//! key on its worker. Watermarks of the right input are renumbered after
-//! those of the left (`from + left upstreams`), so the operator waits for
-//! the watermarks of both inputs and its watermark is the smaller of the
-//! two.
+//! The two keyed inputs are connected ([`KeyedStream::connect`]) into one
+//! keyed stream of [`CoInput`]s, so the operator's watermark is the
+//! smaller of the two inputs'.
 //!
 //! Each side's records wait in keyed state, in *buckets* of event time (a
 //! quarter of the join's range wide), each bucket in *chunks*, one per
@@ -21,67 +18,13 @@
 //! as everywhere (time below the watermark before their epoch) and
 //! dropped, as Flink does.
 
-use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Concat;
-use timely::dataflow::operators::generic::Operator;
-
 use crate::context::{ProcessingContext, Timer};
-use crate::data::{Data, Item, Key};
+use crate::data::{Data, Key};
 use crate::error::{Error, Result};
+use crate::operators::connect::CoInput;
 use crate::operators::keyed::KeyedProcessFunction;
 use crate::state::ValueStateDescriptor;
 use crate::stream::{DataStream, KeyedStream};
-
-/// A record of the left or the right input of a join.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum JoinInput<L, R> {
-    Left(L),
-    Right(R),
-}
-
-/// Wraps each record of a keyed stream; watermarks pass with their sender
-/// renumbered by `from_offset`.
-fn tag<'s, K: Key, T: Data, U: Data>(
-    stream: StreamVec<'s, u64, Item<(K, T)>>,
-    name: &str,
-    from_offset: u32,
-    wrap: impl Fn(T) -> U + 'static,
-) -> StreamVec<'s, u64, Item<(K, U)>> {
-    stream.unary::<CapacityContainerBuilder<Vec<Item<(K, U)>>>, _, _, _>(
-        Pipeline,
-        name,
-        move |_cap, _info| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for batch in data {
-                        for item in batch.drain(..) {
-                            session.give(match item {
-                                Item::Rec {
-                                    time,
-                                    kg,
-                                    data: (k, v),
-                                } => Item::Rec {
-                                    time,
-                                    kg,
-                                    data: (k, wrap(v)),
-                                },
-                                Item::Wm { to, from, wm } => Item::Wm {
-                                    to,
-                                    from: from + from_offset,
-                                    wm,
-                                },
-                            });
-                        }
-                    }
-                });
-            }
-        },
-    )
-}
 
 impl<'s, K: Key, L: Data> KeyedStream<'s, K, L> {
     /// Joins each record `l` of this stream with every record `r` of
@@ -105,14 +48,7 @@ impl<'s, K: Key, L: Data> KeyedStream<'s, K, L> {
                 format!("the lower bound {lower} ms is above the upper bound {upper} ms"),
             ));
         }
-        let offset = u32::try_from(self.upstreams).unwrap_or(u32::MAX);
-        let left = tag(self.inner, "JoinLeft", 0, JoinInput::<L, R>::Left);
-        let right_inner = tag(right.inner, "JoinRight", offset, JoinInput::<L, R>::Right);
-        let both = KeyedStream {
-            inner: left.concat(right_inner),
-            shared: self.shared,
-            upstreams: self.upstreams + right.upstreams,
-        };
+        let both = self.connect(right);
         both.process(
             name,
             IntervalJoin {
@@ -280,7 +216,7 @@ impl<L, R, F> IntervalJoin<L, R, F> {
     }
 }
 
-impl<K, L, R, O, F> KeyedProcessFunction<K, JoinInput<L, R>> for IntervalJoin<L, R, F>
+impl<K, L, R, O, F> KeyedProcessFunction<K, CoInput<L, R>> for IntervalJoin<L, R, F>
 where
     K: Key,
     L: Data,
@@ -294,7 +230,7 @@ where
     fn on_record(
         &mut self,
         ctx: &mut ProcessingContext<'_, K, O, ()>,
-        value: JoinInput<L, R>,
+        value: CoInput<L, R>,
     ) -> Result<()> {
         let t = ctx.time();
         if t < ctx.watermark() {
@@ -304,7 +240,7 @@ where
         let join = &self.join;
         let mut found = Vec::new();
         match value {
-            JoinInput::Left(l) => {
+            CoInput::Left(l) => {
                 let (lo, hi) = (shift(t, self.lower), shift(t, self.upper));
                 self.right.each_in(ctx, self.width, lo, hi, |tr, r| {
                     found.push((t.max(tr), join(&key, &l, r)));
@@ -312,7 +248,7 @@ where
                 let start = self.left.add(ctx, self.width, t, l)?;
                 ctx.register_event_timer(self.left_cleanup(start));
             }
-            JoinInput::Right(r) => {
+            CoInput::Right(r) => {
                 let (lo, hi) = (
                     i128::from(t) - i128::from(self.upper),
                     i128::from(t) - i128::from(self.lower),
