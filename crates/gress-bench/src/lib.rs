@@ -25,10 +25,12 @@ use serde::Serialize;
 
 use gress_state::{MemoryConfig, MemoryStateBackend, StateBackend};
 
+mod nexmark;
 mod rescale;
 mod rocks;
 mod stream;
 mod workload;
+pub use nexmark::NexmarkArgs;
 pub use rescale::RescaleArgs;
 pub use rocks::RocksArgs;
 pub use stream::StreamArgs;
@@ -45,6 +47,10 @@ pub enum BenchCmd {
     /// A keyed running count on gress-stream (memory and RocksDB state,
     /// checkpoints on and off) against the same count in plain timely.
     Stream(stream::StreamArgs),
+    /// The Nexmark queries q0-q22 on gress-stream (memory and RocksDB
+    /// state, checkpoints every second), beside plain timely versions of
+    /// q5 and q8.
+    Nexmark(nexmark::NexmarkArgs),
     /// Keyed state checkpointed by N workers and restored onto M by
     /// key-group ranges, against one full checkpoint and its restore.
     Rescale(rescale::RescaleArgs),
@@ -118,6 +124,7 @@ pub fn run(cmd: &BenchCmd) -> Result<Outcome> {
         BenchCmd::Rocksdb(args) => rocks::bench_rocksdb(args)?,
         BenchCmd::Stream(args) => return stream::run(args),
         BenchCmd::Rescale(args) => return rescale::run(args),
+        BenchCmd::Nexmark(args) => return nexmark::run(args),
     };
     let timer_ns = timer_overhead();
     let mut table = format!("timer overhead in latency columns: {timer_ns:.1} ns per call\n");

@@ -170,7 +170,7 @@ impl Subject {
 
 /// CPU time of this process so far (all threads, user and system), from
 /// `/proc/self/stat`; `None` where that is unavailable.
-fn process_cpu() -> Option<Duration> {
+pub(crate) fn process_cpu() -> Option<Duration> {
     // Linux reports these in USER_HZ, which is 100 on every architecture
     // it supports.
     const TICKS_PER_SEC: u64 = 100;
@@ -301,11 +301,11 @@ struct StreamReport {
 }
 
 /// RocksDB as the benchmark opens it.
-const ROCKSDB_TUNING: &str = "WAL off (checkpoints give durability), statistics off, LZ4, \
+pub(crate) const ROCKSDB_TUNING: &str = "WAL off (checkpoints give durability), statistics off, LZ4, \
      otherwise RocksDbConfig::new defaults (64 MiB memtables x3, 128 MiB block cache), or \
      with --memory-mb RocksDbConfig::with_memory_budget of the budget's backend share";
 
-fn rocksdb_config(path: PathBuf) -> RocksDbConfig {
+pub(crate) fn rocksdb_config(path: PathBuf) -> RocksDbConfig {
     let mut c = RocksDbConfig::new(path).with_wal(false);
     c.enable_statistics = false;
     c.compression = Compression::Lz4;
@@ -524,12 +524,12 @@ fn run_timely(args: &StreamArgs, keys: KeyPicker, workers: usize) -> Result<Run>
 
 /// Forgets the process's peak resident memory so far (Linux: the next
 /// reading of `VmHWM` starts from the current RSS).
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// The process's peak resident memory since the last reset, bytes.
-fn peak_rss() -> Option<u64> {
+pub(crate) fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -680,7 +680,7 @@ pub(crate) fn run(args: &StreamArgs) -> Result<crate::Outcome> {
 }
 
 /// The 1-minute load average.
-fn load_average() -> Option<f64> {
+pub(crate) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
