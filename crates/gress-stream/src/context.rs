@@ -164,6 +164,15 @@ impl<'a, K, O, S> ProcessingContext<'a, K, O, S> {
             .register(self.store, TimeDomain::ProcessingTime, t);
     }
 
+    /// Calls `on_epoch_end` for this key and namespace at the end of the
+    /// current epoch (once, however often asked), before the epoch is
+    /// cut: the way to emit once per epoch what changed. Nothing of it is
+    /// checkpointed, as it is over before the cut.
+    pub fn at_epoch_end(&mut self) {
+        self.timers
+            .at_epoch_end(self.kg, self.key_bytes, self.ns, self.time);
+    }
+
     /// Deletes an event-time timer of this key and namespace.
     pub fn delete_event_timer(&mut self, time: u64) {
         let t = self.timer(time);

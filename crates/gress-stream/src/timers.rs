@@ -30,6 +30,10 @@ pub(crate) struct TimerService {
     op: u32,
     event: BTreeSet<TimerEntry>,
     processing: BTreeSet<TimerEntry>,
+    /// Keys (and namespaces) to call at the end of the epoch, with the
+    /// largest event time they asked at; in memory only (they are called
+    /// before the epoch's cut).
+    epoch_end: HashMap<(u16, Vec<u8>, Vec<u8>), u64>,
     scratch: Vec<u8>,
 }
 
@@ -62,6 +66,28 @@ impl TimerService {
         if self.set(domain).insert(t) {
             store.put_raw(&self.scratch, TIMER_STATE_ID, true);
         }
+    }
+
+    /// Asks for a call at the end of the epoch (once per key and
+    /// namespace).
+    pub(crate) fn at_epoch_end(&mut self, kg: u16, key: &[u8], ns: &[u8], time: u64) {
+        match self.epoch_end.get_mut(&(kg, key.to_vec(), ns.to_vec())) {
+            Some(t) => *t = (*t).max(time),
+            None => {
+                self.epoch_end.insert((kg, key.to_vec(), ns.to_vec()), time);
+            }
+        }
+    }
+
+    /// The keys to call at the end of this epoch, in key order.
+    pub(crate) fn take_epoch_end(&mut self) -> Vec<TimerEntry> {
+        let mut due: Vec<TimerEntry> = self
+            .epoch_end
+            .drain()
+            .map(|((kg, key, ns), time)| TimerEntry { time, kg, key, ns })
+            .collect();
+        due.sort_unstable_by(|a, b| (a.kg, &a.key, &a.ns).cmp(&(b.kg, &b.key, &b.ns)));
+        due
     }
 
     /// Deletes a timer if registered.

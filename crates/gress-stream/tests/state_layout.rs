@@ -8,7 +8,7 @@ use std::time::Duration;
 use gress_state::checkpoint::Checkpointable;
 use gress_state::{MemoryConfig, MemoryStateBackend, StateBackend};
 use gress_stream::{
-    BackendFactory, CollectSink, EpochPolicy, GeneratorSource, JobConfig, JobReport,
+    BackendFactory, CollectSink, EpochPolicy, FileSink, GeneratorSource, JobConfig, JobReport,
     KeyedProcessFunction, ProcessingContext, Result, Timer, ValueStateDescriptor, WindowAssigner,
     run,
 };
@@ -221,7 +221,7 @@ impl KeyedProcessFunction<(), u64> for Touch {
 fn a_value_read_back_keeps_its_expiry() -> R {
     let dir = tempfile::tempdir()?;
     let clock = gress_state::ManualClock::shared(0);
-    let out = Arc::new(Mutex::new(Vec::new()));
+    let out = dir.path().join("out");
     let job = |source: common::VecSource<u64>| {
         let (c, step, sink) = (clock.clone(), clock.clone(), out.clone());
         let factory = BackendFactory::new(move |_| {
@@ -233,7 +233,7 @@ fn a_value_read_back_keeps_its_expiry() -> R {
             JobConfig::new("ttl-readback")
                 .with_clock(clock.clone())
                 .with_backend(factory)
-                .with_checkpoint_dir(dir.path())
+                .with_checkpoint_dir(dir.path().join("checkpoints"))
                 .with_epochs(EpochPolicy::Records(1)),
             move |job| {
                 let step = step.clone();
@@ -250,15 +250,17 @@ fn a_value_read_back_keeps_its_expiry() -> R {
                                 .with_ttl(gress_stream::StateTtl::new(Duration::from_secs(10))),
                         ),
                     )
-                    .sink("out", CollectSink::new(sink.clone()))
+                    .sink("out", FileSink::new(sink.clone()))
             },
         )
     };
     let times = common::VecSource::new(vec![vec![0u64, 6_000, 11_000]]);
     // The first run commits the value set at 0, then fails.
-    assert!(job(times.clone().failing_at(1, dir.path().to_path_buf())).is_err());
+    assert!(job(times.clone().failing_at(1, dir.path().join("checkpoints"))).is_err());
     job(times)?;
-    let got = out.lock().clone();
+    // Read from files: what the failed run committed is published when
+    // the next one starts, where an in-memory sink could miss it.
+    let got: Vec<(u64, bool)> = FileSink::read_committed(&out)?;
     assert_eq!(got, [(0, false), (6_000, true), (11_000, false)]);
     Ok(())
 }

@@ -20,22 +20,19 @@ pub struct Q3 {
 
 /// q3, local item suggestion: auctions of category 10 by sellers in
 /// Oregon, Idaho or California (a regular join of auctions and people on
-/// the seller).
+/// the seller; a person's id is unique, so auctions wait only for their
+/// seller, and the state filter applies in the join).
 pub fn q3<'s>(events: DataStream<'s, Event>) -> DataStream<'s, Q3> {
     let auctions = events
         .clone()
         .flat_map(|e| e.auction().filter(|a| a.category == 10).map(|a| (a.seller, a.id)));
-    let people = events.flat_map(|e| {
-        e.person()
-            .filter(|p| matches!(p.state.as_str(), "or" | "id" | "ca"))
-            .map(|p| (p.id, p.name, p.city, p.state))
-    });
-    auctions.key_by(|a| a.0).join(
+    let people = events.flat_map(|e| e.person().map(|p| (p.id, p.name, p.city, p.state)));
+    auctions.key_by(|a| a.0).join_unique(
         "q3-join",
         people.key_by(|p| p.0),
         None,
         |_, a, p| {
-            Some(Q3 {
+            matches!(p.3.as_str(), "or" | "id" | "ca").then(|| Q3 {
                 name: p.1.clone(),
                 city: p.2.clone(),
                 state: p.3.clone(),
@@ -91,8 +88,9 @@ impl RetractingAggregate for Average {
     }
 }
 
-/// Auctions and the bids placed while they were open, joined on the
-/// auction: `join(auction, bid)` for each pair.
+/// Auctions and their bids, joined on the auction: `join(auction, bid)`
+/// for each pair. An auction's id is unique, so bids wait only until
+/// their auction arrives.
 fn auction_bids<'s, A, B, O>(
     events: DataStream<'s, Event>,
     name: &str,
@@ -109,9 +107,8 @@ where
 {
     let auctions = events.clone().flat_map(move |e| e.auction().map(&auction));
     let bids = events.flat_map(move |e| e.bid().map(&bid));
-    auctions
-        .key_by(key_a)
-        .join(name, bids.key_by(key_b), None, move |_, a, b| join(a, b))
+    bids.key_by(key_b)
+        .join_unique(name, auctions.key_by(key_a), None, move |_, b, a| join(a, b))
 }
 
 /// q4, average price per category: the mean of the final prices (highest
@@ -269,15 +266,15 @@ pub struct Q20 {
 }
 
 /// q20, expand bid with auction: bids on auctions of category 10, with
-/// the auction (a regular join).
+/// the auction (a regular join; an auction's id is unique, so bids wait
+/// only until their auction arrives, and the category filter applies in
+/// the join).
 pub fn q20<'s>(events: DataStream<'s, Event>) -> DataStream<'s, Q20> {
-    let auctions = events
-        .clone()
-        .flat_map(|e| e.auction().filter(|a| a.category == 10));
+    let auctions = events.clone().flat_map(Event::auction);
     let bids = events.flat_map(Event::bid);
     bids.key_by(|b| b.auction)
-        .join("q20-join", auctions.key_by(|a| a.id), None, |_, b, a| {
-            Some(Q20 {
+        .join_unique("q20-join", auctions.key_by(|a| a.id), None, |_, b, a| {
+            (a.category == 10).then(|| Q20 {
                 bid: b.clone(),
                 auction: a.clone(),
             })

@@ -22,9 +22,9 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::context::ProcessingContext;
 use crate::data::{Data, Item, Key};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::operators::keyed::KeyedProcessFunction;
-use crate::state::{ListStateDescriptor, StateTtl};
+use crate::state::{ListStateDescriptor, StateTtl, ValueStateDescriptor};
 use crate::stream::{DataStream, KeyedStream};
 
 /// A record of the left or the right input of a connected stream.
@@ -122,6 +122,97 @@ impl<'s, K: Key, L: Data> KeyedStream<'s, K, L> {
                 join,
             },
         )
+    }
+}
+
+impl<'s, K: Key, L: Data> KeyedStream<'s, K, L> {
+    /// [`KeyedStream::join`] for a right side with at most one record per
+    /// key (a primary key: an auction by its id, a person by theirs). The
+    /// right record is kept; left records wait only until it arrives, and
+    /// join it alone after, so the left side's state holds only records
+    /// whose match has not come yet. With `ttl`, both are dropped as it
+    /// says. A second right record for a key fails the
+    /// job with [`crate::Error::Operator`] rather than emit a wrong
+    /// result.
+    pub fn join_unique<R: Data, O: Data>(
+        self,
+        name: &str,
+        right: KeyedStream<'s, K, R>,
+        ttl: Option<StateTtl>,
+        join: impl Fn(&K, &L, &R) -> Option<O> + 'static,
+    ) -> DataStream<'s, O> {
+        let mut one = ValueStateDescriptor::new("join-right");
+        let mut waiting = ListStateDescriptor::new("join-waiting");
+        if let Some(ttl) = ttl {
+            one = one.with_ttl(ttl);
+            waiting = waiting.with_ttl(ttl);
+        }
+        self.connect(right).process(
+            name,
+            UniqueJoin {
+                right: one,
+                waiting,
+                join,
+            },
+        )
+    }
+}
+
+struct UniqueJoin<L, R, F> {
+    /// The key's right record, with its time.
+    right: ValueStateDescriptor<(u64, R)>,
+    /// Left records that came before it, with their times.
+    waiting: ListStateDescriptor<(u64, L)>,
+    join: F,
+}
+
+impl<K, L, R, O, F> KeyedProcessFunction<K, CoInput<L, R>> for UniqueJoin<L, R, F>
+where
+    K: Key,
+    L: Data,
+    R: Data,
+    O: Data,
+    F: Fn(&K, &L, &R) -> Option<O> + 'static,
+{
+    type Out = O;
+    type Side = ();
+
+    fn on_record(
+        &mut self,
+        ctx: &mut ProcessingContext<'_, K, O, ()>,
+        value: CoInput<L, R>,
+    ) -> Result<()> {
+        let t = ctx.time();
+        let key = ctx.key().clone();
+        let join = &self.join;
+        match value {
+            CoInput::Left(l) => {
+                let found = ctx
+                    .value(&self.right)?
+                    .with(|r| r.map(|(tr, r)| (*tr, join(&key, &l, r))))?;
+                match found {
+                    Some((tr, Some(o))) => ctx.output_at(t.max(tr), o),
+                    Some((_, None)) => {}
+                    None => ctx.list(&self.waiting)?.add((t, l))?,
+                }
+            }
+            CoInput::Right(r) => {
+                if ctx.value(&self.right)?.with(|old| old.is_some())? {
+                    return Err(Error::Worker(
+                        "join_unique: a second right record for one key".into(),
+                    ));
+                }
+                let waiting = ctx.list(&self.waiting)?.get()?;
+                ctx.list(&self.waiting)?.clear()?;
+                for (tl, l) in waiting {
+                    if let Some(o) = join(&key, &l, &r) {
+                        ctx.output_at(t.max(tl), o);
+                    }
+                }
+                ctx.value(&self.right)?.set((t, r))?;
+            }
+        }
+        Ok(())
     }
 }
 

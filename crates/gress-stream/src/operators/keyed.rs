@@ -53,6 +53,19 @@ pub trait KeyedProcessFunction<K, V>: 'static {
         let _ = (ctx, timer);
         Ok(())
     }
+
+    /// Called at the end of an epoch for each key (and namespace) that
+    /// asked during it with [`ProcessingContext::at_epoch_end`], before
+    /// the epoch's timers and before its cut: for emitting once per epoch
+    /// what changed (a mini-batch). The context's time is the largest
+    /// event time the key asked at.
+    fn on_epoch_end(
+        &mut self,
+        ctx: &mut ProcessingContext<'_, K, Self::Out, Self::Side>,
+    ) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
 }
 
 type Out<O, S> = Item<Either<O, S>>;
@@ -368,8 +381,39 @@ fn apply_chunk<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
     Ok(())
 }
 
+/// The context of a key (and namespace) outside its records: for a timer
+/// or the epoch's end.
+fn timer_context<'a, K, O, S>(
+    key: &'a K,
+    t: &crate::timers::TimerEntry,
+    epoch: &'a Epoch<'_>,
+    sc: &'a mut Scratch<'_, O, S>,
+    store: &'a mut crate::state::StateStore,
+) -> ProcessingContext<'a, K, O, S> {
+    sc.key_bytes.clear();
+    sc.key_bytes.extend_from_slice(&t.key);
+    sc.ns.clear();
+    sc.ns.extend_from_slice(&t.ns);
+    ProcessingContext {
+        key,
+        key_bytes: sc.key_bytes,
+        kg: t.kg,
+        ns: sc.ns,
+        time: t.time,
+        watermark: *sc.watermark,
+        epoch: epoch.epoch,
+        store,
+        timers: sc.timers,
+        out: sc.outs,
+        side: sc.sides,
+        scratch: sc.scratch,
+        op: epoch.op,
+        op_name: epoch.op_name,
+    }
+}
+
 /// Ends the current epoch: its watermarks combine into the operator's,
-/// then the timers due fire.
+/// the keys that asked hear of the epoch's end, then the timers due fire.
 fn finish_epoch<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
     function: &mut F,
     epoch: &Epoch<'_>,
@@ -384,6 +428,13 @@ fn finish_epoch<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
         let combined = sc.wm_from.values().copied().min().unwrap_or(0);
         *sc.watermark = (*sc.watermark).max(combined);
     }
+    // Keys that asked to hear of the epoch's end, before its timers (and
+    // before the cut: nothing of this is checkpointed).
+    for t in sc.timers.take_epoch_end() {
+        let key: K = postcard::from_bytes(&t.key).map_err(|e| Error::codec("key", e))?;
+        let mut ctx = timer_context(&key, &t, epoch, sc, store);
+        function.on_epoch_end(&mut ctx)?;
+    }
     let now = store.now_ms();
     for (domain, due) in [
         (TimeDomain::EventTime, *sc.watermark),
@@ -391,31 +442,12 @@ fn finish_epoch<K: Key, V: Data, F: KeyedProcessFunction<K, V>>(
     ] {
         while let Some(t) = sc.timers.pop_due(store, domain, due) {
             let key: K = postcard::from_bytes(&t.key).map_err(|e| Error::codec("timer key", e))?;
-            sc.key_bytes.clear();
-            sc.key_bytes.extend_from_slice(&t.key);
-            sc.ns.clear();
-            sc.ns.extend_from_slice(&t.ns);
             let timer = Timer {
                 time: t.time,
                 domain,
-                namespace: t.ns,
+                namespace: t.ns.clone(),
             };
-            let mut ctx = ProcessingContext {
-                key: &key,
-                key_bytes: sc.key_bytes,
-                kg: t.kg,
-                ns: sc.ns,
-                time: timer.time,
-                watermark: *sc.watermark,
-                epoch: epoch.epoch,
-                store,
-                timers: sc.timers,
-                out: sc.outs,
-                side: sc.sides,
-                scratch: sc.scratch,
-                op: epoch.op,
-                op_name: epoch.op_name,
-            };
+            let mut ctx = timer_context(&key, &t, epoch, sc, store);
             function.on_timer(&mut ctx, timer)?;
             if store.over_budget() {
                 store.maybe_evict()?;

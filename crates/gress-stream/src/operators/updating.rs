@@ -3,17 +3,18 @@
 //! or changelog input (Flink's group aggregation and `ROW_NUMBER() <= N`).
 //!
 //! State per key: top-N keeps the key's current rows, best first (at most
-//! N); an aggregation keeps its accumulator, the number of inputs it
-//! holds, and the result it last emitted. Top-N emits per record; an
-//! aggregation emits at the end of each epoch, from a processing-time
-//! timer at 0 (due at every epoch's end), what changed in the epoch.
+//! N) and, while an epoch changes them, the rows last emitted; an
+//! aggregation keeps its accumulator, the number of inputs it holds, and
+//! the result it last emitted. Both emit at the end of each epoch
+//! ([`ProcessingContext::at_epoch_end`]) what changed in it, a mini-batch:
+//! a key updated a thousand times in an epoch emits one change.
 
 use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
 use crate::changelog::Change;
-use crate::context::{ProcessingContext, Timer};
+use crate::context::ProcessingContext;
 use crate::data::{Data, Key};
 use crate::error::{Error, Result};
 use crate::operators::keyed::KeyedProcessFunction;
@@ -39,16 +40,19 @@ pub trait RetractingAggregate: AggregateFunction {
 impl<'s, K: Key, V: Data> KeyedStream<'s, K, V> {
     /// The first `n` records of each key in the order `order` gives
     /// (`Less`: the first argument ranks before the second; of equal ones
-    /// the earlier stays ahead), as a changelog of ranked rows: a record
-    /// that enters inserts its row or updates the rows it moves down, and
-    /// the row pushed past `n` is replaced. `n = 0` fails the job when it
-    /// starts with [`Error::InvalidJob`].
+    /// the earlier stays ahead), as a changelog of ranked rows, emitted
+    /// once per epoch and key: a rank that gained a row is inserted, one
+    /// whose row changed is updated. `n = 0` fails the job when it starts
+    /// with [`Error::InvalidJob`].
     pub fn top_n(
         self,
         name: &str,
         n: usize,
         order: impl Fn(&V, &V) -> Ordering + 'static,
-    ) -> DataStream<'s, Change<Ranked<V>>> {
+    ) -> DataStream<'s, Change<Ranked<V>>>
+    where
+        V: PartialEq,
+    {
         if n == 0 {
             self.shared.borrow_mut().fail(Error::invalid(
                 "top_n",
@@ -109,8 +113,16 @@ impl<'s, K: Key, V: Data> KeyedStream<'s, K, Change<V>> {
     }
 }
 
+/// A key's rows, best first, and (while the epoch changed them) the rows
+/// last emitted.
+#[derive(Clone, Serialize, Deserialize)]
+struct TopRows<V> {
+    rows: Vec<V>,
+    emitted: Option<Vec<V>>,
+}
+
 struct TopN<V, F> {
-    rows: ValueStateDescriptor<Vec<V>>,
+    rows: ValueStateDescriptor<TopRows<V>>,
     n: usize,
     order: F,
 }
@@ -118,7 +130,7 @@ struct TopN<V, F> {
 impl<K, V, F> KeyedProcessFunction<K, V> for TopN<V, F>
 where
     K: Key,
-    V: Data,
+    V: Data + PartialEq,
     F: Fn(&V, &V) -> Ordering + 'static,
 {
     type Out = Change<Ranked<V>>;
@@ -126,45 +138,52 @@ where
 
     fn on_record(&mut self, ctx: &mut ProcessingContext<'_, K, Self::Out, ()>, value: V) -> Result<()> {
         let (n, order) = (self.n, &self.order);
-        let mut changes = Vec::new();
-        ctx.value(&self.rows)?.update(|rows| {
-            let mut rows = rows.unwrap_or_default();
-            let at = rows
+        let mut ask = false;
+        ctx.value(&self.rows)?.update(|top| {
+            let mut top = top.unwrap_or(TopRows {
+                rows: Vec::new(),
+                emitted: None,
+            });
+            let at = top
+                .rows
                 .iter()
                 .position(|r| order(&value, r) == Ordering::Less)
-                .unwrap_or(rows.len());
+                .unwrap_or(top.rows.len());
             if at >= n {
-                return Some(rows);
+                return Some(top);
             }
-            let old = rows.len();
-            rows.insert(at, value);
-            let dropped = (rows.len() > n).then(|| rows.pop());
-            for (i, row) in rows.iter().enumerate().skip(at) {
+            if top.emitted.is_none() {
+                top.emitted = Some(top.rows.clone());
+                ask = true;
+            }
+            top.rows.insert(at, value);
+            top.rows.truncate(n);
+            Some(top)
+        })?;
+        if ask {
+            ctx.at_epoch_end();
+        }
+        Ok(())
+    }
+
+    fn on_epoch_end(&mut self, ctx: &mut ProcessingContext<'_, K, Self::Out, ()>) -> Result<()> {
+        let mut changes = Vec::new();
+        ctx.value(&self.rows)?.update(|top| {
+            let mut top = top?;
+            let before = top.emitted.take().unwrap_or_default();
+            for i in 0..before.len().max(top.rows.len()) {
                 let rank = u32::try_from(i + 1).unwrap_or(u32::MAX);
-                if i < old {
-                    // The row that was at this rank: the next one now, or
-                    // the one pushed out.
-                    let before = if i + 1 < rows.len() {
-                        rows[i + 1].clone()
-                    } else {
-                        match &dropped {
-                            Some(Some(d)) => d.clone(),
-                            _ => continue,
-                        }
-                    };
-                    changes.push(Change::UpdateBefore(Ranked { rank, row: before }));
-                    changes.push(Change::UpdateAfter(Ranked {
-                        rank,
-                        row: row.clone(),
-                    }));
-                } else {
-                    changes.push(Change::Insert(Ranked {
-                        rank,
-                        row: row.clone(),
-                    }));
+                match (before.get(i), top.rows.get(i)) {
+                    (None, Some(r)) => changes.push(Change::Insert(Ranked { rank, row: r.clone() })),
+                    (Some(b), Some(r)) if b != r => {
+                        changes.push(Change::UpdateBefore(Ranked { rank, row: b.clone() }));
+                        changes.push(Change::UpdateAfter(Ranked { rank, row: r.clone() }));
+                    }
+                    (Some(b), None) => changes.push(Change::Delete(Ranked { rank, row: b.clone() })),
+                    _ => {}
                 }
             }
-            Some(rows)
+            Some(top)
         })?;
         for c in changes {
             ctx.output(c);
@@ -181,9 +200,7 @@ struct AggState<A, O> {
     rows: u64,
     /// The result last emitted.
     emitted: Option<O>,
-    /// The latest event time of its inputs.
-    time: u64,
-    /// Whether its end-of-epoch timer is registered.
+    /// Whether it asked to hear of the epoch's end.
     pending: bool,
 }
 
@@ -197,11 +214,11 @@ fn flush<K: Key, F: AggregateFunction>(
 where
     F::Out: Data + PartialEq,
 {
-    let mut change = (None, None, 0);
+    let mut change = (None, None);
     ctx.value(state)?.update(|s| {
         let mut s = s?;
         let now = (s.rows > 0).then(|| f.result(&s.acc));
-        change = (s.emitted.take(), now.clone(), s.time);
+        change = (s.emitted.take(), now.clone());
         if s.rows == 0 {
             return None;
         }
@@ -209,7 +226,8 @@ where
         s.pending = false;
         Some(s)
     })?;
-    let (old, new, time) = change;
+    let (old, new) = change;
+    let time = ctx.time();
     let key = ctx.key().clone();
     match (old, new) {
         (None, Some(n)) => ctx.output_at(time, Change::Insert((key, n))),
@@ -224,7 +242,7 @@ where
 }
 
 /// Adds (or retracts) one input; the key's change is emitted at the end of
-/// the epoch (a processing-time timer at 0 is due at every epoch's end).
+/// the epoch.
 fn fold<K: Key, O: Data, F: AggregateFunction>(
     ctx: &mut ProcessingContext<'_, K, O, ()>,
     state: &ValueStateDescriptor<AggState<F::Acc, F::Out>>,
@@ -234,14 +252,12 @@ fn fold<K: Key, O: Data, F: AggregateFunction>(
 where
     F::Out: Data,
 {
-    let time = ctx.time();
     let mut register = false;
     ctx.value(state)?.update(|s| {
         let mut s = s.unwrap_or_else(|| AggState {
             acc: f.create(),
             rows: 0,
             emitted: None,
-            time,
             pending: false,
         });
         if apply(f, &mut s.acc) {
@@ -249,13 +265,12 @@ where
         } else {
             s.rows = s.rows.saturating_sub(1);
         }
-        s.time = s.time.max(time);
         register = !s.pending;
         s.pending = true;
         Some(s)
     })?;
     if register {
-        ctx.register_processing_timer(0);
+        ctx.at_epoch_end();
     }
     Ok(())
 }
@@ -286,7 +301,7 @@ where
         })
     }
 
-    fn on_timer(&mut self, ctx: &mut ProcessingContext<'_, K, Self::Out, ()>, _: Timer) -> Result<()> {
+    fn on_epoch_end(&mut self, ctx: &mut ProcessingContext<'_, K, Self::Out, ()>) -> Result<()> {
         flush(ctx, &self.state, &self.function)
     }
 }
@@ -323,7 +338,7 @@ where
         })
     }
 
-    fn on_timer(&mut self, ctx: &mut ProcessingContext<'_, K, Self::Out, ()>, _: Timer) -> Result<()> {
+    fn on_epoch_end(&mut self, ctx: &mut ProcessingContext<'_, K, Self::Out, ()>) -> Result<()> {
         flush(ctx, &self.state, &self.function)
     }
 }

@@ -341,7 +341,9 @@ trait Contents<K, V>: 'static {
     /// The contents, taken out of one window to merge into another.
     type Part;
 
-    fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: V) -> Result<()>;
+    /// Adds a record; whether the window held nothing before (a list's
+    /// contents answer `true`, which only costs timers registered again).
+    fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: V) -> Result<bool>;
     /// Removes and returns the contents.
     fn take<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>) -> Result<Option<Self::Part>>;
     /// Merges contents taken from another window in.
@@ -365,14 +367,19 @@ impl<K, V: Data, F: Fn(&V, V) -> V + 'static> Contents<K, V> for ReduceContents<
     type Result = V;
     type Part = V;
 
-    fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: V) -> Result<()> {
+    fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: V) -> Result<bool> {
         let reduce = &self.reduce;
+        let mut fresh = false;
         ctx.value(&self.state)?.update(|acc| {
             Some(match acc {
                 Some(acc) => reduce(&acc, value),
-                None => value,
+                None => {
+                    fresh = true;
+                    value
+                }
             })
-        })
+        })?;
+        Ok(fresh)
     }
 
     fn take<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>) -> Result<Option<V>> {
@@ -385,7 +392,7 @@ impl<K, V: Data, F: Fn(&V, V) -> V + 'static> Contents<K, V> for ReduceContents<
     }
 
     fn absorb<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, part: V) -> Result<()> {
-        self.add(ctx, part)
+        self.add(ctx, part).map(|_| ())
     }
 
     fn result<O, S>(
@@ -415,13 +422,18 @@ where
     type Result = F::Out;
     type Part = F::Acc;
 
-    fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: F::In) -> Result<()> {
+    fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: F::In) -> Result<bool> {
         let f = &self.function;
+        let mut fresh = false;
         ctx.value(&self.state)?.update(|acc| {
-            let mut acc = acc.unwrap_or_else(|| f.create());
+            let mut acc = acc.unwrap_or_else(|| {
+                fresh = true;
+                f.create()
+            });
             f.add(&mut acc, value);
             Some(acc)
-        })
+        })?;
+        Ok(fresh)
     }
 
     fn take<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>) -> Result<Option<F::Acc>> {
@@ -558,8 +570,8 @@ where
     type Result = R;
     type Part = Vec<V>;
 
-    fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: V) -> Result<()> {
-        self.append(ctx, vec![value])
+    fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: V) -> Result<bool> {
+        self.append(ctx, vec![value]).map(|()| true)
     }
 
     fn take<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>) -> Result<Option<Vec<V>>> {
@@ -644,18 +656,23 @@ impl<C> WindowOperator<C> {
         ctx: Ctx<'_, '_, K, WindowResult<K, R>, V>,
         w: &Window,
         value: V,
+        merged: bool,
     ) -> Result<()>
     where
         C: Contents<K, V, Result = R>,
     {
         ctx.set_namespace(Some(w))?;
-        self.contents.add(ctx, value)?;
+        // A window that held something has its timers already (a merged
+        // session's are new).
+        let fresh = self.contents.add(ctx, value)? || merged;
         if w.end <= ctx.watermark() {
             self.fire(ctx, w)?;
-        } else {
+        } else if fresh {
             ctx.register_event_timer(w.end);
         }
-        ctx.register_event_timer(self.cleanup_time(w));
+        if fresh {
+            ctx.register_event_timer(self.cleanup_time(w));
+        }
         Ok(())
     }
 
@@ -687,8 +704,8 @@ impl<C> WindowOperator<C> {
             }
             Some((last, rest)) => rest
                 .iter()
-                .try_for_each(|w| self.add(ctx, w, value.clone()))
-                .and_then(|()| self.add(ctx, last, value)),
+                .try_for_each(|w| self.add(ctx, w, value.clone(), false))
+                .and_then(|()| self.add(ctx, last, value, false)),
         };
         self.scratch = windows;
         result
@@ -730,7 +747,7 @@ impl<C> WindowOperator<C> {
                 self.contents.absorb(ctx, part)?;
             }
         }
-        self.add(ctx, &merged, value)
+        self.add(ctx, &merged, value, true)
     }
 }
 
