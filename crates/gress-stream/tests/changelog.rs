@@ -275,3 +275,59 @@ fn a_partition_outside_the_sink_directory_is_refused() -> R {
     assert!(!dir.path().join("escape").exists());
     Ok(())
 }
+
+/// The pairs of `join_unique`, sorted.
+fn run_join_unique(inputs: Vec<Vec<Side>>, workers: usize) -> gress_stream::Result<Vec<(u64, i64, i64)>> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Worker(e.to_string()))?;
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = out.clone();
+    let source = VecSource::new(inputs);
+    run(config(workers, 7, dir.path()), move |job| {
+        let records = job.source("records", source.clone())?;
+        let left = records.clone().filter(|r: &Side| r.0).key_by(|r| r.1);
+        let right = records.filter(|r: &Side| !r.0).key_by(|r| r.1);
+        left.join_unique("join", right, None, |k, l, r| {
+            ((l.2 + r.2) % 7 != 0).then_some((*k, l.2, r.2))
+        })
+        .sink("out", CollectSink::new(sink.clone()))
+    })?;
+    let mut pairs = out.lock().clone();
+    pairs.sort_unstable();
+    Ok(pairs)
+}
+
+/// With one right record per key, arriving before, between or after its
+/// left records, `join_unique` emits what the regular join does; a second
+/// right record for a key stops the job with an error naming it.
+#[test]
+fn a_unique_join_matches_the_regular_join_and_refuses_a_second_right_record() -> R {
+    // Keys 0..40: the right record of key k is at position k * 7 % 150 of
+    // partition k % 2, among left records of random keys.
+    let mut parts: Vec<Vec<Side>> = disordered(5, 2, 150, 40, 2, 0)
+        .into_iter()
+        .map(|part| part.into_iter().map(|(k, _, v)| (true, k, v)).collect())
+        .collect();
+    for k in 0..40u64 {
+        let part = &mut parts[(k % 2) as usize];
+        let at = (k as usize * 7) % part.len();
+        part.insert(at, (false, k, 1_000 + k as i64));
+    }
+    let mut expected = Vec::new();
+    for l in parts.iter().flatten().filter(|r| r.0) {
+        for r in parts.iter().flatten().filter(|r| !r.0) {
+            if l.1 == r.1 && (l.2 + r.2) % 7 != 0 {
+                expected.push((l.1, l.2, r.2));
+            }
+        }
+    }
+    expected.sort_unstable();
+    assert!(expected.len() > 200, "too few pairs to test");
+    for workers in [1, 2] {
+        assert_eq!(run_join_unique(parts.clone(), workers)?, expected, "{workers} workers");
+    }
+    parts[0].push((false, 3, 5));
+    parts[0].push((false, 3, 6));
+    let err = run_join_unique(parts, 2).expect_err("a second right record");
+    assert!(err.to_string().contains("second right record"), "{err}");
+    Ok(())
+}

@@ -54,6 +54,25 @@ pub struct BidStats {
 }
 
 impl BidStats {
+    /// Adds another group's (or shard's) statistics.
+    pub fn merge(&mut self, o: &BidStats) {
+        self.total_bids += o.total_bids;
+        self.rank1_bids += o.rank1_bids;
+        self.rank2_bids += o.rank2_bids;
+        self.rank3_bids += o.rank3_bids;
+        self.total_bidders += o.total_bidders;
+        self.rank1_bidders += o.rank1_bidders;
+        self.rank2_bidders += o.rank2_bidders;
+        self.rank3_bidders += o.rank3_bidders;
+        self.total_auctions += o.total_auctions;
+        self.rank1_auctions += o.rank1_auctions;
+        self.rank2_auctions += o.rank2_auctions;
+        self.rank3_auctions += o.rank3_auctions;
+        if o.minute > self.minute {
+            self.minute.clone_from(&o.minute);
+        }
+    }
+
     /// Adds one bid's tally.
     pub fn add(&mut self, t: &Tally) {
         let bit = |bits: u8, i: u8| u64::from((bits >> i) & 1);
@@ -97,19 +116,22 @@ impl AggregateFunction for SumTallies {
 
 /// Marks the first bid of a distinct value (bidder or auction) in its
 /// group, overall and per rank: one byte of state per group and value.
+/// Records carry a payload `P` along.
 struct FirstOf {
     seen: ValueStateDescriptor<u8>,
     bidder: bool,
 }
 
-impl<K: Key, G: gress_stream::Data> KeyedProcessFunction<K, (G, Tally)> for FirstOf {
-    type Out = (G, Tally);
+impl<K: Key, G: gress_stream::Data, P: gress_stream::Data> KeyedProcessFunction<K, (G, (P, Tally))>
+    for FirstOf
+{
+    type Out = (G, (P, Tally));
     type Side = ();
 
     fn on_record(
         &mut self,
-        ctx: &mut ProcessingContext<'_, K, (G, Tally)>,
-        (group, mut tally): (G, Tally),
+        ctx: &mut ProcessingContext<'_, K, Self::Out>,
+        (group, (payload, mut tally)): (G, (P, Tally)),
     ) -> Result<()> {
         let bits = 1u8 | (1 << tally.rank);
         let mut new = 0;
@@ -123,15 +145,51 @@ impl<K: Key, G: gress_stream::Data> KeyedProcessFunction<K, (G, Tally)> for Firs
         } else {
             tally.new_auction = new;
         }
-        ctx.output((group, tally));
+        ctx.output((group, (payload, tally)));
         Ok(())
     }
 }
 
+/// The group's statistics summed over its shards' partial sums.
+#[derive(Debug, Clone, Copy)]
+pub struct SumShards;
+
+impl AggregateFunction for SumShards {
+    type In = (u8, BidStats);
+    type Acc = std::collections::BTreeMap<u8, BidStats>;
+    type Out = BidStats;
+    fn create(&self) -> Self::Acc {
+        std::collections::BTreeMap::new()
+    }
+    fn add(&self, acc: &mut Self::Acc, (shard, stats): (u8, BidStats)) {
+        acc.insert(shard, stats);
+    }
+    fn result(&self, acc: &Self::Acc) -> BidStats {
+        let mut total = BidStats::default();
+        for s in acc.values() {
+            total.merge(s);
+        }
+        total
+    }
+}
+
+impl gress_stream::RetractingAggregate for SumShards {
+    fn retract(&self, acc: &mut Self::Acc, (shard, stats): (u8, BidStats)) {
+        if acc.get(&shard) == Some(&stats) {
+            acc.remove(&shard);
+        }
+    }
+}
+
+/// Shards of a group's sum (by auction), so that no one worker sums every
+/// bid of a hot group.
+const SHARDS: u64 = 16;
+
 /// Per group of bids: the statistics of q15 and q16, as a changelog. The
 /// distinct counts are split the way planners split them: bids are keyed
 /// by (group, bidder), then by (group, auction), each stage marking the
-/// first bid of its value, and the last stage sums per group.
+/// first bid of its value; then summed per group and shard of auctions,
+/// and the shards' sums (a changelog, once per epoch) per group.
 fn bid_statistics<'s, G: Key>(
     events: DataStream<'s, Event>,
     name: &str,
@@ -156,15 +214,13 @@ fn bid_statistics<'s, G: Key>(
         .map_values(|(g, _, auction, t)| (g, (auction, t)))
         .process(
             &format!("{name}-bidders"),
-            FirstOfPair {
-                inner: FirstOf {
-                    seen: ValueStateDescriptor::new("seen"),
-                    bidder: true,
-                },
+            FirstOf {
+                seen: ValueStateDescriptor::new("seen"),
+                bidder: true,
             },
         )
         .key_by(|(g, (auction, _))| (g.clone(), *auction))
-        .map_values(|(g, (_, t))| (g, t))
+        .map_values(|(g, (auction, t))| (g, ((auction % SHARDS) as u8, t)))
         .process(
             &format!("{name}-auctions"),
             FirstOf {
@@ -172,36 +228,13 @@ fn bid_statistics<'s, G: Key>(
                 bidder: false,
             },
         )
-        .key_by(|(g, _)| g.clone())
-        .map_values(|(_, t)| t)
-        .updating_aggregate(&format!("{name}-stats"), SumTallies)
-}
-
-/// [`FirstOf`] for records that carry the auction along.
-struct FirstOfPair {
-    inner: FirstOf,
-}
-
-impl<K: Key, G: gress_stream::Data> KeyedProcessFunction<K, (G, (u64, Tally))> for FirstOfPair {
-    type Out = (G, (u64, Tally));
-    type Side = ();
-
-    fn on_record(
-        &mut self,
-        ctx: &mut ProcessingContext<'_, K, (G, (u64, Tally))>,
-        (group, (auction, mut tally)): (G, (u64, Tally)),
-    ) -> Result<()> {
-        let bits = 1u8 | (1 << tally.rank);
-        let mut new = 0;
-        ctx.value(&self.inner.seen)?.update(|seen| {
-            let seen = seen.unwrap_or(0);
-            new = bits & !seen;
-            Some(seen | bits)
-        })?;
-        tally.new_bidder = new;
-        ctx.output((group, (auction, tally)));
-        Ok(())
-    }
+        .key_by(|(g, (shard, _))| (g.clone(), *shard))
+        .map_values(|(_, (_, t))| t)
+        .updating_aggregate(&format!("{name}-shards"), SumTallies)
+        .map(|c| c.map(|((g, shard), stats)| (g, (shard, stats))))
+        .key_by(|c| c.row().0.clone())
+        .map_values(|c| c.map(|(_, part)| part))
+        .retracting_aggregate(&format!("{name}-stats"), SumShards)
 }
 
 /// q15, bidding statistics per day, as a changelog of `(day, stats)`.
