@@ -52,6 +52,16 @@ pub struct NexmarkArgs {
     /// Leave out the plain timely q5 and q8.
     #[arg(long)]
     no_baseline: bool,
+    /// Run every row in this process instead of a child process of its
+    /// own (peak RSS then includes what earlier rows left behind).
+    #[arg(long)]
+    in_process: bool,
+    /// (For the child processes.) Run exactly the rows asked for, here.
+    #[arg(long, hide = true)]
+    single: bool,
+    /// (For the child processes.) Run only the plain timely rows.
+    #[arg(long, hide = true)]
+    baseline_only: bool,
     /// Where RocksDB, the checkpoints and q10's files go (a temporary
     /// directory inside).
     #[arg(long, default_value = "target/bench-data")]
@@ -59,11 +69,11 @@ pub struct NexmarkArgs {
 }
 
 /// One measured row.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, serde::Deserialize, Clone)]
 struct Row {
     query: String,
     /// `stateless`, `windowed` or `updating`.
-    kind: &'static str,
+    kind: String,
     /// `memory`, `rocksdb` or `timely` (the floor).
     subject: String,
     events: u64,
@@ -201,7 +211,7 @@ fn run_gress(args: &NexmarkArgs, query: Query, backend: &str) -> Result<Row> {
     let bytes: Vec<u64> = report.checkpoints.iter().map(|c| c.bytes_written).collect();
     Ok(Row {
         query: query.name().to_string(),
-        kind: query.kind(),
+        kind: query.kind().to_string(),
         subject: backend.to_string(),
         events,
         events_per_sec: events as f64 / elapsed.as_secs_f64(),
@@ -431,7 +441,7 @@ fn run_timely(args: &NexmarkArgs, query: Query) -> Result<Row> {
     let events = args.events;
     Ok(Row {
         query: query.name().to_string(),
-        kind: query.kind(),
+        kind: query.kind().to_string(),
         subject: "timely".to_string(),
         events,
         events_per_sec: events as f64 / elapsed.as_secs_f64(),
@@ -447,6 +457,61 @@ fn run_timely(args: &NexmarkArgs, query: Query) -> Result<Row> {
         checkpoint_mib_mean: None,
         target_events_per_sec: None,
     })
+}
+
+/// One row: of `backend`, or of plain timely; in a child process of its
+/// own unless asked otherwise, so that its peak RSS is its own.
+fn row(args: &NexmarkArgs, query: Query, backend: Option<&String>) -> Result<Row> {
+    if args.single || args.in_process {
+        return match backend {
+            Some(b) => run_gress(args, query, b),
+            None => run_timely(args, query),
+        };
+    }
+    // The `gress` binary this benchmark runs in.
+    let exe = std::env::current_exe()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let report = tempfile::NamedTempFile::new_in(&args.dir)?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["bench", "nexmark", "--single", "--queries", query.name()])
+        .args(["--events", &args.events.to_string()])
+        .args(["--workers", &args.workers.to_string()])
+        .args(["--epoch-ms", &args.epoch_ms.to_string()])
+        .arg("--dir")
+        .arg(&args.dir)
+        .arg("--save")
+        .arg(report.path());
+    match backend {
+        Some(b) => cmd.args(["--backends", b, "--no-baseline"]),
+        None => cmd.arg("--baseline-only"),
+    };
+    if let Some(mb) = args.memory_mb {
+        cmd.args(["--memory-mb", &mb.to_string()]);
+    }
+    crate::status(&format!(
+        "nexmark {} on {}",
+        query.name(),
+        backend.map_or("plain timely", |b| b.as_str())
+    ));
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "nexmark {} ({}) failed: {}",
+            query.name(),
+            backend.map_or("timely", |b| b.as_str()),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(report.path())?)?;
+    let row = json
+        .get("rows")
+        .and_then(|r| r.get(0))
+        .ok_or_else(|| anyhow!("nexmark {}: the child process reported no row", query.name()))?;
+    Ok(serde_json::from_value(row.clone())?)
 }
 
 fn opt(x: Option<f64>, digits: usize) -> String {
@@ -537,11 +602,13 @@ pub(crate) fn run(args: &NexmarkArgs) -> Result<crate::Outcome> {
     let load_before = load_average();
     let mut rows = Vec::new();
     for &q in &queries {
-        for b in &args.backends {
-            rows.push(run_gress(args, q, b)?);
+        if !args.baseline_only {
+            for b in &args.backends {
+                rows.push(row(args, q, Some(b))?);
+            }
         }
         if !args.no_baseline && matches!(q.name(), "q5" | "q8") {
-            rows.push(run_timely(args, q)?);
+            rows.push(row(args, q, None)?);
         }
     }
     let report = Report {

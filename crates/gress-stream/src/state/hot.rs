@@ -14,9 +14,10 @@
 //! fuzzy snapshot): when it is done at cut `c`, having started after cut
 //! `s`, the deltas of `s + 1 ..= c` hold every change made while it was
 //! written, so `[full, delta s+1, ..., delta c]` is the image at cut `c`.
-//! A new one starts under the checkpoint manager's rule for backends: after
-//! `max_deltas` deltas, or once the deltas add up to more than
-//! `max_delta_ratio` of it (of 1 MiB at least), so the chain stays short
+//! A new one starts after `max_deltas` deltas (the checkpoint manager's
+//! settings), or once the chain holds more than
+//! `max_delta_ratio` of the live state (of 1 MiB at least) in bytes later
+//! files superseded, so the chain stays short
 //! and the bytes a restore reads stay within a small multiple of the
 //! image.
 //!
@@ -235,14 +236,20 @@ impl HotImage {
         usize::from(chain.full.is_some()) + chain.deltas.len()
     }
 
-    /// Whether a new full snapshot is due: the deltas since the last have
-    /// grown as large as it (and past a floor), or are many.
-    pub(crate) fn full_due(&self) -> bool {
+    /// Whether a new full snapshot is due: the deltas since the last are
+    /// many, or the chain holds more than `max_delta_ratio` of the live
+    /// state (`live` bytes, and a floor) in bytes that later files
+    /// superseded. State that only grows (new keys every epoch) supersedes
+    /// nothing, so its chain restarts only after `max_deltas` deltas
+    /// instead of rewriting all of it whenever the deltas add up to a
+    /// share of it.
+    pub(crate) fn full_due(&self, live: u64) -> bool {
         let chain = self.chain.lock();
         let deltas: u64 = chain.deltas.iter().map(|(_, f)| f.bytes).sum();
         let full = chain.full.as_ref().map_or(0, |f| f.bytes);
+        let superseded = (full + deltas).saturating_sub(live);
         chain.deltas.len() >= self.max_deltas
-            || deltas as f64 > self.max_delta_ratio * full.max(MIN_FULL_BYTES) as f64
+            || superseded as f64 > self.max_delta_ratio * live.max(MIN_FULL_BYTES) as f64
     }
 
     /// Takes what a restore put here: writes it as the chain's new base

@@ -718,7 +718,7 @@ impl StateStore {
             if let Some((full, after)) = log.scanned.take() {
                 log.image.seal_full(full, after);
             }
-            if log.scan.is_none() && log.image.full_due() {
+            if log.scan.is_none() && log.image.full_due(self.bytes as u64) {
                 let full = log.image.start_file(SnapshotKind::Full)?;
                 log.scan = Some((full, 0, log.image.last_seq()));
             }
