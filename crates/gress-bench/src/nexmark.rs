@@ -152,7 +152,9 @@ fn percentile(mut v: Vec<Duration>, q: f64) -> Option<f64> {
 }
 
 /// A row's measurements of CPU and memory around `f`.
-fn measured<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration, Option<Duration>, Option<u64>)> {
+fn measured<T>(
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, Duration, Option<Duration>, Option<u64>)> {
     reset_peak_rss();
     let cpu_before = process_cpu();
     let started = Instant::now();
@@ -231,7 +233,11 @@ fn run_gress(args: &NexmarkArgs, query: Query, backend: &str) -> Result<Row> {
 }
 
 /// Reads partition `index` of the events, in batches, into `each`.
-fn generate(settings: &NexmarkSettings, index: usize, mut each: impl FnMut(Vec<Event>)) -> Result<()> {
+fn generate(
+    settings: &NexmarkSettings,
+    index: usize,
+    mut each: impl FnMut(Vec<Event>),
+) -> Result<()> {
     let mut source = NexmarkSource::new(settings.clone());
     let mut reader = source.open(index, 0)?;
     loop {
@@ -298,7 +304,9 @@ fn timely_q5(settings: &NexmarkSettings, workers: usize) -> Result<u64> {
                     },
                 )
                 .unary_frontier::<CapacityContainerBuilder<Vec<(u64, u64)>>, _, _, _>(
-                    Exchange::new(|w: &(u64, u64, Vec<u64>)| w.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                    Exchange::new(|w: &(u64, u64, Vec<u64>)| {
+                        w.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    }),
                     "Hot",
                     |cap, _info| {
                         let mut cap = Some(cap);
@@ -384,7 +392,8 @@ fn timely_q8(settings: &NexmarkSettings, workers: usize) -> Result<u64> {
                                 for batch in data {
                                     for (id, t, name) in batch.drain(..) {
                                         let start = t - t % 10_000;
-                                        let s = seen.entry((id, start)).or_insert((None, false, false));
+                                        let s =
+                                            seen.entry((id, start)).or_insert((None, false, false));
                                         match name {
                                             Some(n) => s.0 = Some(n),
                                             None => s.1 = true,
@@ -507,10 +516,12 @@ fn row(args: &NexmarkArgs, query: Query, backend: Option<&String>) -> Result<Row
         );
     }
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(report.path())?)?;
-    let row = json
-        .get("rows")
-        .and_then(|r| r.get(0))
-        .ok_or_else(|| anyhow!("nexmark {}: the child process reported no row", query.name()))?;
+    let row = json.get("rows").and_then(|r| r.get(0)).ok_or_else(|| {
+        anyhow!(
+            "nexmark {}: the child process reported no row",
+            query.name()
+        )
+    })?;
     Ok(serde_json::from_value(row.clone())?)
 }
 

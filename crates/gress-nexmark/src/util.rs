@@ -21,7 +21,10 @@ pub fn hour(t: u64) -> u32 {
 }
 
 fn fmt(t: u64, f: &str) -> String {
-    match i64::try_from(t).ok().and_then(DateTime::from_timestamp_millis) {
+    match i64::try_from(t)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+    {
         Some(d) => d.format(f).to_string(),
         None => String::new(),
     }
@@ -87,7 +90,10 @@ mod tests {
         assert_eq!(channel_id("a=1&channel_id=12&b=1"), Some("12"));
         assert_eq!(channel_id("channel_id=7"), Some("7"));
         assert_eq!(channel_id("xchannel_id=7&channel_id=8"), Some("8"));
-        assert_eq!(split_index("https://www.nexmark.com/a/b/c/item.htm", 3), Some("a"));
+        assert_eq!(
+            split_index("https://www.nexmark.com/a/b/c/item.htm", 3),
+            Some("a")
+        );
         assert_eq!(split_index("a/b", 5), None);
         assert_eq!(count_char("abcabc", 'c'), 2);
     }

@@ -29,7 +29,12 @@ macro_rules! query_tests {
 
             #[test]
             fn matches_its_reference() {
-                common::matches_reference(&settings(EVENTS), super::$name as Build, $out, $reference);
+                common::matches_reference(
+                    &settings(EVENTS),
+                    super::$name as Build,
+                    $out,
+                    $reference,
+                );
             }
 
             #[test]
@@ -40,26 +45,154 @@ macro_rules! query_tests {
     };
 }
 
-query_tests!(q0, q0_recovers, stateless::q0, |o: &Path| rows(read::<stateless::Q0>(o)), |e: &[Event]| rows(reference::q0(e)));
-query_tests!(q1, q1_recovers, stateless::q1, |o: &Path| rows(read::<stateless::Q1>(o)), |e: &[Event]| rows(reference::q1(e)));
-query_tests!(q2, q2_recovers, stateless::q2, |o: &Path| rows(read::<(u64, u64)>(o)), |e: &[Event]| rows(reference::q2(e)));
-query_tests!(q3, q3_recovers, joins::q3, |o: &Path| rows(read::<joins::Q3>(o)), |e: &[Event]| rows(reference::q3(e)));
-query_tests!(q4, q4_recovers, joins::q4, |o: &Path| table(read::<gress_stream::Change<(u64, u64)>>(o)), |e: &[Event]| rows(reference::q4(e)));
-query_tests!(q5, q5_recovers, windows::q5, |o: &Path| rows(read::<windows::Q5>(o)), |e: &[Event]| rows(reference::q5(e)));
-query_tests!(q6, q6_recovers, joins::q6, |o: &Path| table(read::<gress_stream::Change<(u64, u64)>>(o)), |e: &[Event]| rows(reference::q6(e)));
-query_tests!(q7, q7_recovers, windows::q7, |o: &Path| rows(read::<windows::Q7>(o)), |e: &[Event]| rows(reference::q7(e)));
-query_tests!(q8, q8_recovers, windows::q8, |o: &Path| rows(read::<windows::Q8>(o)), |e: &[Event]| rows(reference::q8(e)));
-query_tests!(q9, q9_recovers, joins::q9, |o: &Path| table(read::<gress_stream::Change<joins::Q9>>(o)), |e: &[Event]| rows(reference::q9(e)));
-query_tests!(q11, q11_recovers, windows::q11, |o: &Path| rows(read::<windows::BidderCount>(o)), |e: &[Event]| rows(reference::q11(e)));
-query_tests!(q14, q14_recovers, stateless::q14, |o: &Path| rows(read::<stateless::Q14>(o)), |e: &[Event]| rows(reference::q14(e)));
-query_tests!(q15, q15_recovers, updating::q15, |o: &Path| table(read::<gress_stream::Change<(String, updating::BidStats)>>(o)), |e: &[Event]| rows(reference::q15(e)));
-query_tests!(q16, q16_recovers, updating::q16, |o: &Path| table(read::<gress_stream::Change<((String, String), updating::BidStats)>>(o)), |e: &[Event]| rows(reference::q16(e)));
-query_tests!(q17, q17_recovers, updating::q17, |o: &Path| table(read::<gress_stream::Change<((u64, String), updating::AuctionStats)>>(o)), |e: &[Event]| rows(reference::q17(e)));
-query_tests!(q18, q18_recovers, updating::q18, |o: &Path| table(read::<gress_stream::Change<gress_nexmark::Bid>>(o)), |e: &[Event]| rows(reference::q18(e)));
-query_tests!(q19, q19_recovers, updating::q19, |o: &Path| table(read::<gress_stream::Change<gress_stream::Ranked<gress_nexmark::Bid>>>(o)), |e: &[Event]| rows(reference::q19(e)));
-query_tests!(q20, q20_recovers, joins::q20, |o: &Path| rows(read::<joins::Q20>(o)), |e: &[Event]| rows(reference::q20(e)));
-query_tests!(q21, q21_recovers, stateless::q21, |o: &Path| rows(read::<stateless::Q21>(o)), |e: &[Event]| rows(reference::q21(e)));
-query_tests!(q22, q22_recovers, stateless::q22, |o: &Path| rows(read::<stateless::Q22>(o)), |e: &[Event]| rows(reference::q22(e)));
+query_tests!(
+    q0,
+    q0_recovers,
+    stateless::q0,
+    |o: &Path| rows(read::<stateless::Q0>(o)),
+    |e: &[Event]| rows(reference::q0(e))
+);
+query_tests!(
+    q1,
+    q1_recovers,
+    stateless::q1,
+    |o: &Path| rows(read::<stateless::Q1>(o)),
+    |e: &[Event]| rows(reference::q1(e))
+);
+query_tests!(
+    q2,
+    q2_recovers,
+    stateless::q2,
+    |o: &Path| rows(read::<(u64, u64)>(o)),
+    |e: &[Event]| rows(reference::q2(e))
+);
+query_tests!(
+    q3,
+    q3_recovers,
+    joins::q3,
+    |o: &Path| rows(read::<joins::Q3>(o)),
+    |e: &[Event]| rows(reference::q3(e))
+);
+query_tests!(
+    q4,
+    q4_recovers,
+    joins::q4,
+    |o: &Path| table(read::<gress_stream::Change<(u64, u64)>>(o)),
+    |e: &[Event]| rows(reference::q4(e))
+);
+query_tests!(
+    q5,
+    q5_recovers,
+    windows::q5,
+    |o: &Path| rows(read::<windows::Q5>(o)),
+    |e: &[Event]| rows(reference::q5(e))
+);
+query_tests!(
+    q6,
+    q6_recovers,
+    joins::q6,
+    |o: &Path| table(read::<gress_stream::Change<(u64, u64)>>(o)),
+    |e: &[Event]| rows(reference::q6(e))
+);
+query_tests!(
+    q7,
+    q7_recovers,
+    windows::q7,
+    |o: &Path| rows(read::<windows::Q7>(o)),
+    |e: &[Event]| rows(reference::q7(e))
+);
+query_tests!(
+    q8,
+    q8_recovers,
+    windows::q8,
+    |o: &Path| rows(read::<windows::Q8>(o)),
+    |e: &[Event]| rows(reference::q8(e))
+);
+query_tests!(
+    q9,
+    q9_recovers,
+    joins::q9,
+    |o: &Path| table(read::<gress_stream::Change<joins::Q9>>(o)),
+    |e: &[Event]| rows(reference::q9(e))
+);
+query_tests!(
+    q11,
+    q11_recovers,
+    windows::q11,
+    |o: &Path| rows(read::<windows::BidderCount>(o)),
+    |e: &[Event]| rows(reference::q11(e))
+);
+query_tests!(
+    q14,
+    q14_recovers,
+    stateless::q14,
+    |o: &Path| rows(read::<stateless::Q14>(o)),
+    |e: &[Event]| rows(reference::q14(e))
+);
+query_tests!(
+    q15,
+    q15_recovers,
+    updating::q15,
+    |o: &Path| table(read::<gress_stream::Change<(String, updating::BidStats)>>(
+        o
+    )),
+    |e: &[Event]| rows(reference::q15(e))
+);
+query_tests!(
+    q16,
+    q16_recovers,
+    updating::q16,
+    |o: &Path| table(read::<
+        gress_stream::Change<((String, String), updating::BidStats)>,
+    >(o)),
+    |e: &[Event]| rows(reference::q16(e))
+);
+query_tests!(
+    q17,
+    q17_recovers,
+    updating::q17,
+    |o: &Path| table(read::<
+        gress_stream::Change<((u64, String), updating::AuctionStats)>,
+    >(o)),
+    |e: &[Event]| rows(reference::q17(e))
+);
+query_tests!(
+    q18,
+    q18_recovers,
+    updating::q18,
+    |o: &Path| table(read::<gress_stream::Change<gress_nexmark::Bid>>(o)),
+    |e: &[Event]| rows(reference::q18(e))
+);
+query_tests!(
+    q19,
+    q19_recovers,
+    updating::q19,
+    |o: &Path| table(read::<
+        gress_stream::Change<gress_stream::Ranked<gress_nexmark::Bid>>,
+    >(o)),
+    |e: &[Event]| rows(reference::q19(e))
+);
+query_tests!(
+    q20,
+    q20_recovers,
+    joins::q20,
+    |o: &Path| rows(read::<joins::Q20>(o)),
+    |e: &[Event]| rows(reference::q20(e))
+);
+query_tests!(
+    q21,
+    q21_recovers,
+    stateless::q21,
+    |o: &Path| rows(read::<stateless::Q21>(o)),
+    |e: &[Event]| rows(reference::q21(e))
+);
+query_tests!(
+    q22,
+    q22_recovers,
+    stateless::q22,
+    |o: &Path| rows(read::<stateless::Q22>(o)),
+    |e: &[Event]| rows(reference::q22(e))
+);
 
 /// q12 counts in windows of the job's clock: the windows depend on when
 /// records are processed, so the counts per bidder over all windows are
@@ -98,7 +231,13 @@ fn q13_query(events: DataStream<'_, Event>) -> DataStream<'_, stateless::Q13> {
     stateless::q13(events, side_input())
 }
 
-query_tests!(q13, q13_recovers, q13_query, |o: &Path| rows(read::<stateless::Q13>(o)), |e: &[Event]| rows(reference::q13(e, &side_input())));
+query_tests!(
+    q13,
+    q13_recovers,
+    q13_query,
+    |o: &Path| rows(read::<stateless::Q13>(o)),
+    |e: &[Event]| rows(reference::q13(e, &side_input()))
+);
 
 /// q10 writes partitions; its output is read per partition.
 fn q10(events: DataStream<'_, Event>, out: &Path) -> Result<()> {
@@ -110,7 +249,10 @@ fn q10_output(out: &Path) -> Vec<String> {
     parts
         .into_iter()
         .flat_map(|(part, rows)| {
-            assert!(rows.iter().all(|r| r.partition() == part), "rows in their partition");
+            assert!(
+                rows.iter().all(|r| r.partition() == part),
+                "rows in their partition"
+            );
             let mut rows = rows;
             rows.sort();
             rows.into_iter().map(move |r| format!("{part} {r:?}"))
@@ -130,7 +272,12 @@ mod q10 {
 
     #[test]
     fn matches_its_reference() {
-        common::matches_reference(&settings(EVENTS), super::q10 as Build, q10_output, q10_reference);
+        common::matches_reference(
+            &settings(EVENTS),
+            super::q10 as Build,
+            q10_output,
+            q10_reference,
+        );
     }
 
     #[test]

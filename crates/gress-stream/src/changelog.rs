@@ -23,18 +23,20 @@ impl<T> Change<T> {
     /// The row this change is about.
     pub fn row(&self) -> &T {
         match self {
-            Change::Insert(r) | Change::UpdateBefore(r) | Change::UpdateAfter(r) | Change::Delete(r) => {
-                r
-            }
+            Change::Insert(r)
+            | Change::UpdateBefore(r)
+            | Change::UpdateAfter(r)
+            | Change::Delete(r) => r,
         }
     }
 
     /// The row, taken.
     pub fn into_row(self) -> T {
         match self {
-            Change::Insert(r) | Change::UpdateBefore(r) | Change::UpdateAfter(r) | Change::Delete(r) => {
-                r
-            }
+            Change::Insert(r)
+            | Change::UpdateBefore(r)
+            | Change::UpdateAfter(r)
+            | Change::Delete(r) => r,
         }
     }
 

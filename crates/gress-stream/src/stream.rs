@@ -580,7 +580,10 @@ impl<'s, K: Key, V: Data> KeyedStream<'s, K, V> {
 
     /// Each value turned into another, on the worker it is on: the stream
     /// stays partitioned by the same key.
-    pub fn map_values<V2: Data>(self, mut f: impl FnMut(V) -> V2 + 'static) -> KeyedStream<'s, K, V2> {
+    pub fn map_values<V2: Data>(
+        self,
+        mut f: impl FnMut(V) -> V2 + 'static,
+    ) -> KeyedStream<'s, K, V2> {
         KeyedStream {
             inner: per_record(self.inner, "MapValues", move |t, (k, v), emit| {
                 emit(t, (k, f(v)))

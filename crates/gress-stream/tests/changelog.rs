@@ -72,7 +72,12 @@ type Outputs = (
 
 /// Top-`n` by value per key, a running sum per key, and the sum of each
 /// key's top-`n` (a retracting aggregate of the top-N's changelog).
-fn run_updating(inputs: Vec<Vec<Ev>>, n: usize, workers: usize, epoch: u64) -> gress_stream::Result<Outputs> {
+fn run_updating(
+    inputs: Vec<Vec<Ev>>,
+    n: usize,
+    workers: usize,
+    epoch: u64,
+) -> gress_stream::Result<Outputs> {
     let dir = tempfile::tempdir().map_err(|e| Error::Worker(e.to_string()))?;
     let top = Arc::new(Mutex::new(Vec::new()));
     let sums = Arc::new(Mutex::new(Vec::new()));
@@ -99,7 +104,11 @@ fn run_updating(inputs: Vec<Vec<Ev>>, n: usize, workers: usize, epoch: u64) -> g
             .sink("top-sums", CollectSink::new(ts.clone()))?;
         ranked.sink("top", CollectSink::new(t.clone()))
     })?;
-    let out = (top.lock().clone(), sums.lock().clone(), top_sums.lock().clone());
+    let out = (
+        top.lock().clone(),
+        sums.lock().clone(),
+        top_sums.lock().clone(),
+    );
     Ok(out)
 }
 
@@ -181,7 +190,12 @@ fn retracting_every_input_deletes_the_row() -> R {
 type Side = (bool, u64, i64);
 
 /// The pairs a regular join emits, sorted.
-fn run_join(inputs: Vec<Vec<Side>>, workers: usize, ttl: Option<StateTtl>, clock: Option<Arc<ManualClock>>) -> gress_stream::Result<Vec<(u64, i64, i64)>> {
+fn run_join(
+    inputs: Vec<Vec<Side>>,
+    workers: usize,
+    ttl: Option<StateTtl>,
+    clock: Option<Arc<ManualClock>>,
+) -> gress_stream::Result<Vec<(u64, i64, i64)>> {
     let dir = tempfile::tempdir().map_err(|e| Error::Worker(e.to_string()))?;
     let out = Arc::new(Mutex::new(Vec::new()));
     let sink = out.clone();
@@ -235,7 +249,11 @@ fn a_regular_join_emits_every_pair_of_a_key_once() -> R {
     expected.sort_unstable();
     assert!(expected.len() > 500, "too few pairs to test");
     for workers in [1, 2] {
-        assert_eq!(run_join(inputs.clone(), workers, None, None)?, expected, "{workers} workers");
+        assert_eq!(
+            run_join(inputs.clone(), workers, None, None)?,
+            expected,
+            "{workers} workers"
+        );
     }
     Ok(())
 }
@@ -266,7 +284,11 @@ fn a_partition_outside_the_sink_directory_is_refused() -> R {
         job.source("n", source.clone())?.sink(
             "out",
             PartitionedFileSink::new(out.clone(), |n: &u64| {
-                if *n == 2 { "../escape".to_string() } else { format!("n={n}") }
+                if *n == 2 {
+                    "../escape".to_string()
+                } else {
+                    format!("n={n}")
+                }
             }),
         )
     })
@@ -277,7 +299,10 @@ fn a_partition_outside_the_sink_directory_is_refused() -> R {
 }
 
 /// The pairs of `join_unique`, sorted.
-fn run_join_unique(inputs: Vec<Vec<Side>>, workers: usize) -> gress_stream::Result<Vec<(u64, i64, i64)>> {
+fn run_join_unique(
+    inputs: Vec<Vec<Side>>,
+    workers: usize,
+) -> gress_stream::Result<Vec<(u64, i64, i64)>> {
     let dir = tempfile::tempdir().map_err(|e| Error::Worker(e.to_string()))?;
     let out = Arc::new(Mutex::new(Vec::new()));
     let sink = out.clone();
@@ -323,7 +348,11 @@ fn a_unique_join_matches_the_regular_join_and_refuses_a_second_right_record() ->
     expected.sort_unstable();
     assert!(expected.len() > 200, "too few pairs to test");
     for workers in [1, 2] {
-        assert_eq!(run_join_unique(parts.clone(), workers)?, expected, "{workers} workers");
+        assert_eq!(
+            run_join_unique(parts.clone(), workers)?,
+            expected,
+            "{workers} workers"
+        );
     }
     parts[0].push((false, 3, 5));
     parts[0].push((false, 3, 6));

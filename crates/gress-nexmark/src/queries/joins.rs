@@ -23,23 +23,22 @@ pub struct Q3 {
 /// the seller; a person's id is unique, so auctions wait only for their
 /// seller, and the state filter applies in the join).
 pub fn q3<'s>(events: DataStream<'s, Event>) -> DataStream<'s, Q3> {
-    let auctions = events
-        .clone()
-        .flat_map(|e| e.auction().filter(|a| a.category == 10).map(|a| (a.seller, a.id)));
+    let auctions = events.clone().flat_map(|e| {
+        e.auction()
+            .filter(|a| a.category == 10)
+            .map(|a| (a.seller, a.id))
+    });
     let people = events.flat_map(|e| e.person().map(|p| (p.id, p.name, p.city, p.state)));
-    auctions.key_by(|a| a.0).join_unique(
-        "q3-join",
-        people.key_by(|p| p.0),
-        None,
-        |_, a, p| {
+    auctions
+        .key_by(|a| a.0)
+        .join_unique("q3-join", people.key_by(|p| p.0), None, |_, a, p| {
             matches!(p.3.as_str(), "or" | "id" | "ca").then(|| Q3 {
                 name: p.1.clone(),
                 city: p.2.clone(),
                 state: p.3.clone(),
                 id: a.1,
             })
-        },
-    )
+        })
 }
 
 /// The largest price.
@@ -108,7 +107,9 @@ where
     let auctions = events.clone().flat_map(move |e| e.auction().map(&auction));
     let bids = events.flat_map(move |e| e.bid().map(&bid));
     bids.key_by(key_b)
-        .join_unique(name, auctions.key_by(key_a), None, move |_, b, a| join(a, b))
+        .join_unique(name, auctions.key_by(key_a), None, move |_, b, a| {
+            join(a, b)
+        })
 }
 
 /// q4, average price per category: the mean of the final prices (highest
@@ -272,11 +273,15 @@ pub struct Q20 {
 pub fn q20<'s>(events: DataStream<'s, Event>) -> DataStream<'s, Q20> {
     let auctions = events.clone().flat_map(Event::auction);
     let bids = events.flat_map(Event::bid);
-    bids.key_by(|b| b.auction)
-        .join_unique("q20-join", auctions.key_by(|a| a.id), None, |_, b, a| {
+    bids.key_by(|b| b.auction).join_unique(
+        "q20-join",
+        auctions.key_by(|a| a.id),
+        None,
+        |_, b, a| {
             (a.category == 10).then(|| Q20 {
                 bid: b.clone(),
                 auction: a.clone(),
             })
-        })
+        },
+    )
 }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use gress_stream::{
-    AggregateFunction, CoInput, DataStream, KeyedProcessFunction, ProcessingContext,
-    Result, Timer, TimeDomain, ValueStateDescriptor, WindowAssigner,
+    AggregateFunction, CoInput, DataStream, KeyedProcessFunction, ProcessingContext, Result,
+    TimeDomain, Timer, ValueStateDescriptor, WindowAssigner,
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +74,11 @@ impl KeyedProcessFunction<(u64, u64), (u64, u64)> for HotItems {
         Ok(())
     }
 
-    fn on_timer(&mut self, ctx: &mut ProcessingContext<'_, (u64, u64), Q5>, _: Timer) -> Result<()> {
+    fn on_timer(
+        &mut self,
+        ctx: &mut ProcessingContext<'_, (u64, u64), Q5>,
+        _: Timer,
+    ) -> Result<()> {
         let (start, end) = *ctx.key();
         let best = ctx.value(&self.best)?.get()?;
         ctx.value(&self.best)?.clear()?;
@@ -298,7 +302,11 @@ impl KeyedProcessFunction<u64, u64> for ProcessingWindows {
     type Out = BidderCount;
     type Side = ();
 
-    fn on_record(&mut self, ctx: &mut ProcessingContext<'_, u64, BidderCount>, _: u64) -> Result<()> {
+    fn on_record(
+        &mut self,
+        ctx: &mut ProcessingContext<'_, u64, BidderCount>,
+        _: u64,
+    ) -> Result<()> {
         let now = ctx.processing_time();
         let start = now - now % self.size;
         ctx.set_namespace(Some(&start))?;
@@ -315,7 +323,11 @@ impl KeyedProcessFunction<u64, u64> for ProcessingWindows {
         Ok(())
     }
 
-    fn on_timer(&mut self, ctx: &mut ProcessingContext<'_, u64, BidderCount>, timer: Timer) -> Result<()> {
+    fn on_timer(
+        &mut self,
+        ctx: &mut ProcessingContext<'_, u64, BidderCount>,
+        timer: Timer,
+    ) -> Result<()> {
         let start: u64 = timer.decode_namespace()?;
         let Some(count) = ctx.value(&self.count)?.get()? else {
             return Ok(());

@@ -143,12 +143,8 @@ pub fn run_once(
             at: fail_at,
             commits: commits.clone(),
         };
-        let events = job.source_with_event_time(
-            "events",
-            source,
-            Event::time,
-            settings.out_of_orderness,
-        )?;
+        let events =
+            job.source_with_event_time("events", source, Event::time, settings.out_of_orderness)?;
         build(events, &out)
     })
 }
@@ -224,7 +220,10 @@ pub fn survives_failures(
     assert!(!expected.is_empty(), "the reference has rows");
     let clean = tempfile::tempdir().expect("a temporary directory");
     let out = run_job(clean.path(), &settings, Backend::Memory, None, build);
-    assert!(output(&out) == expected, "the clean run differs from the reference");
+    assert!(
+        output(&out) == expected,
+        "the clean run differs from the reference"
+    );
     for kind in [Backend::Memory, Backend::RocksDb] {
         for then in [2, 3] {
             let dir = tempfile::tempdir().expect("a temporary directory");

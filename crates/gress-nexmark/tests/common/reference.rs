@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gress_nexmark::queries::joins::{Q3, Q9, Q20};
+use gress_nexmark::queries::stateless::{Q0, Q1, Q14, Q21, Q22};
 use gress_nexmark::queries::stateless::{Q10, Q13, SideInput};
 use gress_nexmark::queries::updating::{AuctionStats, BidStats};
 use gress_nexmark::queries::windows::{BidderCount, Q5, Q7, Q8};
-use gress_nexmark::queries::stateless::{Q0, Q1, Q14, Q21, Q22};
 use gress_nexmark::util;
 use gress_nexmark::{Auction, Bid, Event, Person};
 use gress_stream::Ranked;

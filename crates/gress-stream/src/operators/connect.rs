@@ -82,7 +82,10 @@ impl<'s, K: Key, L: Data> KeyedStream<'s, K, L> {
     /// sees the records of both inputs of each key, with the key's state
     /// and timers (Flink's `KeyedCoProcessFunction`), and its watermark is
     /// the smaller of the two inputs'.
-    pub fn connect<R: Data>(self, right: KeyedStream<'s, K, R>) -> KeyedStream<'s, K, CoInput<L, R>> {
+    pub fn connect<R: Data>(
+        self,
+        right: KeyedStream<'s, K, R>,
+    ) -> KeyedStream<'s, K, CoInput<L, R>> {
         let offset = u32::try_from(self.upstreams).unwrap_or(u32::MAX);
         let left = tag(self.inner, "ConnectLeft", 0, CoInput::<L, R>::Left);
         let right_inner = tag(right.inner, "ConnectRight", offset, CoInput::<L, R>::Right);

@@ -54,10 +54,9 @@ impl<'s, K: Key, V: Data> KeyedStream<'s, K, V> {
         V: PartialEq,
     {
         if n == 0 {
-            self.shared.borrow_mut().fail(Error::invalid(
-                "top_n",
-                "n must be at least 1".to_string(),
-            ));
+            self.shared
+                .borrow_mut()
+                .fail(Error::invalid("top_n", "n must be at least 1".to_string()));
         }
         self.process(
             name,
@@ -73,7 +72,11 @@ impl<'s, K: Key, V: Data> KeyedStream<'s, K, V> {
     /// `(key, result)`. Changes are emitted once per epoch and key (a
     /// mini-batch): the key's first epoch inserts its row, and a later one
     /// that changed the result updates it.
-    pub fn updating_aggregate<F>(self, name: &str, function: F) -> DataStream<'s, Change<(K, F::Out)>>
+    pub fn updating_aggregate<F>(
+        self,
+        name: &str,
+        function: F,
+    ) -> DataStream<'s, Change<(K, F::Out)>>
     where
         F: AggregateFunction<In = V>,
         F::Out: Data + PartialEq,
@@ -136,7 +139,11 @@ where
     type Out = Change<Ranked<V>>;
     type Side = ();
 
-    fn on_record(&mut self, ctx: &mut ProcessingContext<'_, K, Self::Out, ()>, value: V) -> Result<()> {
+    fn on_record(
+        &mut self,
+        ctx: &mut ProcessingContext<'_, K, Self::Out, ()>,
+        value: V,
+    ) -> Result<()> {
         let (n, order) = (self.n, &self.order);
         let mut ask = false;
         ctx.value(&self.rows)?.update(|top| {
@@ -174,12 +181,24 @@ where
             for i in 0..before.len().max(top.rows.len()) {
                 let rank = u32::try_from(i + 1).unwrap_or(u32::MAX);
                 match (before.get(i), top.rows.get(i)) {
-                    (None, Some(r)) => changes.push(Change::Insert(Ranked { rank, row: r.clone() })),
+                    (None, Some(r)) => changes.push(Change::Insert(Ranked {
+                        rank,
+                        row: r.clone(),
+                    })),
                     (Some(b), Some(r)) if b != r => {
-                        changes.push(Change::UpdateBefore(Ranked { rank, row: b.clone() }));
-                        changes.push(Change::UpdateAfter(Ranked { rank, row: r.clone() }));
+                        changes.push(Change::UpdateBefore(Ranked {
+                            rank,
+                            row: b.clone(),
+                        }));
+                        changes.push(Change::UpdateAfter(Ranked {
+                            rank,
+                            row: r.clone(),
+                        }));
                     }
-                    (Some(b), None) => changes.push(Change::Delete(Ranked { rank, row: b.clone() })),
+                    (Some(b), None) => changes.push(Change::Delete(Ranked {
+                        rank,
+                        row: b.clone(),
+                    })),
                     _ => {}
                 }
             }
