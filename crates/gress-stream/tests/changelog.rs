@@ -144,7 +144,7 @@ proptest! {
         let mut top_sums = Vec::new();
         for (k, mut es) in per_key {
             sums.push((k, es.iter().map(|e| e.2).sum::<i64>()));
-            es.sort_by(|a, b| b.2.cmp(&a.2));
+            es.sort_by_key(|e| std::cmp::Reverse(e.2));
             es.truncate(n);
             top_sums.push((k, es.iter().map(|e| e.2).sum::<i64>()));
             for (i, e) in es.into_iter().enumerate() {

@@ -341,8 +341,7 @@ trait Contents<K, V>: 'static {
     /// The contents, taken out of one window to merge into another.
     type Part;
 
-    /// Adds a record; whether the window held nothing before (a list's
-    /// contents answer `true`, which only costs timers registered again).
+    /// Adds a record; whether the window held nothing before (lists: true).
     fn add<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>, value: V) -> Result<bool>;
     /// Removes and returns the contents.
     fn take<O, S>(&mut self, ctx: Ctx<'_, '_, K, O, S>) -> Result<Option<Self::Part>>;
@@ -662,8 +661,7 @@ impl<C> WindowOperator<C> {
         C: Contents<K, V, Result = R>,
     {
         ctx.set_namespace(Some(w))?;
-        // A window that held something has its timers already (a merged
-        // session's are new).
+        // Timers come with a window's first record (a merged session's are new).
         let fresh = self.contents.add(ctx, value)? || merged;
         if w.end <= ctx.watermark() {
             self.fire(ctx, w)?;
