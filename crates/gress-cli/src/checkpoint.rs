@@ -21,7 +21,7 @@ use gress_state::{MemoryConfig, MemoryStateBackend, SNAPSHOT_FORMAT, StateBacken
 use serde_json::{Value, json};
 
 use crate::exit;
-use crate::location::{Kind, Location, worker_sub};
+use crate::location::{Fail, Kind, Location, worker_sub};
 use crate::out::{Out, size, time};
 
 #[derive(Subcommand, Debug)]
@@ -114,7 +114,7 @@ pub(crate) enum Cmd {
 
 pub(crate) fn run(cmd: &Cmd, out: &Out) -> Result<u8> {
     match cmd {
-        Cmd::List { location } => list(&Location::parse(location)?, out),
+        Cmd::List { location } => or_not_found(out, || list(&Location::parse(location)?, out)),
         Cmd::Inspect {
             location,
             id,
@@ -357,38 +357,6 @@ fn committed_of(loc: &Location, w: usize, storage: Arc<dyn Storage>) -> Result<(
         loc.shown()
     )))
 }
-
-/// An error with its own exit code: what was asked for is not there
-/// (4) or is damaged (3).
-#[derive(Debug)]
-pub(crate) struct Fail {
-    code: u8,
-    message: String,
-}
-
-impl Fail {
-    pub(crate) fn not_found(message: String) -> Self {
-        Fail {
-            code: exit::NOT_FOUND,
-            message,
-        }
-    }
-
-    pub(crate) fn damaged(message: String) -> Self {
-        Fail {
-            code: exit::DAMAGED,
-            message,
-        }
-    }
-}
-
-impl std::fmt::Display for Fail {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Fail {}
 
 /// Runs `f`, turning a [`Fail`] into its exit code and message.
 fn or_not_found(out: &Out, f: impl FnOnce() -> Result<u8>) -> Result<u8> {

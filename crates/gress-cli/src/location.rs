@@ -9,6 +9,8 @@ use gress_checkpoint::Storage;
 use gress_checkpoint::manifest::MANIFESTS;
 use gress_stream::{COMMITS, CheckpointStorage, S3Config};
 
+use crate::exit;
+
 /// A checkpoint location given on the command line.
 #[derive(Debug, Clone)]
 pub(crate) struct Location {
@@ -102,13 +104,45 @@ impl Location {
         if !list(MANIFESTS)?.is_empty() {
             return Ok(Kind::Manager(root));
         }
-        bail!(
+        bail!(Fail::not_found(format!(
             "{}: no checkpoints here (neither manifests/ of a backend's checkpoints nor commits/ of a job)",
             self.shown
-        )
+        )))
     }
 }
 
 pub(crate) fn worker_sub(w: usize) -> String {
     format!("workers/{w:05}")
 }
+
+/// An error with its own exit code: what was asked for is not there
+/// (4) or is damaged (3).
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Fail {
+    pub(crate) fn not_found(message: String) -> Self {
+        Fail {
+            code: exit::NOT_FOUND,
+            message,
+        }
+    }
+
+    pub(crate) fn damaged(message: String) -> Self {
+        Fail {
+            code: exit::DAMAGED,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Fail {}

@@ -242,6 +242,15 @@ fn checkpoints_are_listed_inspected_verified_and_restored_into_rocksdb_and_snaps
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(!out.stderr.is_empty());
     }
+    // A location that holds no checkpoints: not found (4), in one line.
+    let empty = tempfile::tempdir()?;
+    let out = gress()
+        .args(["checkpoint", "list", s(empty.path())])
+        .output()?;
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8(out.stderr)?;
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no checkpoints here"), "{err}");
     Ok(())
 }
 
