@@ -201,7 +201,11 @@ fn print_checkpoints(c: &Catalog, indent: &str) {
             .iter()
             .map(|(n, f, files, d)| format!("{n} ({f}, {files}, {d})"))
             .collect();
-        let meta: Vec<String> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let meta: Vec<String> = i
+            .metadata
+            .iter()
+            .map(|(k, v)| format!("{k}={}", meta_value(k, v)))
+            .collect();
         say!(
             "{indent}{:>8}  {:<24}  {:>10}  {:<34}  {}",
             i.id,
@@ -358,6 +362,17 @@ fn committed_of(loc: &Location, w: usize, storage: Arc<dyn Storage>) -> Result<(
     )))
 }
 
+/// A metadata value as a person reads it: a watermark or event-time high
+/// mark of `u64::MAX` is the end of the input (JSON keeps the number).
+fn meta_value<'a>(key: &str, value: &'a str) -> std::borrow::Cow<'a, str> {
+    let time = key.starts_with("watermark/") || key.starts_with("maxtime/");
+    if time && value.parse::<u64>() == Ok(u64::MAX) {
+        "end of input".into()
+    } else {
+        value.into()
+    }
+}
+
 /// Runs `f`, turning a [`Fail`] into its exit code and message.
 fn or_not_found(out: &Out, f: impl FnOnce() -> Result<u8>) -> Result<u8> {
     match f() {
@@ -412,7 +427,7 @@ fn inspect(loc: &Location, id: Option<u64>, worker: Option<usize>, out: &Out) ->
                 size(m.total_bytes())
             );
             for (k, v) in &m.metadata {
-                say!("  {k} = {v}");
+                say!("  {k} = {}", meta_value(k, v));
             }
             for b in &m.backends {
                 say!(

@@ -503,6 +503,13 @@ fn read_only_commands_run_beside_a_checkpointing_job_and_change_nothing() -> R {
     assert_eq!(counts.values().sum::<u64>(), 1_200_000);
     assert!(report.last_committed.is_some());
     run_json(&["checkpoint", "verify", s(&loc), "--all"])?;
+    // The ended input's watermark reads as such, not as u64::MAX.
+    let shown = gress()
+        .args(["checkpoint", "inspect", s(&loc), "--worker", "0"])
+        .output()?;
+    let shown = String::from_utf8(shown.stdout)?;
+    assert!(shown.contains("watermark/count = end of input"), "{shown}");
+    assert!(!shown.contains(&u64::MAX.to_string()), "{shown}");
 
     // Damage in a worker's committed checkpoint is found and named.
     let manifest = run_json(&["checkpoint", "inspect", s(&loc), "--worker", "1"])?;
