@@ -148,9 +148,16 @@ pub(crate) fn verify_stored(storage: &dyn Storage, entry: &FileEntry) -> Result<
 
 pub(crate) fn damaged_or_storage(e: io::Error, path: &str) -> Error {
     if e.kind() == io::ErrorKind::InvalidData {
+        // A `VerifyingReader` names the file already: say it once.
+        let message = e.to_string();
+        let prefix = format!("stored file {path} is damaged: ");
+        let reason = message
+            .strip_prefix(&prefix)
+            .unwrap_or(&message)
+            .to_string();
         Error::DamagedFile {
             path: path.to_string(),
-            reason: e.to_string().into(),
+            reason: reason.into(),
         }
     } else {
         Error::storage("reading", path, e)

@@ -277,6 +277,8 @@ fn damage_is_found_named_and_exits_with_code_3() -> R {
         report.contains("DAMAGED") && report.contains(&file),
         "{report}"
     );
+    // The cause is said once, not repeated by each layer.
+    assert_eq!(report.matches("is damaged").count(), 1, "{report}");
     let out = gress()
         .args(["checkpoint", "verify", s(&loc), "--json"])
         .output()?;
