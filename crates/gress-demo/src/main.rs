@@ -23,8 +23,8 @@ struct Args {
     /// Which backend to run on.
     #[arg(long, value_enum, default_value_t = Backend::Rocksdb)]
     backend: Backend,
-    /// Number of user records to write.
-    #[arg(long, default_value_t = 10_000)]
+    /// Number of user records to write (at least 1).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     users: u64,
     /// Number of events in the keyed aggregation.
     #[arg(long, default_value_t = 100_000)]
@@ -108,8 +108,9 @@ fn main() -> Result<()> {
             drop(backend);
             let reopened = RocksDbStateBackend::open(config)?;
             println!(
-                "closed and reopened: user:123 present = {}, about {} keys",
-                reopened.get(b"user:123")?.is_some(),
+                "closed and reopened: {} present = {}, about {} keys",
+                sample_user(&args),
+                reopened.get(sample_user(&args).as_bytes())?.is_some(),
                 reopened.estimate_num_keys()?
             );
         }
@@ -128,6 +129,12 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The user record the demo reads back: `user:123`, or the last one when
+/// there are fewer.
+fn sample_user(args: &Args) -> String {
+    format!("user:{}", args.users.saturating_sub(1).min(123))
+}
+
 /// The `backend` label of the demo's metrics.
 const METRICS_LABEL: &str = "demo";
 
@@ -140,8 +147,14 @@ fn exercise(backend: &dyn StateBackend, args: &Args) -> Result<()> {
         backend.put(format!("user:{i}").as_bytes(), record.as_bytes())?;
     }
     println!("wrote {} user records in {:?}", args.users, t.elapsed());
-    let alice = backend.get(b"user:123")?.context("user:123 missing")?;
-    println!("read user:123 -> {}", String::from_utf8_lossy(&alice));
+    let alice = backend
+        .get(sample_user(args).as_bytes())?
+        .context(format!("{} missing", sample_user(args)))?;
+    println!(
+        "read {} -> {}",
+        sample_user(args),
+        String::from_utf8_lossy(&alice)
+    );
 
     // 2. A keyed aggregation: read-modify-write per event.
     let t = Instant::now();
@@ -209,8 +222,9 @@ fn exercise(backend: &dyn StateBackend, args: &Args) -> Result<()> {
         Ok(_) => bail!("a damaged snapshot was accepted"),
     }
     println!(
-        "state after the refused restore still has user:123 = {}",
-        backend.get(b"user:123")?.is_some()
+        "state after the refused restore still has {} = {}",
+        sample_user(args),
+        backend.get(sample_user(args).as_bytes())?.is_some()
     );
     Ok(())
 }
@@ -231,15 +245,19 @@ fn rocksdb_extras(backend: &RocksDbStateBackend, args: &Args) -> Result<()> {
     let checkpoint = args.data_dir.join("checkpoints/cp-1");
     fs::create_dir_all(args.data_dir.join("checkpoints"))?;
     backend.create_checkpoint(&checkpoint)?;
-    backend.put(b"user:123", b"changed after the checkpoint")?;
+    backend.put(
+        sample_user(args).as_bytes(),
+        b"changed after the checkpoint",
+    )?;
     let copy = RocksDbStateBackend::open_checkpoint(
         &checkpoint,
         RocksDbConfig::new(args.data_dir.join("from-checkpoint")),
     )?;
     println!(
-        "checkpoint {} opened as a new database: user:123 -> {}",
+        "checkpoint {} opened as a new database: {} -> {}",
         checkpoint.display(),
-        String::from_utf8_lossy(&copy.get(b"user:123")?.unwrap_or_default())
+        sample_user(args),
+        String::from_utf8_lossy(&copy.get(sample_user(args).as_bytes())?.unwrap_or_default())
     );
     Ok(())
 }
