@@ -25,7 +25,8 @@ use gress_state::{MemoryConfig, MemoryStateBackend};
 use gress_stream::{BackendFactory, EpochPolicy, JobConfig, Poll, Source};
 
 use crate::stream::{
-    ROCKSDB_TUNING, load_average, peak_rss, process_cpu, reset_peak_rss, rocksdb_config,
+    ROCKSDB_TUNING, load_average, opt, peak_rss, percentile, process_cpu, reset_peak_rss,
+    rocksdb_config, sorted,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -142,15 +143,6 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-fn percentile(mut v: Vec<Duration>, q: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_unstable();
-    let i = ((v.len() - 1) as f64 * q).round() as usize;
-    Some(v[i].as_secs_f64() * 1e3)
-}
-
 /// A row's measurements of CPU and memory around `f`.
 fn measured<T>(
     f: impl FnOnce() -> Result<T>,
@@ -224,8 +216,8 @@ fn run_gress(args: &NexmarkArgs, query: Query, backend: &str) -> Result<Row> {
         state_mib: Some(mib(report.cache.peak_bytes)),
         db_mib: rocks.then(|| mib(dir_size(&state))),
         checkpoints: Some(report.last_committed.map_or(0, |e| e + 1)),
-        checkpoint_ms_p50: percentile(durations.clone(), 0.5),
-        checkpoint_ms_max: percentile(durations, 1.0),
+        checkpoint_ms_p50: percentile(&sorted(&durations), 0.5),
+        checkpoint_ms_max: percentile(&sorted(&durations), 1.0),
         checkpoint_mib_mean: (!bytes.is_empty())
             .then(|| mib(bytes.iter().sum::<u64>()) / bytes.len() as f64),
         target_events_per_sec: target(query.kind(), backend),
@@ -248,6 +240,19 @@ fn generate(
             return Ok(());
         }
     }
+}
+
+/// The rows every timely worker emitted, together.
+fn rows_of(
+    guards: timely::communication::WorkerGuards<std::result::Result<u64, String>>,
+) -> Result<u64> {
+    let mut rows = 0;
+    for outcome in guards.join() {
+        rows += outcome
+            .map_err(|e| anyhow!("a timely worker failed: {e}"))?
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(rows)
 }
 
 /// q5 in plain timely: bids exchanged by auction, counted per sliding
@@ -357,13 +362,7 @@ fn timely_q5(settings: &NexmarkSettings, workers: usize) -> Result<u64> {
         generated.map(|()| out.get()).map_err(|e| e.to_string())
     })
     .map_err(|e| anyhow!("timely: {e}"))?;
-    let mut rows = 0;
-    for outcome in guards.join() {
-        rows += outcome
-            .map_err(|e| anyhow!("a timely worker failed: {e}"))?
-            .map_err(|e| anyhow!("{e}"))?;
-    }
-    Ok(rows)
+    rows_of(guards)
 }
 
 /// q8 in plain timely: people and sellers exchanged by id, their tumbling
@@ -431,13 +430,7 @@ fn timely_q8(settings: &NexmarkSettings, workers: usize) -> Result<u64> {
         generated.map(|()| out.get()).map_err(|e| e.to_string())
     })
     .map_err(|e| anyhow!("timely: {e}"))?;
-    let mut rows = 0;
-    for outcome in guards.join() {
-        rows += outcome
-            .map_err(|e| anyhow!("a timely worker failed: {e}"))?
-            .map_err(|e| anyhow!("{e}"))?;
-    }
-    Ok(rows)
+    rows_of(guards)
 }
 
 fn run_timely(args: &NexmarkArgs, query: Query) -> Result<Row> {
@@ -523,10 +516,6 @@ fn row(args: &NexmarkArgs, query: Query, backend: Option<&String>) -> Result<Row
         )
     })?;
     Ok(serde_json::from_value(row.clone())?)
-}
-
-fn opt(x: Option<f64>, digits: usize) -> String {
-    x.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
 fn write_table(out: &mut String, report: &Report) {

@@ -35,7 +35,8 @@ mod events;
 mod table;
 
 use events::{KeyPicker, LatencySink, RunningCount, SinkOutcome, Stamper};
-use table::{opt, write_table};
+pub(crate) use table::opt;
+use table::write_table;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct StreamArgs {
@@ -563,7 +564,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> Option<f64> {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -571,7 +572,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Option<f64> {
     Some(ms(sorted[i]))
 }
 
-fn sorted(v: &[Duration]) -> Vec<Duration> {
+pub(crate) fn sorted(v: &[Duration]) -> Vec<Duration> {
     let mut v = v.to_vec();
     v.sort();
     v

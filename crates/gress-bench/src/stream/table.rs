@@ -2,7 +2,7 @@
 
 use super::StreamReport;
 
-pub(super) fn opt(x: Option<f64>, digits: usize) -> String {
+pub(crate) fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
