@@ -67,6 +67,10 @@ struct Cli {
     /// dumps) on standard output.
     #[arg(long, global = true)]
     json: bool,
+    /// How log lines (standard error, filtered by RUST_LOG, default info)
+    /// are written.
+    #[arg(long, global = true, value_enum, default_value_t = gress_app::log::LogFormat::Text)]
+    log_format: gress_app::log::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +93,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    gress_app::log::init(cli.log_format);
     let out = out::Out { json: cli.json };
     let result = match &cli.command {
         Command::Checkpoint(cmd) => checkpoint::run(cmd, &out),

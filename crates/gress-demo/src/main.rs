@@ -3,13 +3,14 @@
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+use gress_app::ProgramArgs;
 use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
 use gress_state::telemetry::{MetricsPublisher, PrometheusEndpoint, serve_prometheus};
 use gress_state::{MemoryConfig, MemoryStateBackend, Op, StateBackend};
@@ -17,9 +18,8 @@ use gress_state::{MemoryConfig, MemoryStateBackend, Op, StateBackend};
 #[derive(Parser, Debug)]
 #[command(about = "Runs gress-state end to end and prints what happened")]
 struct Args {
-    /// Directory for the database, snapshot and checkpoint; emptied first.
-    #[arg(long, default_value = "demo-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    program: ProgramArgs,
     /// Which backend to run on.
     #[arg(long, value_enum, default_value_t = Backend::Rocksdb)]
     backend: Backend,
@@ -52,17 +52,17 @@ enum Backend {
 const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 fn rocksdb_config(args: &Args) -> RocksDbConfig {
-    RocksDbConfig::new(args.data_dir.join("state")).with_ttl(DEFAULT_TTL)
+    RocksDbConfig::new(args.data_dir().join("state")).with_ttl(DEFAULT_TTL)
 }
 
+/// The name the demo marks its data directory with.
+const PROGRAM: &str = "gress-demo";
+const DEFAULT_DATA_DIR: &str = "demo-data";
+
 fn main() -> Result<()> {
-    let args = Args::parse();
-    if args.data_dir.exists() {
-        fs::remove_dir_all(&args.data_dir)
-            .with_context(|| format!("emptying {}", args.data_dir.display()))?;
-    }
-    fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let mut args = Args::parse();
+    let dir = args.program.start(PROGRAM, Path::new(DEFAULT_DATA_DIR))?;
+    args.program.data_dir = Some(dir);
 
     let endpoint = if args.no_metrics {
         None
@@ -129,6 +129,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+impl Args {
+    /// The data directory, once `main` has prepared it.
+    fn data_dir(&self) -> &Path {
+        (self.program.data_dir.as_deref()).unwrap_or(Path::new(DEFAULT_DATA_DIR))
+    }
+}
+
 /// The user record the demo reads back: `user:123`, or the last one when
 /// there are fewer.
 fn sample_user(args: &Args) -> String {
@@ -183,7 +190,7 @@ fn exercise(backend: &dyn StateBackend, args: &Args) -> Result<()> {
     }
 
     // 4. Snapshot to a file, written to a temp name, synced, then renamed.
-    let snapshot_path = args.data_dir.join("state-snapshot.bin");
+    let snapshot_path = args.data_dir().join("state-snapshot.bin");
     let summary = write_snapshot(backend, &snapshot_path)?;
     println!(
         "snapshot: {} entries, {} blocks, {} bytes -> {}",
@@ -242,8 +249,8 @@ fn rocksdb_extras(backend: &RocksDbStateBackend, args: &Args) -> Result<()> {
             .property("rocksdb.total-sst-files-size")?
             .unwrap_or_default(),
     );
-    let checkpoint = args.data_dir.join("checkpoints/cp-1");
-    fs::create_dir_all(args.data_dir.join("checkpoints"))?;
+    let checkpoint = args.data_dir().join("checkpoints/cp-1");
+    fs::create_dir_all(args.data_dir().join("checkpoints"))?;
     backend.create_checkpoint(&checkpoint)?;
     backend.put(
         sample_user(args).as_bytes(),
@@ -251,7 +258,7 @@ fn rocksdb_extras(backend: &RocksDbStateBackend, args: &Args) -> Result<()> {
     )?;
     let copy = RocksDbStateBackend::open_checkpoint(
         &checkpoint,
-        RocksDbConfig::new(args.data_dir.join("from-checkpoint")),
+        RocksDbConfig::new(args.data_dir().join("from-checkpoint")),
     )?;
     println!(
         "checkpoint {} opened as a new database: {} -> {}",

@@ -30,3 +30,80 @@ fn the_demo_runs_with_100_users_and_refuses_0() -> Result<(), Box<dyn std::error
         .code(2);
     Ok(())
 }
+
+/// A directory the demo did not make is never deleted; one it made is
+/// replaced only with `--fresh`.
+#[test]
+fn the_demo_never_deletes_a_directory_it_did_not_make() -> Result<(), Box<dyn std::error::Error>>
+{
+    let dir = tempfile::tempdir()?;
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs)?;
+    std::fs::write(theirs.join("notes.txt"), "keep me")?;
+    for fresh in [false, true] {
+        let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("gress-demo");
+        cmd.args(["--no-metrics", "--data-dir"]).arg(&theirs);
+        if fresh {
+            cmd.arg("--fresh");
+        }
+        let out = cmd.output()?;
+        assert_eq!(out.status.code(), Some(1), "--fresh {fresh}");
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(stderr.contains("did not create"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(theirs.join("notes.txt"))?, "keep me");
+        assert_eq!(std::fs::read_dir(&theirs)?.count(), 1);
+    }
+
+    let ours = dir.path().join("ours");
+    let run = |fresh: bool| -> std::io::Result<std::process::Output> {
+        let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("gress-demo");
+        cmd.args(["--users", "10", "--events", "10", "--no-metrics", "--data-dir"])
+            .arg(&ours);
+        if fresh {
+            cmd.arg("--fresh");
+        }
+        cmd.output()
+    };
+    assert!(run(false)?.status.success());
+    let again = run(false)?;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8(again.stderr)?.contains("--fresh"));
+    assert!(ours.join("state-snapshot.bin").exists(), "kept when refused");
+    assert!(run(true)?.status.success());
+    Ok(())
+}
+
+/// `RUST_LOG` picks the levels and `--log-format json` writes one JSON
+/// object per line on standard error.
+#[test]
+fn logs_follow_rust_log_and_can_be_json() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let out = assert_cmd::cargo::cargo_bin_cmd!("gress-demo")
+        .args(["--users", "10", "--events", "10", "--no-metrics"])
+        .args(["--log-format", "json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "gress_rocksdb=debug")
+        .output()?;
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr)?;
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "DEBUG" && l["message"] == "opened RocksDB state"),
+        "{stderr}"
+    );
+    // The default is info: the debug line is gone.
+    let out = assert_cmd::cargo::cargo_bin_cmd!("gress-demo")
+        .args(["--users", "10", "--events", "10", "--no-metrics", "--data-dir"])
+        .arg(dir.path().join("data2"))
+        .env_remove("RUST_LOG")
+        .output()?;
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(!stderr.contains("opened RocksDB state"), "{stderr}");
+    Ok(())
+}

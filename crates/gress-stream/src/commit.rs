@@ -213,7 +213,7 @@ impl CommitThread {
                                 None => match publish(&*storage, &record) {
                                     Err(e) => Err(e.to_string()),
                                     Ok(()) => {
-                                        tracing::info!(epoch = record.epoch, "epoch committed");
+                                        tracing::debug!(epoch = record.epoch, "epoch committed");
                                         history.push(record);
                                         let pruned = history.prune(keep);
                                         let mut doomed = pruned.clone();

@@ -12,7 +12,7 @@
 //! failure is as abrupt as a machine's.
 //!
 //! Run with `./scripts/example checkpointing`; it works in
-//! `./example-data/checkpointing`.
+//! `./example-data/checkpointing` (`--data-dir` for another directory).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,15 +97,26 @@ fn disk_bytes(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
+/// A keyed count that loses its machine and recovers exactly.
+#[derive(Debug, clap::Parser)]
+struct Args {
+    #[command(flatten)]
+    program: gress_app::ProgramArgs,
+}
+
 fn main() -> Result<()> {
-    let root = Path::new("example-data/checkpointing");
-    if std::env::var_os(INSTANCE_1).is_some() {
-        count_words(root, root.join("state-1"), Some(EVENTS * 3 / 5))?;
+    let args = <Args as clap::Parser>::parse();
+    if let Some(root) = std::env::var_os(INSTANCE_1) {
+        // The directory the parent prepared.
+        let root = PathBuf::from(root);
+        gress_app::log::init(args.program.log_format);
+        count_words(&root, root.join("state-1"), Some(EVENTS * 3 / 5))?;
         bail!("instance 1 was meant to fail");
     }
-    if root.exists() {
-        std::fs::remove_dir_all(root)?;
-    }
+    let root = &args.program.start(
+        "example-checkpointing",
+        Path::new("example-data/checkpointing"),
+    )?;
 
     // --- Instance 1: count with a checkpoint every epoch, then fail. ---
     println!(
@@ -113,7 +124,8 @@ fn main() -> Result<()> {
         EPOCH_RECORDS * PARTITIONS as u64
     );
     let status = Command::new(std::env::current_exe()?)
-        .env(INSTANCE_1, "1")
+        .args(std::env::args_os().skip(1))
+        .env(INSTANCE_1, root)
         .status()?;
     if status.success() {
         bail!("instance 1 did not fail");

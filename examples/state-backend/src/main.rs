@@ -1,7 +1,8 @@
 //! The seed README's "Basic Usage", "TTL Support" and "Snapshots and
 //! Checkpoints" snippets, on the RocksDB backend.
 //!
-//! Run with `./scripts/example state-backend`; it works in `./example-data`.
+//! Run with `./scripts/example state-backend`; it works in
+//! `./example-data/state-backend` (`--data-dir` for another directory).
 
 use std::fs;
 use std::time::Duration;
@@ -10,11 +11,19 @@ use anyhow::Result;
 use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
 use gress_state::StateBackend;
 
+/// The seed's state-backend snippets on RocksDB.
+#[derive(Debug, clap::Parser)]
+struct Args {
+    #[command(flatten)]
+    program: gress_app::ProgramArgs,
+}
+
 fn main() -> Result<()> {
-    let root = std::path::Path::new("example-data");
-    if root.exists() {
-        fs::remove_dir_all(root)?;
-    }
+    let args = <Args as clap::Parser>::parse();
+    let root = &args.program.start(
+        "example-state-backend",
+        std::path::Path::new("example-data/state-backend"),
+    )?;
     fs::create_dir_all(root.join("checkpoints"))?;
 
     // --- Basic Usage ---

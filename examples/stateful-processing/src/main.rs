@@ -109,9 +109,13 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     epoch_records: u64,
     /// Delete the checkpoints, output and state first, instead of
-    /// recovering from them.
+    /// recovering from them (only directories this example created).
     #[arg(long)]
     fresh: bool,
+    /// How log lines (on standard error, filtered by RUST_LOG, default
+    /// info) are written.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: gress_app::log::LogFormat,
 }
 
 /// One event of the stream.
@@ -382,36 +386,42 @@ fn checkpoint_storage(args: &Args) -> Result<CheckpointStorage> {
     })
 }
 
-/// Deletes the checkpoints, output and state.
-fn clear(args: &Args, storage: &CheckpointStorage) -> Result<()> {
-    if let Some(holder) = storage.held_by()? {
+/// The name this example marks the directories it creates with.
+const PROGRAM: &str = "example-stateful-processing";
+
+/// Prepares the checkpoints, output and state: each local directory is
+/// created (and marked) if missing, kept to recover from, or with `--fresh`
+/// deleted, but only if this example created it. Checkpoints in object
+/// storage are deleted with `--fresh` unless a running job holds them.
+fn prepare(args: &Args, storage: &CheckpointStorage) -> Result<()> {
+    if args.fresh
+        && let Some(holder) = storage.held_by()?
+    {
         bail!(
             "--fresh would delete the checkpoints of a job that is running ({holder}); \
              stop it first"
         );
     }
     match storage {
-        CheckpointStorage::Local(dir) => remove_dir(dir)?,
-        _ => {
+        CheckpointStorage::Local(dir) => {
+            gress_app::data_dir::open(dir, PROGRAM, args.fresh)?;
+        }
+        _ if args.fresh => {
             let storage = storage.open("")?;
             for object in storage.list("")? {
                 storage.delete(&object.path)?;
             }
         }
+        _ => {}
     }
-    remove_dir(&args.output)?;
-    remove_dir(&args.state)
-}
-
-fn remove_dir(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
+    gress_app::data_dir::open(&args.output, PROGRAM, args.fresh)?;
+    gress_app::data_dir::open(&args.state, PROGRAM, args.fresh)?;
     Ok(())
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    gress_app::log::init(args.log_format);
     let cluster = gress_stream::cluster::from_env()?;
     let storage = checkpoint_storage(&args)?;
     let sessions_dir = args.output.join("sessions");
@@ -427,9 +437,7 @@ fn main() -> Result<()> {
             );
         }
     } else {
-        if args.fresh {
-            clear(&args, &storage)?;
-        }
+        prepare(&args, &storage)?;
         match latest_commit(&*storage.open("")?)? {
             Some(c) => println!(
                 "recovering from committed epoch {} in {}",
