@@ -213,7 +213,10 @@ fn a_record_the_decoder_refuses_fails_the_job_naming_its_offset() -> R {
         job.source("events", source)?
             .key_by(|k: &u64| *k)
             .count("count")
-            .sink("out", gress_stream::CollectSink::new(Default::default()))
+            .sink(
+                "out",
+                gress_stream::CollectSink::new(gress_stream::Collected::new()),
+            )
     })
     .expect_err("a record that cannot be decoded");
     assert!(err.to_string().contains("offset 1"), "{err}");
@@ -254,7 +257,10 @@ fn committed_offsets_are_reported_to_the_consumer_group() -> R {
                         commits: commits.clone(),
                     },
                 )
-                .sink("out", gress_stream::CollectSink::new(Default::default()))
+                .sink(
+                    "out",
+                    gress_stream::CollectSink::new(gress_stream::Collected::new()),
+                )
         })
     };
     job(true).expect_err("the injected failure stops the job");

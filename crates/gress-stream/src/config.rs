@@ -102,12 +102,46 @@ impl std::fmt::Debug for BackendFactory {
     }
 }
 
+/// A worker's backend as a [`BackendFactory`] closure may return it: an
+/// `Arc` of any [`Checkpointable`] backend (`Arc<RocksDbStateBackend>`,
+/// `Arc<MemoryStateBackend>`) or an `Arc<dyn Checkpointable>`.
+pub trait IntoBackend {
+    /// The backend, shared.
+    fn into_backend(self) -> Arc<dyn Checkpointable>;
+}
+
+impl<B: Checkpointable + 'static> IntoBackend for Arc<B> {
+    fn into_backend(self) -> Arc<dyn Checkpointable> {
+        self
+    }
+}
+
+impl IntoBackend for Arc<dyn Checkpointable> {
+    fn into_backend(self) -> Arc<dyn Checkpointable> {
+        self
+    }
+}
+
 impl BackendFactory {
-    /// Uses `make(worker_index)`.
-    pub fn new(
-        make: impl Fn(usize) -> gress_state::Result<Arc<dyn Checkpointable>> + Send + Sync + 'static,
+    /// Uses `make(worker_index)`, which returns an `Arc` of the worker's
+    /// backend:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use gress_state::{MemoryConfig, MemoryStateBackend};
+    /// use gress_stream::BackendFactory;
+    ///
+    /// let factory = BackendFactory::new(|_worker| {
+    ///     let backend = Arc::new(MemoryStateBackend::new(MemoryConfig::default())?);
+    ///     Ok(backend)
+    /// });
+    /// ```
+    pub fn new<B: IntoBackend>(
+        make: impl Fn(usize) -> gress_state::Result<B> + Send + Sync + 'static,
     ) -> Self {
-        BackendFactory(Factory::Custom(Arc::new(make)))
+        BackendFactory(Factory::Custom(Arc::new(move |worker| {
+            make(worker).map(IntoBackend::into_backend)
+        })))
     }
 
     /// Uses `make(worker_index, backend_bytes)`, where `backend_bytes` is
@@ -116,13 +150,12 @@ impl BackendFactory {
     /// cache has its share (`None` without a budget). A RocksDB backend
     /// sizes its block cache and memtables from it, e.g. with
     /// `RocksDbConfig::with_memory_budget`.
-    pub fn with_memory_budget(
-        make: impl Fn(usize, Option<usize>) -> gress_state::Result<Arc<dyn Checkpointable>>
-        + Send
-        + Sync
-        + 'static,
+    pub fn with_memory_budget<B: IntoBackend>(
+        make: impl Fn(usize, Option<usize>) -> gress_state::Result<B> + Send + Sync + 'static,
     ) -> Self {
-        BackendFactory(Factory::Budgeted(Arc::new(make)))
+        BackendFactory(Factory::Budgeted(Arc::new(move |worker, bytes| {
+            make(worker, bytes).map(IntoBackend::into_backend)
+        })))
     }
 
     /// A memory backend per worker, on the job's clock.

@@ -10,18 +10,17 @@
 //! epoch left off.
 //!
 //! ```
-//! use std::sync::Arc;
-//! use gress_stream::{CollectSink, GeneratorSource, JobConfig, run};
+//! use gress_stream::{CollectSink, Collected, GeneratorSource, JobConfig, run};
 //!
-//! let out = Arc::new(parking_lot::Mutex::new(Vec::new()));
+//! let out = Collected::new();
 //! let sink_out = out.clone();
 //! run(JobConfig::new("counts").with_workers(2), move |job| {
 //!     job.source("numbers", GeneratorSource::new(2, Some(100), |p, i| (p as u64 * 100 + i) % 7))?
 //!         .key_by(|n| *n)
 //!         .count("count")
-//!         .sink("out", CollectSink::new(sink_out.clone()))
+//!         .sink("out", CollectSink::new(&sink_out))
 //! })?;
-//! assert_eq!(out.lock().len(), 200);
+//! assert_eq!(out.len(), 200);
 //! # Ok::<(), gress_stream::Error>(())
 //! ```
 //!
@@ -57,8 +56,8 @@ pub use builder::JobBuilder;
 pub use changelog::{Change, ChangelogTable, MalformedChange};
 pub use codec::{Codec, Postcard};
 pub use config::{
-    BackendFactory, CACHE_SHARE, CheckpointStorage, DEFAULT_CACHE_BYTES, EpochPolicy, JobConfig,
-    MIN_MEMORY, OpenStorage, RECORDS_SHARE, UNCOUNTED_SHARE,
+    BackendFactory, CACHE_SHARE, CheckpointStorage, DEFAULT_CACHE_BYTES, EpochPolicy, IntoBackend,
+    JobConfig, MIN_MEMORY, OpenStorage, RECORDS_SHARE, UNCOUNTED_SHARE,
 };
 pub use context::{ProcessingContext, Timer};
 pub use data::{Data, Key};
@@ -71,7 +70,7 @@ pub use operators::keyed::{Either, KeyedProcessFunction};
 pub use operators::updating::{Ranked, RetractingAggregate};
 pub use operators::window::{Window, WindowAssigner, WindowResult, WindowedStream};
 pub use run::{JobReport, run};
-pub use sink::{CollectSink, FileSink, PartitionedFileSink, Sink};
+pub use sink::{CollectSink, Collected, FileSink, PartitionedFileSink, Sink, SinkJob};
 pub use source::{FileSource, GeneratorSource, PartitionReader, Poll, Source};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, CacheStats, ListState,

@@ -28,6 +28,12 @@ pub trait Sink<T>: 'static {
     fn set_workers(&mut self, workers: usize) {
         let _ = workers;
     }
+    /// Told, before `open`, which job and run it writes for: a sink that
+    /// keeps output across runs may refuse output of another job, or of a
+    /// history the job no longer has.
+    fn set_job(&mut self, job: &SinkJob) {
+        let _ = job;
+    }
     /// Prepares worker `worker`'s part; `committed` is the newest committed
     /// epoch of the job: make output up to it visible, discard the rest.
     fn open(&mut self, worker: usize, committed: Option<u64>) -> Result<()>;
@@ -69,9 +75,17 @@ pub trait Sink<T>: 'static {
 /// In a job of several processes, every process must see the same
 /// directory (a shared file system): after a rescale or a rollback a
 /// worker settles files other workers wrote.
+///
+/// The directory belongs to one job: its id is written to `JOB` at the
+/// first start. A start refuses, and changes nothing, when `JOB` names
+/// another job, or when `committed/` holds output but the job has no
+/// committed epoch (its checkpoints were deleted or are elsewhere): that
+/// output would otherwise be taken back or mixed with a new run's.
 #[derive(Debug)]
 pub struct FileSink {
     dir: PathBuf,
+    /// The job, once told.
+    job: Option<SinkJob>,
     worker: usize,
     /// Workers of the job now (0: not told).
     workers: usize,
@@ -88,6 +102,7 @@ impl FileSink {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         FileSink {
             dir: dir.into(),
+            job: None,
             worker: 0,
             workers: 0,
             open: std::collections::BTreeMap::new(),
@@ -306,8 +321,13 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
         self.workers = workers;
     }
 
+    fn set_job(&mut self, job: &SinkJob) {
+        self.job = Some(job.clone());
+    }
+
     fn open(&mut self, worker: usize, committed: Option<u64>) -> Result<()> {
         self.worker = worker;
+        self.claim(committed)?;
         for sub in ["pending", "committed"] {
             let d = self.dir.join(sub);
             fs::create_dir_all(&d).map_err(|e| self.fail("creating", &d, e))?;
@@ -410,7 +430,82 @@ impl<T: Data + Serialize> Sink<T> for FileSink {
     }
 }
 
+/// What a sink is told of the job it writes for ([`Sink::set_job`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkJob {
+    /// The job's id.
+    pub id: String,
+    /// Whether the job has commit records (readable or not): when it has
+    /// none, output committed before belongs to no history of this job.
+    pub has_history: bool,
+}
+
+/// The file naming the job a [`FileSink`]'s directory belongs to.
+const JOB_FILE: &str = "JOB";
+
 impl FileSink {
+    /// Refuses a directory holding another job's output, or output no
+    /// commit of this job accounts for; then records the job as its owner.
+    fn claim(&self, committed: Option<u64>) -> Result<()> {
+        let refuse = |reason: String| Error::Sink {
+            sink: self.dir.display().to_string(),
+            reason,
+        };
+        let path = self.dir.join(JOB_FILE);
+        let owner = match fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.fail("reading", &path, e)),
+        };
+        if let (Some(owner), Some(SinkJob { id: job, .. })) = (&owner, &self.job)
+            && owner != job
+        {
+            return Err(refuse(format!(
+                "the directory holds output of job `{owner}`, not `{job}`: \
+                 choose another directory, or move that output away"
+            )));
+        }
+        let without_history = self.job.as_ref().is_some_and(|j| !j.has_history);
+        if committed.is_none() && without_history {
+            let epochs: Vec<u64> = match Self::committed_files(&self.dir) {
+                Ok(files) => files
+                    .iter()
+                    .filter_map(|f| OutputFile::parse(&f.file_name()?.to_string_lossy()))
+                    .map(|f| match f {
+                        OutputFile::Epoch { epoch, .. } => epoch,
+                        OutputFile::Segment { last, .. } => last,
+                    })
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(self.fail("listing", &self.dir.join("committed"), e)),
+            };
+            if let Some(last) = epochs.iter().max() {
+                return Err(refuse(format!(
+                    "committed/ holds output up to epoch {last}, but the job has no commit \
+                     record (its checkpoints were deleted, are in another location, or were \
+                     never kept): that output belongs to a history that no longer exists; \
+                     move it away or choose another directory"
+                )));
+            }
+        }
+        if let (None, Some(SinkJob { id: job, .. })) = (owner, &self.job) {
+            fs::create_dir_all(&self.dir).map_err(|e| self.fail("creating", &self.dir, e))?;
+            // Workers claim at once: each writes its own file and renames
+            // it into place, so the name is never seen half written.
+            let tmp = self.dir.join(format!(".{JOB_FILE}.{}.tmp", self.worker));
+            let write = || -> std::io::Result<()> {
+                let mut file = File::create(&tmp)?;
+                file.write_all(format!("{job}\n").as_bytes())?;
+                file.sync_all()
+            };
+            write().map_err(|e| self.fail("writing", &tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| self.fail("writing", &path, e))?;
+            gress_state::fsutil::sync_dir(&self.dir)
+                .map_err(|e| self.fail("syncing", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
     /// Moves this worker's committed epoch files of `epochs` into
     /// `rolled-back/`.
     fn withdraw(&mut self, epochs: std::ops::RangeInclusive<u64>) -> Result<()> {
@@ -454,17 +549,117 @@ impl FileSink {
 /// for tests and small jobs. Pending output lives only in the running job,
 /// so an epoch committed just before a failure may be missing here (a
 /// [`FileSink`] makes it visible on recovery).
+///
+/// It adds to a [`Collected`] handle, or to an `Arc<std::sync::Mutex<Vec<T>>>`
+/// the caller keeps:
+///
+/// ```
+/// use gress_stream::{CollectSink, Collected};
+/// let out: Collected<u64> = Collected::new();
+/// let sink = CollectSink::new(&out); // one per worker, in the job's build
+/// # drop(sink);
+/// assert!(out.records().is_empty());
+/// ```
 #[derive(Debug)]
 pub struct CollectSink<T> {
-    committed: Arc<Mutex<Vec<T>>>,
+    committed: Collected<T>,
     pending: Vec<(u64, Vec<T>)>,
 }
 
+/// The records [`CollectSink`]s committed; clones share them.
+#[derive(Debug)]
+pub struct Collected<T>(Target<T>);
+
+#[derive(Debug)]
+enum Target<T> {
+    Std(Arc<std::sync::Mutex<Vec<T>>>),
+    Fast(Arc<Mutex<Vec<T>>>),
+}
+
+impl<T> Clone for Collected<T> {
+    fn clone(&self) -> Self {
+        Collected(match &self.0 {
+            Target::Std(m) => Target::Std(Arc::clone(m)),
+            Target::Fast(m) => Target::Fast(Arc::clone(m)),
+        })
+    }
+}
+
+impl<T> Default for Collected<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Collected<T> {
+    /// Nothing collected yet.
+    pub fn new() -> Self {
+        Collected(Target::Std(Arc::default()))
+    }
+
+    /// Runs `f` on the records, locked.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+        match &self.0 {
+            // A panic while the lock was held leaves whole records behind.
+            Target::Std(m) => f(&mut m.lock().unwrap_or_else(|p| p.into_inner())),
+            Target::Fast(m) => f(&mut m.lock()),
+        }
+    }
+
+    /// A copy of the records committed so far, in commit order.
+    pub fn records(&self) -> Vec<T>
+    where
+        T: Clone,
+    {
+        self.with(|r| r.clone())
+    }
+
+    /// Takes the records committed so far, leaving none.
+    pub fn take(&self) -> Vec<T> {
+        self.with(std::mem::take)
+    }
+
+    /// How many records were committed.
+    pub fn len(&self) -> usize {
+        self.with(|r| r.len())
+    }
+
+    /// Whether none were.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> From<&Collected<T>> for Collected<T> {
+    fn from(handle: &Collected<T>) -> Self {
+        handle.clone()
+    }
+}
+
+impl<T> From<Arc<std::sync::Mutex<Vec<T>>>> for Collected<T> {
+    fn from(into: Arc<std::sync::Mutex<Vec<T>>>) -> Self {
+        Collected(Target::Std(into))
+    }
+}
+
+impl<T> From<&Arc<std::sync::Mutex<Vec<T>>>> for Collected<T> {
+    fn from(into: &Arc<std::sync::Mutex<Vec<T>>>) -> Self {
+        Collected(Target::Std(Arc::clone(into)))
+    }
+}
+
+impl<T> From<Arc<Mutex<Vec<T>>>> for Collected<T> {
+    fn from(into: Arc<Mutex<Vec<T>>>) -> Self {
+        Collected(Target::Fast(into))
+    }
+}
+
 impl<T> CollectSink<T> {
-    /// A sink adding committed records to `into`.
-    pub fn new(into: Arc<Mutex<Vec<T>>>) -> Self {
+    /// A sink adding committed records to `into`: a [`Collected`] (or a
+    /// reference to one), or an `Arc<std::sync::Mutex<Vec<T>>>`.
+    pub fn new(into: impl Into<Collected<T>>) -> Self {
         CollectSink {
-            committed: into,
+            committed: into.into(),
             pending: Vec::new(),
         }
     }
@@ -481,14 +676,16 @@ impl<T: Data> Sink<T> for CollectSink<T> {
     }
 
     fn commit(&mut self, epoch: u64) -> Result<()> {
-        let mut out = self.committed.lock();
-        self.pending.retain_mut(|(e, records)| {
-            if *e <= epoch {
-                out.append(records);
-                false
-            } else {
-                true
-            }
+        let pending = &mut self.pending;
+        self.committed.with(|out| {
+            pending.retain_mut(|(e, records)| {
+                if *e <= epoch {
+                    out.append(records);
+                    false
+                } else {
+                    true
+                }
+            });
         });
         Ok(())
     }
@@ -504,6 +701,7 @@ pub struct PartitionedFileSink<T> {
     dir: PathBuf,
     partition: Arc<dyn Fn(&T) -> String>,
     parts: std::collections::BTreeMap<String, FileSink>,
+    job: Option<SinkJob>,
     worker: usize,
     workers: usize,
     committed: Option<u64>,
@@ -552,6 +750,7 @@ impl<T: Data + Serialize> PartitionedFileSink<T> {
             dir: dir.into(),
             partition: Arc::new(partition),
             parts: std::collections::BTreeMap::new(),
+            job: None,
             worker: 0,
             workers: 0,
             committed: None,
@@ -596,6 +795,9 @@ impl<T: Data + Serialize> PartitionedFileSink<T> {
             }
             let mut sink = FileSink::new(self.dir.join(name));
             Sink::<T>::set_workers(&mut sink, self.workers);
+            if let Some(job) = &self.job {
+                Sink::<T>::set_job(&mut sink, job);
+            }
             Sink::<T>::open(&mut sink, self.worker, self.committed)?;
             self.parts.insert(name.to_string(), sink);
         }
@@ -609,6 +811,10 @@ impl<T: Data + Serialize> PartitionedFileSink<T> {
 impl<T: Data + Serialize> Sink<T> for PartitionedFileSink<T> {
     fn set_workers(&mut self, workers: usize) {
         self.workers = workers;
+    }
+
+    fn set_job(&mut self, job: &SinkJob) {
+        self.job = Some(job.clone());
     }
 
     fn open(&mut self, worker: usize, committed: Option<u64>) -> Result<()> {

@@ -282,9 +282,10 @@ impl<'s, D: Data> DataStream<'s, D> {
     /// written when the epoch is complete and made visible when the job
     /// commits it.
     pub fn sink<S: Sink<D>>(self, name: &str, mut sink: S) -> Result<()> {
-        let (index, peers, committed, rolled_back, pending_rollback, first_epoch) = {
+        let (job, index, peers, committed, rolled_back, pending_rollback, first_epoch) = {
             let s = self.shared.borrow();
             (
+                s.job_id.clone(),
                 s.index,
                 s.peers,
                 s.committed,
@@ -298,6 +299,10 @@ impl<'s, D: Data> DataStream<'s, D> {
             reason: e.to_string(),
         };
         sink.set_workers(peers);
+        sink.set_job(&crate::sink::SinkJob {
+            id: job,
+            has_history: first_epoch > 0,
+        });
         sink.open(index, committed).map_err(fail)?;
         // Rollbacks earlier runs committed, in case one did not finish.
         for (first, last) in rolled_back {

@@ -20,7 +20,7 @@ fn small_job(config: JobConfig) -> Result<gress_stream::JobReport> {
         job.source("n", GeneratorSource::new(1, Some(10), |_, i| i))?
             .key_by(|n| *n)
             .count("count")
-            .sink("out", CollectSink::new(Arc::default()))
+            .sink("out", CollectSink::new(gress_stream::Collected::new()))
     })
 }
 
@@ -128,7 +128,7 @@ fn a_ttl_of_duration_max_never_expires_and_zero_is_refused() -> R {
                 "first",
                 FirstSeen(ValueStateDescriptor::new("v").with_ttl(StateTtl::new(Duration::ZERO))),
             )
-            .sink("out", CollectSink::new(Arc::default()))
+            .sink("out", CollectSink::new(gress_stream::Collected::new()))
     });
     match zero {
         Err(Error::Operator { reason, .. }) => assert!(reason.contains("TTL"), "{reason}"),
@@ -173,7 +173,7 @@ fn duplicate_operator_names_are_refused() {
         counted
             .key_by(|(k, _)| *k)
             .count("count")
-            .sink("out", CollectSink::new(Arc::default()))
+            .sink("out", CollectSink::new(gress_stream::Collected::new()))
     });
     match twice {
         Err(Error::InvalidJob { reason, .. }) => assert!(reason.contains("`count`"), "{reason}"),
@@ -182,7 +182,7 @@ fn duplicate_operator_names_are_refused() {
     let sources = run(JobConfig::new("dup-sources"), |job| {
         let a = job.source("n", GeneratorSource::new(1, Some(10), |_, i| i))?;
         let _b = job.source("n", GeneratorSource::new(1, Some(10), |_, i| i))?;
-        a.sink("out", CollectSink::new(Arc::default()))
+        a.sink("out", CollectSink::new(gress_stream::Collected::new()))
     });
     assert!(
         matches!(&sources, Err(Error::InvalidJob { reason, .. }) if reason.contains("`n`")),

@@ -150,7 +150,10 @@ fn a_refused_restart_changes_nothing() -> R {
             .with_max_epochs_in_flight(1),
         |job| {
             job.source("n", GeneratorSource::new(1, Some(10), |_, i| i))?
-                .sink("out", gress_stream::CollectSink::new(Arc::default()))
+                .sink(
+                    "out",
+                    gress_stream::CollectSink::new(gress_stream::Collected::new()),
+                )
         },
     );
     assert!(

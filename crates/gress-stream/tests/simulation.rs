@@ -407,6 +407,19 @@ struct Stats {
 }
 
 /// One schedule: runs until the job completes without faults.
+/// Damage the job cannot recover from, and says so: every retained
+/// commit is damaged, or every commit record is gone (a sink then refuses
+/// to drop the output of the history that was lost).
+fn unrecoverable(e: &Error) -> bool {
+    match e {
+        Error::Recovery { reason, .. } => {
+            reason.contains("no committed epoch has every worker's checkpoint intact")
+        }
+        Error::Sink { reason, .. } => reason.contains("history that no longer exists"),
+        _ => false,
+    }
+}
+
 fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir_in(scratch())?;
@@ -546,10 +559,7 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
             {
                 stats.held += 1;
             }
-            (Err(Error::Recovery { reason, .. }), _)
-                if reason.contains("no committed epoch has every worker's checkpoint intact")
-                    && may_fall_back =>
-            {
+            (Err(e), _) if unrecoverable(e) && may_fall_back => {
                 // Every retained commit is damaged: the job cannot
                 // recover, and says so. Start it over.
                 stats.unrecoverable += 1;
@@ -596,10 +606,7 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
         match &settle {
             Ok(_) => {}
             Err(Error::Operator { reason, .. }) if reason.contains("injected") => {}
-            Err(Error::Recovery { reason, .. })
-                if reason.contains("no committed epoch has every worker's checkpoint intact")
-                    && may_fall_back =>
-            {
+            Err(e) if unrecoverable(e) && may_fall_back => {
                 stats.unrecoverable += 1;
                 std::fs::remove_dir_all(&cp)?;
                 let _ = std::fs::remove_dir_all(&out);
@@ -607,7 +614,14 @@ fn schedule(seed: u64, model: &Model, stats: &mut Stats) -> R {
                 may_fall_back = false;
                 continue;
             }
-            Err(e) => return Err(ctx(&format!("a recovery failed: {e:?}")).into()),
+            Err(e) => {
+                return Err(ctx(&format!(
+                    "a recovery failed: {e:?}\nrun {cfg:?} with {faults:?}: {result:?}\n{}\n{:?}",
+                    listing(&cp, &out),
+                    common::tree(&cp).map(|t| t.into_keys().collect::<Vec<_>>())
+                ))
+                .into());
+            }
         }
         stats.recoveries_checked += 1;
         let output = [

@@ -116,7 +116,10 @@ fn job(
                     commits: commits.clone(),
                 },
             )
-            .sink("out", gress_stream::CollectSink::new(Default::default()))
+            .sink(
+                "out",
+                gress_stream::CollectSink::new(gress_stream::Collected::new()),
+            )
     })?;
     Ok(())
 }

@@ -214,7 +214,7 @@ fn a_file_shorter_than_its_committed_offset_is_an_error() -> R {
             JobConfig::new("truncated").with_checkpoint_dir(cp),
             move |job| {
                 job.source("lines", FileSource::<u64>::json_lines(vec![input.clone()]))?
-                    .sink("out", CollectSink::new(Arc::default()))
+                    .sink("out", CollectSink::new(gress_stream::Collected::new()))
             },
         )
     };

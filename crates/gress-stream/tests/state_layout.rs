@@ -280,7 +280,7 @@ fn the_cache_budget_holds_within_an_epoch() -> R {
             job.source("n", GeneratorSource::new(1, Some(200_000), |_, i| i))?
                 .key_by(|n| *n)
                 .count("count")
-                .sink("out", CollectSink::new(Arc::default()))
+                .sink("out", CollectSink::new(gress_stream::Collected::new()))
         },
     )?;
     assert!(report.cache.evicted > 100_000, "{:?}", report.cache);
