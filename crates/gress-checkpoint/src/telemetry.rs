@@ -125,6 +125,24 @@ pub(crate) fn committed(manager: &str, report: &CheckpointReport) {
     metrics::gauge!(LAST_COMMIT_TIMESTAMP_SECONDS, &l).set(now.as_secs_f64());
 }
 
+/// Sets every counter of `manager` to at least 0, so that a series that
+/// has not happened yet reads 0 rather than being absent.
+pub(crate) fn start(manager: &str) {
+    let l = label(manager);
+    for name in [
+        WRITTEN_BYTES_TOTAL,
+        FILES_WRITTEN_TOTAL,
+        FILES_REUSED_TOTAL,
+        COMMITTED_TOTAL,
+        FAILURES_TOTAL,
+        UNCERTAIN_TOTAL,
+        RESTORES_TOTAL,
+        RESTORE_FAILURES_TOTAL,
+    ] {
+        metrics::counter!(name, &l).increment(0);
+    }
+}
+
 pub(crate) fn failed(manager: &str) {
     metrics::counter!(FAILURES_TOTAL, &label(manager)).increment(1);
 }

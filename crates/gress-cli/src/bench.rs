@@ -69,7 +69,7 @@ fn plot(outcome: &Outcome, path: &Path) -> Result<()> {
     let label_of = |i: usize| rows.get(i).map_or(String::new(), |r| r.label.clone());
     // A panel: one band per row, labelled, along an x axis of `range`.
     macro_rules! panel {
-        ($area:expr, $caption:expr, $range:expr) => {{
+        ($area:expr, $caption:expr, $range:expr, $format:expr) => {{
             let mut chart = ChartBuilder::on($area)
                 .caption($caption, ("sans-serif", 20))
                 .margin(10)
@@ -83,7 +83,7 @@ fn plot(outcome: &Outcome, path: &Path) -> Result<()> {
                     SegmentValue::CenterOf(i) => label_of(*i),
                     _ => String::new(),
                 })
-                .x_label_formatter(&|v| human(*v))
+                .x_label_formatter($format)
                 .draw()?;
             chart
         }};
@@ -93,7 +93,8 @@ fn plot(outcome: &Outcome, path: &Path) -> Result<()> {
     let mut chart = panel!(
         &top,
         format!("throughput ({}/s)", outcome.throughput_unit),
-        0.0..max_tput.max(1.0)
+        0.0..max_tput.max(1.0),
+        &|v: &f64| human(*v)
     );
     chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
         Rectangle::new(
@@ -105,17 +106,21 @@ fn plot(outcome: &Outcome, path: &Path) -> Result<()> {
         )
     }))?;
 
+    // Milliseconds, on an axis of whole decades, each labelled.
     let lat: Vec<f64> = rows
         .iter()
-        .flat_map(|r| r.latency_ns.iter().map(|(_, v)| *v))
+        .flat_map(|r| r.latency_ns.iter().map(|(_, v)| *v / 1e6))
         .filter(|v| *v > 0.0)
         .collect();
-    let lo = lat.iter().copied().fold(f64::MAX, f64::min).max(1.0) / 2.0;
-    let hi = lat.iter().copied().fold(1.0, f64::max) * 2.0;
+    let (lo, hi) = decades(&lat);
+    let ticks: Vec<f64> = (lo.log10().round() as i32..=hi.log10().round() as i32)
+        .map(decade)
+        .collect();
     let mut chart = panel!(
         &bottom,
-        "latency percentiles (ns, log scale)",
-        (lo.min(hi / 4.0)..hi).log_scale()
+        "latency percentiles (ms, log scale)",
+        (lo..hi).log_scale().with_key_points(ticks),
+        &|v: &f64| ms(*v)
     );
     let names: Vec<&str> = {
         let mut v: Vec<&str> = Vec::new();
@@ -132,7 +137,7 @@ fn plot(outcome: &Outcome, path: &Path) -> Result<()> {
         let color = Palette99::pick(k).to_rgba();
         chart
             .draw_series(rows.iter().enumerate().filter_map(|(i, r)| {
-                let v = r.latency_ns.iter().find(|(n, _)| n == name)?.1;
+                let v = r.latency_ns.iter().find(|(n, _)| n == name)?.1 / 1e6;
                 (v > 0.0).then(|| Circle::new((v, SegmentValue::CenterOf(i)), 5, color.filled()))
             }))?
             .label(*name)
@@ -147,6 +152,40 @@ fn plot(outcome: &Outcome, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The whole decades around `values` (ms): at least one decade wide.
+fn decades(values: &[f64]) -> (f64, f64) {
+    let min = values.iter().copied().fold(f64::MAX, f64::min);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    if values.is_empty() || !min.is_finite() || max <= 0.0 {
+        return (0.001, 1000.0);
+    }
+    let lo = min.log10().floor() as i32;
+    let hi = (max.log10().ceil() as i32).max(lo + 1);
+    (decade(lo), decade(hi))
+}
+
+/// `10^e`, exact for the decades an axis uses.
+fn decade(e: i32) -> f64 {
+    if e < 0 {
+        1.0 / 10f64.powi(-e)
+    } else {
+        10f64.powi(e)
+    }
+}
+
+/// A decade of milliseconds as a label: `0.01 ms`, `1 ms`, `100 ms`, `10 s`.
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{} s", v / 1000.0)
+    } else if v >= 1.0 {
+        format!("{v:.0} ms")
+    } else {
+        // 0.1, 0.01, ... as written, without float noise.
+        let digits = (-v.log10()).ceil().max(1.0) as usize;
+        format!("{v:.digits$} ms")
+    }
+}
+
 fn human(v: f64) -> String {
     if v >= 1e9 {
         format!("{:.1}G", v / 1e9)
@@ -156,5 +195,21 @@ fn human(v: f64) -> String {
         format!("{:.0}K", v / 1e3)
     } else {
         format!("{v:.0}")
+    }
+}
+
+#[cfg(test)]
+mod plot_tests {
+    use super::*;
+
+    #[test]
+    fn latency_axes_span_whole_labelled_decades() {
+        assert_eq!(decades(&[0.003, 42.0]), (0.001, 100.0));
+        assert_eq!(decades(&[5.0]), (1.0, 10.0));
+        assert_eq!(decades(&[]), (0.001, 1000.0));
+        assert_eq!(ms(0.01), "0.01 ms");
+        assert_eq!(ms(1.0), "1 ms");
+        assert_eq!(ms(100.0), "100 ms");
+        assert_eq!(ms(10_000.0), "10 s");
     }
 }

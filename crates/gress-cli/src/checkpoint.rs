@@ -714,7 +714,13 @@ fn restore(
                         let mut input = std::io::BufReader::new(tmp.reopen()?);
                         rocks.restore_from(&mut input)?;
                     }
-                    Ok(rocks.metrics().n_keys)
+                    // Counted, not RocksDB's estimate.
+                    let mut n = 0u64;
+                    for entry in rocks.scan_prefix(b"")? {
+                        entry?;
+                        n += 1;
+                    }
+                    Ok(n)
                 })?;
                 (dir.clone(), n)
             }
@@ -872,12 +878,20 @@ fn gc(loc: &Location, retain: usize, dry_run: bool, verify: bool, out: &Out) -> 
         }
     }
     // Plan everything first: nothing is deleted if any place would keep
-    // no intact checkpoint (the older, intact ones would go).
+    // no intact checkpoint (the older, intact ones would go). A dry run
+    // makes the same checks, and is refused where the real run would be.
     let mut planned = Vec::new();
     for (w, storage, keep) in places {
+        if dry_run && let Some(holder) = gress_checkpoint::live_holder(&*storage)? {
+            bail!(
+                "{}{} is in use by a running job or manager ({holder}); gc would be refused",
+                loc.shown(),
+                w.map_or(String::new(), |w| format!(" worker {w}"))
+            );
+        }
         let catalog = Catalog::open(Arc::clone(&storage))?;
         let plan = catalog.sweep_plan(keep)?;
-        if !dry_run && !plan.checkpoints.is_empty() {
+        if !plan.checkpoints.is_empty() {
             let mut any = false;
             for &id in &plan.kept {
                 if intact(&catalog, id, verify)? {

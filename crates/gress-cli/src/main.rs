@@ -14,6 +14,7 @@ mod out;
 mod bench;
 mod checkpoint;
 mod db;
+mod job;
 mod location;
 mod snapshot;
 
@@ -53,6 +54,7 @@ Examples:
   gress snapshot dump state.snap --limit 10
   gress snapshot convert state.snap ./rocksdb-dir
   gress db stats ./rocksdb-dir --json
+  gress job status http://127.0.0.1:9464
   gress bench memory --sizes 10000 --threads 1 --plot memory.svg";
 
 #[derive(Parser, Debug)]
@@ -87,6 +89,9 @@ enum Command {
     /// RocksDB state directories: stats, get, scan, compact.
     #[command(subcommand)]
     Db(db::Cmd),
+    /// A running stream job: status (from its metrics endpoint).
+    #[command(subcommand)]
+    Job(job::Cmd),
     /// The benchmarks: a table, `--json`, `--plot out.svg`.
     Bench(bench::Args),
 }
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
         Command::Checkpoint(cmd) => checkpoint::run(cmd, &out),
         Command::Snapshot(cmd) => snapshot::run(cmd, &out),
         Command::Db(cmd) => db::run(cmd, &out),
+        Command::Job(cmd) => job::run(cmd, &out),
         Command::Bench(args) => bench::run(args, &out),
     };
     match result {

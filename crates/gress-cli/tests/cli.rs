@@ -156,7 +156,9 @@ fn checkpoints_are_listed_inspected_verified_and_restored_into_rocksdb_and_snaps
     assert_eq!(String::from_utf8(head.stdout)?.lines().count(), 5);
 
     let db = tmp.path().join("db");
-    run_json(&["checkpoint", "restore", s(&loc), "--to-rocksdb", s(&db)])?;
+    let restored = run_json(&["checkpoint", "restore", s(&loc), "--to-rocksdb", s(&db)])?;
+    // The entries restored, counted (not RocksDB's estimate).
+    assert_eq!(restored["entries"], expected.len() as u64, "{restored}");
     assert_eq!(
         tree(&loc)?,
         untouched,
@@ -484,8 +486,15 @@ fn read_only_commands_run_beside_a_checkpointing_job_and_change_nothing() -> R {
             let gc = gress()
                 .args(["checkpoint", "gc", s(&loc), "--retain", "1"])
                 .output()?;
+            // So is its dry run: it answers what the real run would do.
+            let dry = gress()
+                .args(["checkpoint", "gc", s(&loc), "--retain", "1", "--dry-run"])
+                .output()?;
             if !job.is_finished() {
                 assert_eq!(gc.status.code(), Some(1));
+                assert_eq!(dry.status.code(), Some(1));
+                let said = String::from_utf8_lossy(&dry.stderr);
+                assert!(said.contains("in use"), "{said}");
             }
         }
         rounds += 1;
@@ -621,6 +630,20 @@ fn checkpoints_on_s3_are_listed_verified_and_damage_is_found() -> R {
     assert_eq!(refused.status.code(), Some(3));
     assert!(String::from_utf8(refused.stderr)?.contains("is intact"));
     assert_eq!(storage.list("")?.len(), objects);
+    // Its dry run is refused alike.
+    let dry = gress_s3()
+        .args([
+            "checkpoint",
+            "gc",
+            url,
+            "--retain",
+            "1",
+            "--verify",
+            "--dry-run",
+        ])
+        .output()?;
+    assert_eq!(dry.status.code(), Some(3));
+    assert!(String::from_utf8(dry.stderr)?.contains("is intact"));
     // Keeping an intact one too, it sweeps.
     gress_s3()
         .args(["checkpoint", "gc", url, "--retain", "2", "--verify"])

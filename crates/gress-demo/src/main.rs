@@ -1,4 +1,8 @@
-//! `gress-demo`: uses the state backend end to end and prints what it did.
+//! `gress-demo`: uses the state backend end to end, then runs a keyed
+//! stream job with windows on RocksDB that crashes once and recovers, and
+//! prints what it did.
+
+mod stream;
 
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
@@ -29,6 +33,9 @@ struct Args {
     /// Number of events in the keyed aggregation.
     #[arg(long, default_value_t = 100_000)]
     events: u64,
+    /// Clicks in the stream job (0: skip it).
+    #[arg(long, default_value_t = 400_000)]
+    clicks: u64,
     /// Serve the backend's metrics for Prometheus at this address while
     /// the demo runs: http://ADDR/metrics.
     #[arg(long, default_value = "127.0.0.1:9464")]
@@ -114,6 +121,10 @@ fn main() -> Result<()> {
                 reopened.estimate_num_keys()?
             );
         }
+    }
+    if args.clicks > 0 {
+        let urls = endpoint.as_ref().map(|e| (e.url(), e.status_url()));
+        stream::run_demo(&args.data_dir().join("stream"), args.clicks, urls.as_ref())?;
     }
     println!("demo finished");
     if let Some(endpoint) = &endpoint

@@ -380,6 +380,11 @@ pub(crate) fn committer<'s>(
                                 if why != "a worker's checkpoint failed" {
                                     tracing::warn!(epoch, error = %why, "could not publish a commit record");
                                     last_failure = why;
+                                } else if last_failure.is_empty() {
+                                    // The worker logged why, at warn.
+                                    last_failure = format!(
+                                        "{why} (its reason is logged at warn: \"checkpoint upload failed\")"
+                                    );
                                 }
                                 settled.push((cap, false, final_epoch, Vec::new()));
                             }

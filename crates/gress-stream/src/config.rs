@@ -312,6 +312,11 @@ pub struct JobConfig {
     /// when the run ends). `None` (the default): the system's temporary
     /// directory.
     pub local_dir: Option<PathBuf>,
+    /// What [`crate::start`] does when the job fails: by default nothing
+    /// (it fails). [`crate::run`] never restarts.
+    pub restart: crate::handle::RestartPolicy,
+    /// Shared with the job's handle: stop requests and live status.
+    pub(crate) control: Arc<crate::handle::Control>,
 }
 
 impl JobConfig {
@@ -342,6 +347,8 @@ impl JobConfig {
             max_epoch_records: None,
             connect_timeout: Duration::from_secs(60),
             local_dir: None,
+            restart: crate::handle::RestartPolicy::Never,
+            control: Arc::default(),
         }
     }
 
@@ -550,6 +557,13 @@ impl JobConfig {
     /// ([`JobConfig::local_dir`]).
     pub fn with_local_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.local_dir = Some(dir.into());
+        self
+    }
+
+    /// Recovers the job in this process when it fails, as `policy` allows
+    /// (for jobs run with [`crate::start`]).
+    pub fn with_restart(mut self, policy: crate::handle::RestartPolicy) -> Self {
+        self.restart = policy;
         self
     }
 

@@ -37,6 +37,7 @@ mod config;
 mod context;
 mod data;
 mod error;
+mod handle;
 mod history;
 pub mod keys;
 mod operators;
@@ -46,6 +47,7 @@ mod run;
 mod sink;
 mod source;
 mod state;
+mod status;
 mod stream;
 pub mod telemetry;
 mod time;
@@ -63,6 +65,9 @@ pub use context::{ProcessingContext, Timer};
 pub use data::{Data, Key};
 pub use error::{Error, Result};
 pub use gress_checkpoint::S3Config;
+pub use handle::{
+    CheckpointStatus, JobHandle, JobState, JobStatus, RestartPolicy, WorkerStatus, start,
+};
 pub use history::{COMMITS, CommitRecord, commits, latest_commit};
 pub use keys::TimeDomain;
 pub use operators::connect::CoInput;

@@ -349,7 +349,18 @@ impl From<crate::rescale::RescaleError> for Attempt {
 
 /// Empties a backend: a job that starts without a committed epoch starts
 /// from nothing, whatever a previous run left in a persistent backend.
+/// One that is empty already is left alone (a fresh start restores
+/// nothing, and counts no restore).
 pub(crate) fn clear(backend: &dyn Checkpointable) -> Result<()> {
+    let m = backend.metrics();
+    let empty = if m.n_keys_is_estimate {
+        backend.scan_prefix(b"")?.next().is_none()
+    } else {
+        m.n_keys == 0
+    };
+    if empty {
+        return Ok(());
+    }
     let mut empty = Vec::new();
     gress_state::snapshot::SnapshotWriter::new(&mut empty, gress_state::SnapshotKind::Full, 0)?
         .finish()?;

@@ -34,6 +34,9 @@ pub struct JobReport {
     pub epochs_cut: u64,
     /// Time from start to end.
     pub elapsed: Duration,
+    /// The job had finished before this run: it recovered from a commit
+    /// after which its sources had nothing left to read.
+    pub already_finished: bool,
     /// What each worker's checkpoint of each epoch cost, this process's
     /// workers.
     pub checkpoints: Vec<crate::worker::EpochCheckpoint>,
@@ -64,7 +67,12 @@ where
     }
     if let Some(addr) = config.prometheus_addr()? {
         let endpoint = crate::telemetry::serve_prometheus(addr)?;
-        tracing::info!(job = %config.job_id, url = %endpoint.url(), "serving metrics");
+        tracing::info!(
+            job = %config.job_id,
+            metrics = %endpoint.url(),
+            status = %format!("http://{}/status", endpoint.addr()),
+            "serving metrics and status"
+        );
     }
     crate::telemetry::describe();
     gress_checkpoint::telemetry::describe();
@@ -73,6 +81,8 @@ where
     let started = Instant::now();
     let abort = Arc::new(AtomicBool::new(false));
     let config = Arc::new(config);
+    crate::status::serve(&config);
+    let (control, job_id) = (Arc::clone(&config.control), config.job_id.clone());
     let build = Arc::new(build);
     let worker_abort = Arc::clone(&abort);
     let worker_publisher = Arc::clone(&publisher);
@@ -97,6 +107,7 @@ where
     )
     .map_err(Error::Worker)?;
     let mut report = JobReport::default();
+    let mut records_read = 0;
     // The cause, rather than the workers that stopped because of it.
     let mut cause = None;
     let mut stopped = None;
@@ -104,6 +115,7 @@ where
         match outcome {
             Ok(Ok(w)) => {
                 report.records_in += w.records_in;
+                records_read += w.records_read;
                 report.records_out += w.records_out;
                 report.epochs_cut += w.epochs_cut;
                 report.last_committed = report.last_committed.max(w.last_committed);
@@ -126,6 +138,17 @@ where
         return Err(e);
     }
     report.elapsed = started.elapsed();
+    if let Some(epoch) = report.recovered_from
+        && records_read == 0
+        && control.mode() == crate::handle::Mode::Run
+    {
+        report.already_finished = true;
+        tracing::info!(
+            job = %job_id,
+            epoch,
+            "the job had already finished: its sources have nothing after committed epoch {epoch}"
+        );
+    }
     Ok(report)
 }
 
@@ -185,6 +208,7 @@ const IDLE_WORK_EVERY: Duration = Duration::from_millis(50);
 struct WorkerReport {
     cache: crate::state::CacheStats,
     checkpoints: Vec<crate::worker::EpochCheckpoint>,
+    records_read: u64,
     records_in: u64,
     records_out: u64,
     epochs_cut: u64,
@@ -282,6 +306,7 @@ where
         s.pending_rollback = rolls_back;
         s.rolled_back = rolled_back;
         s.keep_commits(kept);
+        s.control = Arc::clone(&config.control);
     }
     let setup = crate::commit::CommitterSetup {
         storage: root,
@@ -351,6 +376,7 @@ where
     Ok(WorkerReport {
         cache: s.store.stats(),
         checkpoints: s.checkpoint_costs.clone(),
+        records_read: s.records_read,
         records_in: s.records_in,
         records_out: s.records_out,
         epochs_cut: s.epochs_cut,

@@ -193,6 +193,10 @@ impl crate::state::DeferredCapture for Cut {
 
 /// Shared by the operators of one worker (one thread).
 pub(crate) struct WorkerState {
+    /// The job's control: stop requests in, status out.
+    pub(crate) control: Arc<crate::handle::Control>,
+    /// The newest cut epoch's source offsets and watermarks.
+    last_marks: Option<(u64, Metadata)>,
     pub(crate) index: usize,
     pub(crate) peers: usize,
     pub(crate) key_groups: u16,
@@ -329,6 +333,8 @@ impl WorkerState {
             recovered_from: None,
             last_report: std::time::Instant::now(),
             reported: (0, 0),
+            control: Arc::default(),
+            last_marks: None,
         }
     }
 
@@ -471,6 +477,7 @@ impl WorkerState {
                 by_epoch.extend(later);
             }
             let started = Instant::now();
+            self.last_marks = Some((epoch, marks.clone()));
             if let Err(e) = self.cut(epoch, marks) {
                 self.fail(e);
                 return;
@@ -560,6 +567,38 @@ impl WorkerState {
             (self.opened + 1).saturating_sub(first_uncommitted)
         };
         let (cache_entries, cache_bytes) = self.store.cached();
+        self.control.report(crate::handle::WorkerStatus {
+            worker: self.index,
+            committed_epoch: self.committed,
+            epochs_in_flight: epoch_lag,
+            records_read: self.records_read,
+            records_in: self.records_in,
+            records_out: self.records_out,
+            cut_epoch: self.last_marks.as_ref().map(|(e, _)| *e),
+            positions: self
+                .last_marks
+                .as_ref()
+                .map(|(_, m)| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            let shown = if v == "18446744073709551615" {
+                                "end of input".to_string()
+                            } else {
+                                v.clone()
+                            };
+                            (k.clone(), shown)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            last_checkpoint: self.checkpoint_costs.last().map(|c| {
+                crate::handle::CheckpointStatus {
+                    epoch: c.epoch,
+                    duration_ms: u64::try_from(c.duration.as_millis()).unwrap_or(u64::MAX),
+                    bytes_written: c.bytes_written,
+                }
+            }),
+        });
         self.metrics.refresh(Counts {
             cache: self.store.stats(),
             cache_entries,

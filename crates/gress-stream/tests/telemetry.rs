@@ -180,6 +180,26 @@ fn a_running_job_serves_its_metrics() -> R {
         .is_some()
     );
     assert!(value(&live, "gress_state_keys", &[("backend", "live/1")]).is_some());
+    // A fresh start restores nothing; what has not happened reads 0.
+    for backend in ["live/0", "live/1"] {
+        assert_eq!(
+            value(&live, "gress_state_restores_total", &[("backend", backend)]),
+            Some(0.0),
+            "{backend}"
+        );
+    }
+    for name in [
+        "gress_checkpoint_failures_total",
+        "gress_checkpoint_restores_total",
+        "gress_checkpoint_restore_failures_total",
+        "gress_checkpoint_uncertain_total",
+    ] {
+        assert_eq!(
+            value(&live, name, &[("manager", "live/0")]),
+            Some(0.0),
+            "{name}"
+        );
+    }
 
     stop.store(true, Ordering::Release);
     let report = job.join().map_err(|_| "the job thread panicked")??;

@@ -19,11 +19,17 @@ pub struct Sample {
 
 /// `GET /metrics` from `addr` with HTTP/1.1; the body of a 200 answer.
 pub fn scrape(addr: SocketAddr) -> io::Result<String> {
+    get(addr, "/metrics")
+}
+
+/// The body of `GET <path>` on the endpoint at `addr`; an error unless it
+/// answers 200.
+pub fn get(addr: SocketAddr, path: &str) -> io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;

@@ -333,6 +333,7 @@ impl CheckpointManager {
         }
         backend.claim_checkpoints(self.shared.owner)?;
         crate::telemetry::describe();
+        crate::telemetry::start(&self.shared.config.read().metrics_label);
         backends.push(Arc::new(Registered {
             name: name.to_string(),
             backend,

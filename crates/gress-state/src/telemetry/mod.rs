@@ -54,7 +54,9 @@ mod prometheus;
 pub use publisher::MetricsPublisher;
 
 #[cfg(feature = "prometheus")]
-pub use prometheus::{PrometheusEndpoint, prometheus_endpoint, serve_prometheus};
+pub use prometheus::{
+    PrometheusEndpoint, prometheus_endpoint, serve_prometheus, set_status_source,
+};
 
 use crate::metrics::Metrics;
 

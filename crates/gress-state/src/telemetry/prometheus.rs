@@ -5,12 +5,15 @@
 //! the process exits. Asking again for the same address (or for port 0 on
 //! the same IP) returns the running endpoint.
 
+use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
-use metrics_exporter_prometheus::{
-    BuildError, ExporterFuture, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
@@ -21,14 +24,23 @@ const SECONDS_BUCKETS: [f64; 16] = [
     600.0,
 ];
 
-/// Binds tried when port 0 was asked for and the chosen port is taken
-/// between choosing it and binding it.
-const ATTEMPTS: usize = 5;
+/// What `GET /status` answers: a JSON document, from whoever registered.
+type StatusSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+static STATUS: Mutex<Option<StatusSource>> = Mutex::new(None);
+
+/// Makes `GET /status` on the endpoint answer `status()` (a JSON
+/// document); replaces what answered before. A stream job registers its
+/// status here.
+pub fn set_status_source(status: impl Fn() -> String + Send + Sync + 'static) {
+    *STATUS.lock() = Some(Arc::new(status));
+}
 
 static ENDPOINT: Mutex<Option<PrometheusEndpoint>> = Mutex::new(None);
 
-/// The running scrape endpoint: `GET http://<addr>/metrics` (any path
-/// serves the metrics; `/health` answers `OK`).
+/// The running scrape endpoint: `GET http://<addr>/metrics` (also `/`),
+/// `/status` (the job's status as JSON, once a job registered it) and
+/// `/health` (`OK`).
 #[derive(Debug, Clone)]
 pub struct PrometheusEndpoint {
     addr: SocketAddr,
@@ -46,6 +58,11 @@ impl PrometheusEndpoint {
         format!("http://{}/metrics", self.addr)
     }
 
+    /// `http://<addr>/status`.
+    pub fn status_url(&self) -> String {
+        format!("http://{}/status", self.addr)
+    }
+
     /// What a scrape returns now, in the Prometheus text format.
     pub fn render(&self) -> String {
         self.handle.render()
@@ -57,16 +74,10 @@ pub fn prometheus_endpoint() -> Option<PrometheusEndpoint> {
     ENDPOINT.lock().clone()
 }
 
-/// Installs a Prometheus recorder as the process's [`metrics`] recorder and
-/// serves it over HTTP at `addr` (port 0: a free port; see
-/// [`PrometheusEndpoint::addr`]), on a thread of its own, until the process
-/// exits. `*_seconds` histograms get buckets from 1 ms to 10 min.
-///
-/// If this process already serves at `addr`, or at any port of `addr`'s IP
-/// when `addr`'s port is 0, returns that endpoint. Fails with
-/// [`Error::Io`] if `addr` cannot be bound, and with
-/// [`Error::MetricsEndpoint`] if the process serves metrics at another
-/// address or another `metrics` recorder is installed.
+/// Serves the process's metrics at `addr` (`GET /metrics`; port 0: a
+/// free port) and installs the global recorder; `GET /status` answers what
+/// [`set_status_source`] registered. Returns the running endpoint if one
+/// is already serving at that address.
 pub fn serve_prometheus(addr: SocketAddr) -> Result<PrometheusEndpoint> {
     let mut slot = ENDPOINT.lock();
     if let Some(running) = &*slot {
@@ -83,20 +94,37 @@ pub fn serve_prometheus(addr: SocketAddr) -> Result<PrometheusEndpoint> {
             .into(),
         });
     }
-    let (bound, runtime, recorder, exporter) = bind(addr)?;
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| Error::io(format!("binding the metrics endpoint to {addr}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io(format!("binding the metrics endpoint to {addr}"), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("setting up the metrics endpoint", e))?;
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+        .map_err(|e| Error::MetricsEndpoint {
+            addr,
+            reason: e.to_string().into(),
+        })?
+        .build_recorder();
     let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the metrics endpoint's runtime", e))?;
 
-    // The thread first, so that nothing is installed if it cannot start;
-    // it serves once told to, or ends (closing the listener) if not.
     let (go, started) = mpsc::channel::<()>();
+    let served = handle.clone();
     std::thread::Builder::new()
         .name("gress-metrics-http".into())
         .spawn(move || {
             if started.recv().is_err() {
                 return;
             }
-            if let Err(e) = runtime.block_on(exporter) {
-                tracing::error!(addr = %bound, error = ?e, "the metrics endpoint stopped");
+            if let Err(e) = runtime.block_on(serve(listener, served)) {
+                tracing::error!(addr = %bound, error = %e, "the metrics endpoint stopped");
             }
         })
         .map_err(|e| Error::io("starting the metrics endpoint's thread", e))?;
@@ -104,7 +132,6 @@ pub fn serve_prometheus(addr: SocketAddr) -> Result<PrometheusEndpoint> {
         addr,
         reason: "another metrics recorder is installed in this process".into(),
     })?;
-    // The thread waits on `started`, so it is there to receive.
     let _ = go.send(());
     super::describe();
     let endpoint = PrometheusEndpoint {
@@ -116,50 +143,67 @@ pub fn serve_prometheus(addr: SocketAddr) -> Result<PrometheusEndpoint> {
     Ok(endpoint)
 }
 
-/// Builds the recorder and an exporter listening at `addr`, with the bound
-/// address.
-fn bind(
-    addr: SocketAddr,
-) -> Result<(
-    SocketAddr,
-    tokio::runtime::Runtime,
-    PrometheusRecorder,
-    ExporterFuture,
-)> {
-    let mut last = String::new();
-    for _ in 0..ATTEMPTS {
-        // The exporter cannot say which port it bound: choose it here (and
-        // report a bad address as the I/O error it is), then hand it over.
-        let bound = TcpListener::bind(addr)
-            .and_then(|probe| probe.local_addr())
-            .map_err(|e| Error::io(format!("binding the metrics endpoint to {addr}"), e))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting the metrics endpoint's runtime", e))?;
-        let built = {
-            let _in_runtime = runtime.enter();
-            PrometheusBuilder::new()
-                .with_http_listener(bound)
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
-                .and_then(PrometheusBuilder::build)
-        };
-        match built {
-            Ok((recorder, exporter)) => return Ok((bound, runtime, recorder, exporter)),
-            // Taken since it was chosen: choose again.
-            Err(BuildError::FailedToCreateHTTPListener(reason)) if addr.port() == 0 => {
-                last = reason;
-            }
-            Err(e) => {
-                return Err(Error::MetricsEndpoint {
-                    addr,
-                    reason: e.to_string().into(),
-                });
-            }
+/// Accepts connections until the process exits, one task each.
+async fn serve(listener: TcpListener, handle: PrometheusHandle) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    // Histograms keep their samples until drained.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
         }
+    });
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let handle = handle.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &handle)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %e, "a metrics connection ended with an error");
+            }
+        });
     }
-    Err(Error::MetricsEndpoint {
-        addr,
-        reason: format!("no free port after {ATTEMPTS} attempts: {last}").into(),
-    })
+}
+
+fn answer(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+    let respond = |status: StatusCode, kind: &str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        if let Ok(value) = hyper::header::HeaderValue::from_str(kind) {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
+        }
+        response
+    };
+    match request.uri().path() {
+        "/status" => match STATUS.lock().clone() {
+            Some(status) => respond(StatusCode::OK, "application/json", status()),
+            None => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "no job runs in this process\n".into(),
+            ),
+        },
+        "/health" => respond(StatusCode::OK, "text/plain; charset=utf-8", "OK\n".into()),
+        "/metrics" | "/" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            handle.render(),
+        ),
+        other => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            format!("{other}: not here; try /metrics or /status\n"),
+        ),
+    }
 }

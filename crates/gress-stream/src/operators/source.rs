@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gress_checkpoint::Metadata;
@@ -18,6 +19,7 @@ use crate::commit::Token;
 use crate::config::{EpochPolicy, JobConfig};
 use crate::data::Item;
 use crate::error::{Error, Result};
+use crate::handle::Mode;
 use crate::source::{PartitionReader, Poll};
 use crate::worker::{OnCommit, Shared};
 
@@ -113,6 +115,7 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
     let idle_timeout = config.idle_timeout;
     let max_epoch = config.max_epoch_duration;
     let epoch_records = config.epoch_records_bound();
+    let control = Arc::clone(&config.control);
     let name = name.to_string();
     let state = Rc::new(RefCell::new(SourceParts {
         parts,
@@ -158,7 +161,11 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
             guard.report(committed);
             let SourceParts { parts, closed } = &mut *guard;
             let all_ended = parts.iter().all(|p| p.ended);
-            if error || (finished && all_ended) {
+            // Asked to stop: the epoch being read is the last (and so is
+            // each one this worker opens until the last is committed).
+            let mode = control.mode();
+            let stopping = mode == Mode::Stop;
+            if error || (finished && (all_ended || mode != Mode::Run)) {
                 data_cap = None;
                 token_cap = None;
                 return;
@@ -176,7 +183,7 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
             // Records this worker's partitions read in the epoch: an
             // `Interval` epoch closes early at `epoch_records`.
             let mut in_epoch: u64 = parts.iter().map(|p| p.read_in_epoch).sum();
-            for part in parts.iter_mut().filter(|p| !p.ended) {
+            for part in parts.iter_mut().filter(|p| !p.ended && !stopping) {
                 let want = match policy {
                     EpochPolicy::Records(n) => {
                         n.saturating_sub(part.read_in_epoch).min(BATCH as u64)
@@ -197,6 +204,11 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
                         failed = Some(e);
                         break;
                     }
+                }
+                // Draining: a partition with nothing more to read now has
+                // ended its input.
+                if mode == Mode::Drain && buf.is_empty() {
+                    part.ended = true;
                 }
                 if buf.is_empty() {
                     part.idle = idle_timeout
@@ -239,7 +251,8 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
                 return;
             }
             let open_for = epoch_started.elapsed();
-            let epoch_over = parts.iter().all(|p| p.ended)
+            let epoch_over = stopping
+                || parts.iter().all(|p| p.ended)
                 || match policy {
                     EpochPolicy::Records(n) => {
                         // Every partition has its count, ended or is idle,
@@ -332,7 +345,7 @@ pub(crate) fn source_operator<'s, T: crate::Data>(
             closed.push_back((epoch, parts.iter().map(|p| p.reader.offset()).collect()));
             shared.borrow_mut().source_done(epoch, offsets);
             token_out.activate().session(&*tcap).give(Token {
-                finished: parts.iter().all(|p| p.ended),
+                finished: stopping || parts.iter().all(|p| p.ended),
             });
             for p in parts.iter_mut() {
                 p.read_in_epoch = 0;

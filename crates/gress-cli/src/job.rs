@@ -1,0 +1,160 @@
+//! `gress job`: a running stream job, through its status endpoint.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use serde_json::Value;
+
+use crate::exit;
+use crate::out::{self, Out};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Cmd {
+    /// A running job's status, from its metrics endpoint's `/status`:
+    /// state, committed epoch, each worker's progress, source offsets and
+    /// watermarks, last checkpoint, restarts. Exit code 1 if the job
+    /// failed or the endpoint cannot be reached.
+    Status {
+        /// The job's metrics endpoint: `http://host:port` (a path is
+        /// replaced by `/status`), or `host:port`.
+        url: String,
+    },
+}
+
+pub(crate) fn run(cmd: &Cmd, out: &Out) -> Result<u8> {
+    match cmd {
+        Cmd::Status { url } => status(url, out),
+    }
+}
+
+/// `host:port` of an endpoint URL.
+fn authority(url: &str) -> Result<&str> {
+    let rest = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(_) => bail!("{url}: only http:// endpoints are served"),
+        None => url,
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        bail!("{url}: no host:port");
+    }
+    Ok(host)
+}
+
+/// The body of `GET /status` at `host`.
+fn fetch(host: &str) -> Result<String> {
+    let addr = host
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} resolves to no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .with_context(|| format!("connecting to {host}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("reading the answer of {host}"))?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{host} did not answer HTTP"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("{host}/status answered `{status}`: {}", body.trim());
+    }
+    Ok(body.to_string())
+}
+
+fn status(url: &str, out: &Out) -> Result<u8> {
+    let host = authority(url)?;
+    let body = fetch(host)?;
+    let doc: Value =
+        serde_json::from_str(&body).with_context(|| format!("{host}/status is not JSON"))?;
+    let failed = doc["state"] == "failed";
+    out.emit(&doc, || show(&doc));
+    Ok(if failed { exit::FAILED } else { exit::OK })
+}
+
+fn show(doc: &Value) {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "none".into(),
+        other => other.to_string(),
+    };
+    say!(
+        "job {}: {}{} (restarts {})",
+        text(&doc["job_id"]),
+        text(&doc["state"]),
+        doc["error"]
+            .as_str()
+            .map_or(String::new(), |e| format!(": {e}")),
+        text(&doc["restarts"])
+    );
+    say!(
+        "  process {} of {}, {} workers",
+        text(&doc["process"]),
+        text(&doc["processes"]),
+        text(&doc["workers"])
+    );
+    match doc["committed_at_ms"].as_u64() {
+        Some(ms) => say!(
+            "  committed epoch {} (learned {})",
+            text(&doc["committed_epoch"]),
+            out::time(ms)
+        ),
+        None => say!("  no epoch committed yet"),
+    }
+    for w in doc["worker_status"].as_array().into_iter().flatten() {
+        say!(
+            "  worker {}: committed {}, {} epochs in flight, {} read, {} in, {} out",
+            text(&w["worker"]),
+            text(&w["committed_epoch"]),
+            text(&w["epochs_in_flight"]),
+            text(&w["records_read"]),
+            text(&w["records_in"]),
+            text(&w["records_out"])
+        );
+        if let Some(c) = w["last_checkpoint"].as_object() {
+            say!(
+                "    last checkpoint: epoch {}, {} ms, {} written",
+                text(&c["epoch"]),
+                text(&c["duration_ms"]),
+                out::size(c["bytes_written"].as_u64().unwrap_or(0))
+            );
+        }
+        if let Some(positions) = w["positions"].as_object() {
+            if !positions.is_empty() {
+                say!("    as of cut epoch {}:", text(&w["cut_epoch"]));
+            }
+            for (k, v) in positions {
+                say!("      {k} = {}", text(v));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_read_from_urls() -> Result<()> {
+        assert_eq!(
+            authority("http://127.0.0.1:9464/metrics")?,
+            "127.0.0.1:9464"
+        );
+        assert_eq!(authority("http://localhost:9464")?, "localhost:9464");
+        assert_eq!(authority("127.0.0.1:1")?, "127.0.0.1:1");
+        assert!(authority("https://x:1").is_err());
+        assert!(authority("http:///status").is_err());
+        Ok(())
+    }
+}

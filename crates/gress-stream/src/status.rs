@@ -1,0 +1,17 @@
+//! The job's status on the metrics endpoint: `GET /status` answers the
+//! [`JobStatus`](crate::JobStatus) of the job running in this process, as
+//! JSON.
+
+use std::sync::Arc;
+
+use crate::config::JobConfig;
+
+/// Registers `config`'s job as what `/status` answers (the newest job
+/// started in the process wins).
+pub(crate) fn serve(config: &Arc<JobConfig>) {
+    let config = Arc::clone(config);
+    gress_state::telemetry::set_status_source(move || {
+        let status = config.control.status(&config);
+        serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    });
+}
