@@ -41,6 +41,15 @@ fn the_demo_runs_with_100_users_and_refuses_0() -> Result<(), Box<dyn std::error
     Ok(())
 }
 
+/// The demo's state-backend part, small, in `dir`.
+fn small_demo(dir: &std::path::Path) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("gress-demo");
+    cmd.args(["--users", "10", "--events", "10", "--clicks", "0"])
+        .args(["--no-metrics", "--data-dir"])
+        .arg(dir);
+    cmd
+}
+
 /// A directory the demo did not make is never deleted; one it made is
 /// replaced only with `--fresh`.
 #[test]
@@ -68,18 +77,7 @@ fn the_demo_never_deletes_a_directory_it_did_not_make() -> Result<(), Box<dyn st
 
     let ours = dir.path().join("ours");
     let run = |fresh: bool| -> std::io::Result<std::process::Output> {
-        let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("gress-demo");
-        cmd.args([
-            "--users",
-            "10",
-            "--events",
-            "10",
-            "--clicks",
-            "0",
-            "--no-metrics",
-            "--data-dir",
-        ])
-        .arg(&ours);
+        let mut cmd = small_demo(&ours);
         if fresh {
             cmd.arg("--fresh");
         }
@@ -102,18 +100,8 @@ fn the_demo_never_deletes_a_directory_it_did_not_make() -> Result<(), Box<dyn st
 #[test]
 fn logs_follow_rust_log_and_can_be_json() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let out = assert_cmd::cargo::cargo_bin_cmd!("gress-demo")
-        .args([
-            "--users",
-            "10",
-            "--events",
-            "10",
-            "--clicks",
-            "0",
-            "--no-metrics",
-        ])
-        .args(["--log-format", "json", "--data-dir"])
-        .arg(dir.path().join("data"))
+    let out = small_demo(&dir.path().join("data"))
+        .args(["--log-format", "json"])
         .env("RUST_LOG", "gress_rocksdb=debug")
         .output()?;
     assert!(out.status.success());
@@ -129,18 +117,7 @@ fn logs_follow_rust_log_and_can_be_json() -> Result<(), Box<dyn std::error::Erro
         "{stderr}"
     );
     // The default is info: the debug line is gone.
-    let out = assert_cmd::cargo::cargo_bin_cmd!("gress-demo")
-        .args([
-            "--users",
-            "10",
-            "--events",
-            "10",
-            "--clicks",
-            "0",
-            "--no-metrics",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data2"))
+    let out = small_demo(&dir.path().join("data2"))
         .env_remove("RUST_LOG")
         .output()?;
     assert!(out.status.success());

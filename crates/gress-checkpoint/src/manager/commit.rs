@@ -460,7 +460,8 @@ impl PendingCheckpoint {
             max_pause: self.max_pause,
             duration: self.started.elapsed(),
         };
-        tracing::info!(
+        // One per checkpoint (in a stream job, per worker and epoch): debug.
+        tracing::debug!(
             id = self.id,
             bytes_written,
             files_written = written.len(),

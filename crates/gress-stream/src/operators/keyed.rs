@@ -214,9 +214,13 @@ where
                             finish_epoch(&mut function, &epoch, &mut scratch_refs, &mut s.store);
                     }
                     if let Err(e) = result {
-                        s.fail(Error::Operator {
-                            operator: op_name.clone(),
-                            reason: e.to_string(),
+                        // A function's own `Error::Operator` says it once.
+                        s.fail(match e {
+                            e @ Error::Operator { .. } => e,
+                            e => Error::Operator {
+                                operator: op_name.clone(),
+                                reason: e.to_string(),
+                            },
                         });
                         return;
                     }
