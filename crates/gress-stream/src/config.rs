@@ -314,9 +314,9 @@ pub struct JobConfig {
     pub local_dir: Option<PathBuf>,
     /// What [`crate::start`] does when the job fails: by default nothing
     /// (it fails). [`crate::run`] never restarts.
-    pub restart: crate::handle::RestartPolicy,
+    pub restart: crate::control::RestartPolicy,
     /// Shared with the job's handle: stop requests and live status.
-    pub(crate) control: Arc<crate::handle::Control>,
+    pub(crate) control: Arc<crate::control::Control>,
 }
 
 impl JobConfig {
@@ -347,7 +347,7 @@ impl JobConfig {
             max_epoch_records: None,
             connect_timeout: Duration::from_secs(60),
             local_dir: None,
-            restart: crate::handle::RestartPolicy::Never,
+            restart: crate::control::RestartPolicy::Never,
             control: Arc::default(),
         }
     }
@@ -562,7 +562,7 @@ impl JobConfig {
 
     /// Recovers the job in this process when it fails, as `policy` allows
     /// (for jobs run with [`crate::start`]).
-    pub fn with_restart(mut self, policy: crate::handle::RestartPolicy) -> Self {
+    pub fn with_restart(mut self, policy: crate::control::RestartPolicy) -> Self {
         self.restart = policy;
         self
     }

@@ -1,256 +1,23 @@
 //! Operating a running job: [`start`] runs it in the background and returns
 //! a [`JobHandle`] that reports its [`JobStatus`], stops it at an epoch
-//! boundary, drains it, or waits for it; a [`RestartPolicy`] recovers a
-//! failed job in the same process from its newest committed epoch.
+//! boundary, drains it, or waits for it; a [`crate::RestartPolicy`]
+//! recovers a failed job in the same process from its newest committed
+//! epoch.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use parking_lot::{Condvar, Mutex};
-use serde::Serialize;
 
 use crate::builder::JobBuilder;
 use crate::config::JobConfig;
+use crate::control::{Control, JobState, JobStatus, Mode};
 use crate::error::{Error, Result};
 use crate::run::{JobReport, run};
-
-/// What to do when a job started with [`start`] fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RestartPolicy {
-    /// Fail for good at the first failure (the default).
-    #[default]
-    Never,
-    /// Restart up to `attempts` times in a row, `delay` apart.
-    FixedDelay {
-        /// Restarts at most, in a row.
-        attempts: u32,
-        /// Wait before each.
-        delay: Duration,
-    },
-    /// Restart up to `attempts` times in a row, waiting `initial` before
-    /// the first and twice as long before each next one, at most `max`.
-    ExponentialBackoff {
-        /// Restarts at most, in a row.
-        attempts: u32,
-        /// Wait before the first restart.
-        initial: Duration,
-        /// The longest wait.
-        max: Duration,
-    },
-}
-
-impl RestartPolicy {
-    /// The wait before restart number `n` (1-based), or `None` when the
-    /// policy allows no more.
-    pub fn delay(&self, n: u32) -> Option<Duration> {
-        match *self {
-            RestartPolicy::Never => None,
-            RestartPolicy::FixedDelay { attempts, delay } => (n <= attempts).then_some(delay),
-            RestartPolicy::ExponentialBackoff {
-                attempts,
-                initial,
-                max,
-            } => (n <= attempts).then(|| {
-                let factor = 2u32.saturating_pow(n.saturating_sub(1));
-                initial.saturating_mul(factor).min(max)
-            }),
-        }
-    }
-}
 
 /// Whether a failure may go away by recovering: not a job that is built or
 /// configured wrong, nor one whose checkpoints cannot continue it.
 fn restartable(e: &Error) -> bool {
     !matches!(e, Error::InvalidJob { .. } | Error::Recovery { .. })
-}
-
-/// Where a job is in its life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "state", content = "error")]
-pub enum JobState {
-    /// Processing records.
-    Running,
-    /// Failed, and waiting to recover under its [`RestartPolicy`].
-    Recovering(String),
-    /// Stopping at an epoch boundary ([`JobHandle::stop`] or
-    /// [`JobHandle::drain`]).
-    Stopping,
-    /// Every source ended and the last epoch is committed.
-    Finished,
-    /// Stopped at an epoch boundary, committed: a later run resumes it.
-    Stopped,
-    /// Failed for good: the error.
-    Failed(String),
-}
-
-/// One worker's part of a job's status.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct WorkerStatus {
-    /// The worker's index in the job.
-    pub worker: usize,
-    /// The newest epoch committed, as this worker learned it.
-    pub committed_epoch: Option<u64>,
-    /// Epochs its sources opened that are not committed yet.
-    pub epochs_in_flight: u64,
-    /// Records read by its sources.
-    pub records_read: u64,
-    /// Records applied by its keyed operators.
-    pub records_in: u64,
-    /// Records written to its sinks.
-    pub records_out: u64,
-    /// The newest epoch it cut.
-    pub cut_epoch: Option<u64>,
-    /// As of `cut_epoch`: each source partition's offset
-    /// (`offset/<source>/<partition>`), its newest event time
-    /// (`maxtime/...`), and each event-time operator's watermark
-    /// (`watermark/<operator>`, `end of input` once the input ended).
-    pub positions: BTreeMap<String, String>,
-    /// The newest checkpoint it stored: its epoch, how long it took from
-    /// the cut to its manifest (ms), and the bytes it wrote.
-    pub last_checkpoint: Option<CheckpointStatus>,
-}
-
-/// A worker's newest stored checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct CheckpointStatus {
-    /// The epoch it belongs to.
-    pub epoch: u64,
-    /// From the cut to the published manifest, ms.
-    pub duration_ms: u64,
-    /// Bytes written for it (new files only).
-    pub bytes_written: u64,
-}
-
-/// A job's status: what [`JobHandle::status`] returns and `/status`
-/// serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JobStatus {
-    /// The job's id.
-    pub job_id: String,
-    /// Where it is.
-    #[serde(flatten)]
-    pub state: JobState,
-    /// Processes of the job, and this one's index.
-    pub processes: usize,
-    /// This process's index.
-    pub process: usize,
-    /// Workers of the job, over all processes.
-    pub workers: usize,
-    /// The newest committed epoch this process knows of.
-    pub committed_epoch: Option<u64>,
-    /// When this process learned of it, ms since the UNIX epoch.
-    pub committed_at_ms: Option<u64>,
-    /// Restarts under the restart policy so far.
-    pub restarts: u32,
-    /// This process's workers.
-    pub worker_status: Vec<WorkerStatus>,
-}
-
-/// How a job's sources are asked to end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// Read on.
-    Run,
-    /// Close the current epoch as the last; the job can resume later.
-    Stop,
-    /// Read what is there, then end the input (watermarks to the end).
-    Drain,
-}
-
-/// Shared by a running job's workers and its handle.
-#[derive(Debug)]
-pub(crate) struct Control {
-    mode: AtomicU8,
-    restarts: AtomicU32,
-    state: Mutex<JobState>,
-    workers: Mutex<BTreeMap<usize, WorkerStatus>>,
-    committed_at_ms: Mutex<(Option<u64>, Option<u64>)>,
-    wake: Condvar,
-    wake_lock: Mutex<()>,
-}
-
-impl Default for Control {
-    fn default() -> Self {
-        Control {
-            mode: AtomicU8::new(0),
-            restarts: AtomicU32::new(0),
-            state: Mutex::new(JobState::Running),
-            workers: Mutex::new(BTreeMap::new()),
-            committed_at_ms: Mutex::new((None, None)),
-            wake: Condvar::new(),
-            wake_lock: Mutex::new(()),
-        }
-    }
-}
-
-impl Control {
-    pub(crate) fn mode(&self) -> Mode {
-        match self.mode.load(Ordering::Acquire) {
-            0 => Mode::Run,
-            1 => Mode::Stop,
-            _ => Mode::Drain,
-        }
-    }
-
-    fn ask(&self, mode: Mode) {
-        let value = match mode {
-            Mode::Run => 0,
-            Mode::Stop => 1,
-            Mode::Drain => 2,
-        };
-        // Stop wins over drain: never from stopping back to reading.
-        self.mode.fetch_max(value, Ordering::AcqRel);
-        let _held = self.wake_lock.lock();
-        self.wake.notify_all();
-    }
-
-    /// A worker's latest numbers.
-    pub(crate) fn report(&self, status: WorkerStatus) {
-        if let Some(epoch) = status.committed_epoch {
-            let mut at = self.committed_at_ms.lock();
-            if at.0.is_none_or(|e| e < epoch) {
-                *at = (Some(epoch), Some(now_ms()));
-            }
-        }
-        self.workers.lock().insert(status.worker, status);
-    }
-
-    fn set_state(&self, state: JobState) {
-        *self.state.lock() = state;
-    }
-
-    /// Waits up to `delay`, or until asked to stop.
-    fn sleep(&self, delay: Duration) {
-        let mut held = self.wake_lock.lock();
-        if self.mode() == Mode::Run {
-            self.wake.wait_for(&mut held, delay);
-        }
-    }
-
-    pub(crate) fn status(&self, config: &JobConfig) -> JobStatus {
-        let workers: Vec<WorkerStatus> = self.workers.lock().values().cloned().collect();
-        let (committed_epoch, committed_at_ms) = *self.committed_at_ms.lock();
-        JobStatus {
-            job_id: config.job_id.clone(),
-            state: self.state.lock().clone(),
-            processes: config.hosts.len().max(1),
-            process: config.process,
-            workers: config.total_workers(),
-            committed_epoch,
-            committed_at_ms,
-            restarts: self.restarts.load(Ordering::Acquire),
-            worker_status: workers,
-        }
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A job running in the background, started with [`start`].
@@ -263,7 +30,7 @@ pub struct JobHandle {
 
 /// Runs a job in the background, as [`run`] does, and returns its handle
 /// at once. A failure is recovered in this process, from the newest
-/// committed epoch, as the config's [`RestartPolicy`] allows
+/// committed epoch, as the config's [`crate::RestartPolicy`] allows
 /// ([`JobConfig::with_restart`]).
 ///
 /// A job whose sources all ended and whose last epoch is committed is
@@ -351,7 +118,7 @@ impl JobHandle {
     /// Where the job is, its newest committed epoch and each of this
     /// process's workers' numbers.
     pub fn status(&self) -> JobStatus {
-        self.control.status(&self.config)
+        crate::status::status_of(&self.control, &self.config)
     }
 
     /// Whether the job has ended (finished, stopped or failed for good).
@@ -404,36 +171,5 @@ impl Drop for JobHandle {
             self.control.ask(Mode::Stop);
             let _ = self.join();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_policies_wait_as_configured() {
-        let fixed = RestartPolicy::FixedDelay {
-            attempts: 2,
-            delay: Duration::from_millis(10),
-        };
-        assert_eq!(fixed.delay(1), Some(Duration::from_millis(10)));
-        assert_eq!(fixed.delay(2), Some(Duration::from_millis(10)));
-        assert_eq!(fixed.delay(3), None);
-        let backoff = RestartPolicy::ExponentialBackoff {
-            attempts: 5,
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(500),
-        };
-        let waits: Vec<_> = (1..=6).map(|n| backoff.delay(n)).collect();
-        assert_eq!(
-            waits,
-            [100, 200, 400, 500, 500]
-                .map(|ms| Some(Duration::from_millis(ms)))
-                .into_iter()
-                .chain([None])
-                .collect::<Vec<_>>()
-        );
-        assert_eq!(RestartPolicy::Never.delay(1), None);
     }
 }

@@ -35,6 +35,7 @@ mod codec;
 mod commit;
 mod config;
 mod context;
+mod control;
 mod data;
 mod error;
 mod handle;
@@ -62,12 +63,11 @@ pub use config::{
     JobConfig, MIN_MEMORY, OpenStorage, RECORDS_SHARE, UNCOUNTED_SHARE,
 };
 pub use context::{ProcessingContext, Timer};
+pub use control::{CheckpointStatus, JobState, JobStatus, RestartPolicy, WorkerStatus};
 pub use data::{Data, Key};
 pub use error::{Error, Result};
 pub use gress_checkpoint::S3Config;
-pub use handle::{
-    CheckpointStatus, JobHandle, JobState, JobStatus, RestartPolicy, WorkerStatus, start,
-};
+pub use handle::{JobHandle, start};
 pub use history::{COMMITS, CommitRecord, commits, latest_commit};
 pub use keys::TimeDomain;
 pub use operators::connect::CoInput;

@@ -140,7 +140,7 @@ where
     report.elapsed = started.elapsed();
     if let Some(epoch) = report.recovered_from
         && records_read == 0
-        && control.mode() == crate::handle::Mode::Run
+        && control.mode() == crate::control::Mode::Run
     {
         report.already_finished = true;
         tracing::info!(

@@ -194,7 +194,7 @@ impl crate::state::DeferredCapture for Cut {
 /// Shared by the operators of one worker (one thread).
 pub(crate) struct WorkerState {
     /// The job's control: stop requests in, status out.
-    pub(crate) control: Arc<crate::handle::Control>,
+    pub(crate) control: Arc<crate::control::Control>,
     /// The newest cut epoch's source offsets and watermarks.
     last_marks: Option<(u64, Metadata)>,
     pub(crate) index: usize,
@@ -567,7 +567,7 @@ impl WorkerState {
             (self.opened + 1).saturating_sub(first_uncommitted)
         };
         let (cache_entries, cache_bytes) = self.store.cached();
-        self.control.report(crate::handle::WorkerStatus {
+        self.control.report(crate::control::WorkerStatus {
             worker: self.index,
             committed_epoch: self.committed,
             epochs_in_flight: epoch_lag,
@@ -592,7 +592,7 @@ impl WorkerState {
                 })
                 .unwrap_or_default(),
             last_checkpoint: self.checkpoint_costs.last().map(|c| {
-                crate::handle::CheckpointStatus {
+                crate::control::CheckpointStatus {
                     epoch: c.epoch,
                     duration_ms: u64::try_from(c.duration.as_millis()).unwrap_or(u64::MAX),
                     bytes_written: c.bytes_written,

@@ -17,9 +17,9 @@ use timely::dataflow::{Scope, StreamVec};
 
 use crate::commit::Token;
 use crate::config::{EpochPolicy, JobConfig};
+use crate::control::Mode;
 use crate::data::Item;
 use crate::error::{Error, Result};
-use crate::handle::Mode;
 use crate::source::{PartitionReader, Poll};
 use crate::worker::{OnCommit, Shared};
 
