@@ -64,7 +64,11 @@ pub(crate) fn rescale(
             )));
         }
         for (k, v) in &manifest.metadata {
-            if k.starts_with("offset/") || k.starts_with("maxtime/") {
+            if k.starts_with("offset/")
+                || k.starts_with("maxtime/")
+                || k.starts_with(crate::worker::STATE_PREFIX)
+                || k.starts_with(crate::worker::OPERATOR_PREFIX)
+            {
                 metadata.insert(k.clone(), v.clone());
             } else if k.starts_with("watermark/") {
                 let wm = v.parse::<u64>().map_err(|_| {

@@ -191,6 +191,13 @@ impl crate::state::DeferredCapture for Cut {
     }
 }
 
+/// Checkpoint metadata naming a state id: `state/<id, 8 hex digits>` =
+/// `operator/state`.
+pub const STATE_PREFIX: &str = "state/";
+/// Checkpoint metadata naming a keyed operator's id (its timers' keys
+/// carry it): `operator/<id, 8 hex digits>` = its name.
+pub const OPERATOR_PREFIX: &str = "operator/";
+
 /// Shared by the operators of one worker (one thread).
 pub(crate) struct WorkerState {
     /// The job's control: stop requests in, status out.
@@ -511,6 +518,23 @@ impl WorkerState {
         metadata.insert("workers".into(), self.peers.to_string());
         metadata.insert("key_groups".into(), self.key_groups.to_string());
         metadata.insert("job".into(), self.job_id.clone());
+        // The names behind the ids in state keys: each keyed operator
+        // (timers carry its id) and each state (`operator/state`), with
+        // those an earlier run recorded and this one has not used yet.
+        for (what, name) in &self.names {
+            if *what == "keyed operator" {
+                let id = crate::keys::name_id(name);
+                metadata.insert(format!("{OPERATOR_PREFIX}{id:08x}"), name.clone());
+            }
+        }
+        for (id, name) in self.store.state_names() {
+            metadata.insert(format!("{STATE_PREFIX}{id:08x}"), name.to_string());
+        }
+        for (k, v) in &self.restored {
+            if k.starts_with(STATE_PREFIX) || k.starts_with(OPERATOR_PREFIX) {
+                metadata.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         if let Err(e) = self.store.backend().prepare_capture() {
             // The capture does the work itself then, while the worker waits.
             tracing::warn!(epoch, error = %e, "could not prepare the backend's capture");

@@ -291,3 +291,66 @@ fn the_cache_budget_holds_within_an_epoch() -> R {
     );
     Ok(())
 }
+
+/// Every checkpoint names the ids in its state keys: each keyed operator
+/// (`operator/<id>`, whose timers carry the id) and each state
+/// (`state/<id>` = `operator/state`), so that tools can say what a key
+/// is. Names an earlier run recorded are kept, and survive a rescale.
+#[test]
+fn checkpoints_name_their_operators_and_states() -> R {
+    let dir = tempfile::tempdir()?;
+    let job = |workers: usize| {
+        run(
+            JobConfig::new("names")
+                .with_workers(workers)
+                .with_checkpoint_dir(dir.path())
+                .with_epochs(EpochPolicy::Records(100)),
+            move |job| {
+                job.source("n", GeneratorSource::new(2, Some(300), |p, i| p as u64 + i))?
+                    .key_by(|v| v % 5)
+                    .count("count")
+                    .sink("out", CollectSink::new(gress_stream::Collected::new()))
+            },
+        )
+    };
+    job(2)?;
+    let names = |worker: &str| -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
+        let storage = gress_checkpoint::LocalStorage::new(dir.path().join("workers").join(worker))?;
+        let catalog = gress_checkpoint::Catalog::open(Arc::new(storage))?;
+        let newest = catalog.checkpoints().last().ok_or("no checkpoint")?.id;
+        let manifest = catalog.manifest(newest).ok_or("no manifest")?;
+        Ok(manifest
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("state/") || k.starts_with("operator/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    };
+    // Five keys: a worker may hold no state of `count`; together they do.
+    let mut first = names("00000")?;
+    first.extend(names("00001")?);
+    first.sort();
+    first.dedup();
+    let id = |name: &str| format!("{:08x}", xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32);
+    assert!(
+        first.contains(&(format!("operator/{}", id("count")), "count".to_string())),
+        "{first:?}"
+    );
+    assert!(
+        first.iter().any(|(k, v)| k.starts_with("state/")
+            && v.starts_with("count/")
+            && *k == format!("state/{}", id(v))),
+        "{first:?}"
+    );
+    // Run again on 3 workers: it reads nothing (the job is finished),
+    // uses no state, and its checkpoints still name them all.
+    let again = job(3)?;
+    assert!(again.already_finished);
+    // Each new worker takes the names of the old ones it restores from.
+    let third = names("00002")?;
+    assert!(
+        first.iter().all(|n| third.contains(n)),
+        "{third:?} lacks some of {first:?}"
+    );
+    Ok(())
+}

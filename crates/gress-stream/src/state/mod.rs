@@ -386,6 +386,15 @@ impl StateStore {
 
     /// Declares state `name` under `id`; a second declaration of the same
     /// id must carry the same name.
+    /// The states registered in this run: id and full name
+    /// (`operator/state`), timers excluded.
+    pub(crate) fn state_names(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.registry
+            .iter()
+            .filter(|(id, _)| **id != TIMER_STATE_ID)
+            .map(|(id, r)| (*id, r.name.as_str()))
+    }
+
     pub(crate) fn register(
         &mut self,
         id: u32,
