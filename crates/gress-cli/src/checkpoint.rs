@@ -374,7 +374,7 @@ fn meta_value<'a>(key: &str, value: &'a str) -> std::borrow::Cow<'a, str> {
 }
 
 /// Runs `f`, turning a [`Fail`] into its exit code and message.
-fn or_not_found(out: &Out, f: impl FnOnce() -> Result<u8>) -> Result<u8> {
+pub(crate) fn or_not_found(out: &Out, f: impl FnOnce() -> Result<u8>) -> Result<u8> {
     match f() {
         Err(e) => match e.downcast_ref::<Fail>() {
             Some(fail) => {

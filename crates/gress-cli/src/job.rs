@@ -13,6 +13,35 @@ use crate::out::{self, Out};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Cmd {
+    /// A stream job's keyed state at a committed epoch, read from its
+    /// checkpoints (the job may be running): without filters, each
+    /// operator's states and timers with their entry counts; with
+    /// `--operator`, `--state` or `--key`, the entries, with key group,
+    /// operator, state, key and namespace decoded (bytes as text where
+    /// they are printable, else hex).
+    #[command(
+        after_help = "Examples:\n  gress job state ./checkpoints\n  gress job state ./checkpoints --operator count --state count --limit 10\n  gress job state s3://bucket/jobs/orders --key user-42 --json"
+    )]
+    State {
+        /// The job's checkpoint location: a directory or s3://bucket/prefix.
+        location: String,
+        /// The committed epoch (default: the newest).
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// Only this keyed operator's states and timers.
+        #[arg(long)]
+        operator: Option<String>,
+        /// Only this state (`--operator` too, or any operator's state of
+        /// this name).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this key: its bytes as text (`\xNN` escapes allowed).
+        #[arg(long)]
+        key: Option<String>,
+        /// Print at most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// A running job's status, from its metrics endpoint's `/status`:
     /// state, committed epoch, each worker's progress, source offsets and
     /// watermarks, last checkpoint, restarts. Exit code 1 if the job
@@ -27,6 +56,24 @@ pub(crate) enum Cmd {
 pub(crate) fn run(cmd: &Cmd, out: &Out) -> Result<u8> {
     match cmd {
         Cmd::Status { url } => status(url, out),
+        Cmd::State {
+            location,
+            epoch,
+            operator,
+            state,
+            key,
+            limit,
+        } => crate::job_state::run(
+            location,
+            *epoch,
+            &crate::job_state::Filter {
+                operator: operator.clone(),
+                state: state.clone(),
+                key: key.as_deref().map(crate::out::unescape).transpose()?,
+            },
+            *limit,
+            out,
+        ),
     }
 }
 

@@ -15,6 +15,7 @@ mod bench;
 mod checkpoint;
 mod db;
 mod job;
+mod job_state;
 mod location;
 mod snapshot;
 
@@ -55,6 +56,7 @@ Examples:
   gress snapshot convert state.snap ./rocksdb-dir
   gress db stats ./rocksdb-dir --json
   gress job status http://127.0.0.1:9464
+  gress job state ./checkpoints --operator count --state count --key user-42
   gress bench memory --sizes 10000 --threads 1 --plot memory.svg";
 
 #[derive(Parser, Debug)]
@@ -89,7 +91,8 @@ enum Command {
     /// RocksDB state directories: stats, get, scan, compact.
     #[command(subcommand)]
     Db(db::Cmd),
-    /// A running stream job: status (from its metrics endpoint).
+    /// A stream job: status (from its metrics endpoint), keyed state (from
+    /// its checkpoints).
     #[command(subcommand)]
     Job(job::Cmd),
     /// The benchmarks: a table, `--json`, `--plot out.svg`.

@@ -82,3 +82,80 @@ fn job_status_reads_a_running_job_and_its_end() -> R {
     assert!(String::from_utf8(gone.stderr)?.contains("connecting to"));
     Ok(())
 }
+
+/// `gress job state` reads a stream job's keyed state at a committed
+/// epoch, on either backend: the states by name with their entry counts,
+/// then one key's value, decoded.
+#[test]
+fn job_state_decodes_a_jobs_keyed_state() -> R {
+    use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
+    use gress_stream::{BackendFactory, run};
+
+    let word = |p: usize, i: u64| format!("word-{}", (p as u64 + i) % 7);
+    let mut expected: std::collections::BTreeMap<String, u64> = Default::default();
+    for p in 0..2 {
+        for i in 0..500 {
+            *expected.entry(word(p, i)).or_default() += 1;
+        }
+    }
+    for rocks in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let loc = dir.path().join("cp");
+        let state = dir.path().join("state");
+        let mut config = JobConfig::new("words")
+            .with_workers(2)
+            .with_checkpoint_dir(&loc)
+            .with_epochs(gress_stream::EpochPolicy::Records(100));
+        if rocks {
+            config = config.with_backend(BackendFactory::new(move |w| {
+                let db = RocksDbConfig::new(state.join(format!("w{w}")));
+                Ok(Arc::new(RocksDbStateBackend::open(db)?))
+            }));
+        }
+        run(config, move |job| {
+            job.source("words", GeneratorSource::new(2, Some(500), word))?
+                .key_by(|w: &String| w.clone())
+                .count("count")
+                .sink("out", CollectSink::new(Collected::new()))
+        })?;
+        let loc = loc.to_str().ok_or("path")?;
+        let listed = gress().args(["job", "state", loc, "--json"]).output()?;
+        assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
+        let states = doc["states"].as_array().ok_or("states")?;
+        let count = states
+            .iter()
+            .find(|s| s["name"] == "count/count")
+            .ok_or_else(|| format!("no count/count in {doc}"))?;
+        assert_eq!(count["entries"], expected.len() as u64, "{doc}");
+
+        let one = gress()
+            .args([
+                "job",
+                "state",
+                loc,
+                "--operator",
+                "count",
+                "--state",
+                "count",
+            ])
+            .args(["--key", "word-3", "--json"])
+            .output()?;
+        assert_eq!(one.status.code(), Some(0), "{one:?}");
+        let line: serde_json::Value = serde_json::from_slice(&one.stdout)?;
+        assert_eq!(line["state"], "count/count");
+        assert_eq!(line["key"], "\"word-3\"");
+        assert_eq!(
+            line["value"],
+            format!("varint {}", expected["word-3"]),
+            "rocks {rocks}"
+        );
+
+        // A key that is not there: exit code 4.
+        gress()
+            .args(["job", "state", loc, "--key", "word-99"])
+            .assert()
+            .code(4);
+    }
+    Ok(())
+}

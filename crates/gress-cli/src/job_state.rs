@@ -1,0 +1,427 @@
+//! `gress job state`: a stream job's keyed state at a committed epoch,
+//! decoded from its checkpoints (the offline counterpart of Flink's State
+//! Processor API).
+//!
+//! A worker's state at a cut is its backend's checkpoint with the hot
+//! image of its state cache (the `cache` part) on top: an entry the image
+//! holds supersedes the backend's (docs/format.md, "Keyed state"). Keys
+//! are `kg u16 | state id u32 | varint len | key | varint len | namespace`,
+//! timers `kg | ffffffff | operator id u32 | domain u8 | time u64 | varint
+//! len | key | namespace`; ids are named by the checkpoint's `state/<id>`
+//! and `operator/<id>` metadata.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use gress_checkpoint::Catalog;
+use gress_rocksdb::{ROCKSDB_CHECKPOINT_FORMAT, RocksDbConfig, RocksDbStateBackend};
+use gress_state::checkpoint::Checkpointable;
+use gress_state::{MemoryConfig, MemoryStateBackend, StateBackend};
+use serde_json::json;
+
+use crate::exit;
+use crate::location::{Fail, Kind, Location};
+use crate::out::Out;
+
+/// What to show.
+#[derive(Debug, Default)]
+pub(crate) struct Filter {
+    pub(crate) operator: Option<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) key: Option<Vec<u8>>,
+}
+
+impl Filter {
+    fn lists_entries(&self) -> bool {
+        self.operator.is_some() || self.state.is_some() || self.key.is_some()
+    }
+}
+
+const TIMERS: u32 = u32::MAX;
+
+/// A state id as the engine computes it from a name.
+fn name_id(name: &str) -> u32 {
+    let id = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32;
+    if id == TIMERS { id - 1 } else { id }
+}
+
+fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut n = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((usize::try_from(n).ok()?, i + 1));
+        }
+    }
+    None
+}
+
+/// One decoded state entry.
+struct Decoded<'a> {
+    kg: u16,
+    /// State id, or the operator's id for a timer.
+    id: u32,
+    timer: Option<(u8, u64)>,
+    key: &'a [u8],
+    namespace: &'a [u8],
+}
+
+fn decode(k: &[u8]) -> Option<Decoded<'_>> {
+    let kg = u16::from_be_bytes(k.get(..2)?.try_into().ok()?);
+    let id = u32::from_be_bytes(k.get(2..6)?.try_into().ok()?);
+    if id == TIMERS {
+        let op = u32::from_be_bytes(k.get(6..10)?.try_into().ok()?);
+        let domain = *k.get(10)?;
+        let time = u64::from_be_bytes(k.get(11..19)?.try_into().ok()?);
+        let rest = k.get(19..)?;
+        let (len, n) = varint(rest)?;
+        let key = rest.get(n..n.checked_add(len)?)?;
+        return Some(Decoded {
+            kg,
+            id: op,
+            timer: Some((domain, time)),
+            key,
+            namespace: &rest[n + len..],
+        });
+    }
+    let rest = k.get(6..)?;
+    let (len, n) = varint(rest)?;
+    let key = rest.get(n..n.checked_add(len)?)?;
+    let rest = &rest[n + len..];
+    let (ns_len, m) = varint(rest)?;
+    let namespace = rest.get(m..m.checked_add(ns_len)?)?;
+    Some(Decoded {
+        kg,
+        id,
+        timer: None,
+        key,
+        namespace,
+    })
+}
+
+/// Bytes as text when printable; a postcard string (length, then UTF-8)
+/// as that string, quoted; a lone postcard varint as `varint N`; else hex.
+fn shown(bytes: &[u8]) -> String {
+    let printable = |s: &str| s.chars().all(|c| !c.is_control());
+    if let Ok(s) = std::str::from_utf8(bytes)
+        && printable(s)
+    {
+        return s.to_string();
+    }
+    if let Some((len, n)) = varint(bytes)
+        && len > 0
+        && n + len == bytes.len()
+        && let Ok(s) = std::str::from_utf8(&bytes[n..])
+        && printable(s)
+    {
+        return format!("{s:?}");
+    }
+    if let Some((v, n)) = varint(bytes)
+        && n == bytes.len()
+    {
+        return format!("varint {v}");
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("0x{hex}")
+}
+
+/// Whether a key is `wanted`: the same bytes, or `wanted` as a postcard
+/// string (how a `String` key is encoded).
+fn key_matches(wanted: &[u8], key: &[u8]) -> bool {
+    if key == wanted {
+        return true;
+    }
+    let mut encoded = Vec::with_capacity(wanted.len() + 2);
+    let mut n = wanted.len() as u64;
+    while n >= 0x80 {
+        encoded.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    encoded.push(n as u8);
+    encoded.extend_from_slice(wanted);
+    key == encoded
+}
+
+/// One worker's entries at its checkpoint `id`: backend, then the cache's
+/// image over it.
+fn worker_entries(catalog: &Catalog, id: u64) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let manifest = catalog
+        .manifest(id)
+        .ok_or_else(|| Fail::not_found(format!("no checkpoint {id}")))?;
+    let mut entries = BTreeMap::new();
+    let read = |b: &dyn StateBackend, into: &mut BTreeMap<Vec<u8>, Vec<u8>>| -> Result<()> {
+        for kv in b.scan_prefix(b"")? {
+            let (k, v) = kv?;
+            into.insert(k, v);
+        }
+        Ok(())
+    };
+    // Both parts restored at once (a restore of one would drop the other).
+    let scratch = tempfile::tempdir()?;
+    let mut held: Vec<(&str, Box<dyn Checkpointable>)> = Vec::new();
+    for part in ["state", "cache"] {
+        let Some(entry) = manifest.backend(part) else {
+            continue;
+        };
+        let backend: Box<dyn Checkpointable> = if entry.format == ROCKSDB_CHECKPOINT_FORMAT {
+            Box::new(RocksDbStateBackend::open(RocksDbConfig::new(
+                scratch.path().join(part),
+            ))?)
+        } else {
+            Box::new(MemoryStateBackend::new(MemoryConfig::default())?)
+        };
+        held.push((part, backend));
+    }
+    let parts: Vec<(&str, &dyn Checkpointable)> =
+        held.iter().map(|(name, b)| (*name, &**b)).collect();
+    catalog
+        .restore_into(id, &parts, true)
+        .with_context(|| format!("reading checkpoint {id}"))?;
+    // The backend first, the cache's image over it.
+    for (_, backend) in &held {
+        read(&**backend, &mut entries)?;
+    }
+    for (_, backend) in held {
+        backend.close()?;
+    }
+    Ok(entries)
+}
+
+pub(crate) fn run(
+    location: &str,
+    epoch: Option<u64>,
+    filter: &Filter,
+    limit: usize,
+    out: &Out,
+) -> Result<u8> {
+    crate::checkpoint::or_not_found(out, || read(location, epoch, filter, limit, out))
+}
+
+fn read(
+    location: &str,
+    epoch: Option<u64>,
+    filter: &Filter,
+    limit: usize,
+    out: &Out,
+) -> Result<u8> {
+    let loc = Location::parse(location)?;
+    let Kind::Job(_) = loc.kind()? else {
+        bail!(
+            "{}: not a stream job's checkpoints (no commits/)",
+            loc.shown()
+        );
+    };
+    let commits = gress_stream::commits(&*loc.open("")?)?;
+    let commit = match epoch {
+        Some(e) => commits.iter().find(|c| c.epoch == e).ok_or_else(|| {
+            Fail::not_found(format!(
+                "{}: epoch {e} is not a retained commit (retained: {:?})",
+                loc.shown(),
+                commits.iter().map(|c| c.epoch).collect::<Vec<_>>()
+            ))
+        })?,
+        None => commits
+            .iter()
+            .max_by_key(|c| c.epoch)
+            .ok_or_else(|| Fail::not_found(format!("{}: no committed epoch", loc.shown())))?,
+    };
+    // Names, and entries, over every worker of the commit.
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (w, &id) in commit.checkpoints.iter().enumerate() {
+        let catalog = Catalog::open(Arc::clone(&loc.worker(w)?))?;
+        if let Some(m) = catalog.manifest(id) {
+            names.extend(
+                m.metadata
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("state/") || k.starts_with("operator/"))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+        entries.extend(worker_entries(&catalog, id)?);
+    }
+    let state_name = |id: u32| names.get(&format!("state/{id:08x}")).cloned();
+    let operator_name = |id: u32| names.get(&format!("operator/{id:08x}")).cloned();
+    let wanted_state = |id: u32| -> bool {
+        let name = state_name(id);
+        match (&filter.operator, &filter.state) {
+            (Some(op), Some(st)) => id == name_id(&format!("{op}/{st}")),
+            (Some(op), None) => name.is_some_and(|n| n.starts_with(&format!("{op}/"))),
+            (None, Some(st)) => name.is_some_and(|n| n.ends_with(&format!("/{st}"))),
+            (None, None) => true,
+        }
+    };
+    let wanted_timer = |op: u32| -> bool {
+        filter.state.is_none() && filter.operator.as_deref().is_none_or(|o| name_id(o) == op)
+    };
+
+    if !filter.lists_entries() {
+        // What is there: entries per state and timers per operator.
+        let mut counts: BTreeMap<(bool, u32), u64> = BTreeMap::new();
+        let mut undecoded = 0u64;
+        for (k, _) in &entries {
+            match decode(k) {
+                Some(d) => *counts.entry((d.timer.is_some(), d.id)).or_default() += 1,
+                None => undecoded += 1,
+            }
+        }
+        let rows: Vec<serde_json::Value> = counts
+            .iter()
+            .map(|(&(timer, id), n)| {
+                let name = if timer {
+                    operator_name(id)
+                } else {
+                    state_name(id)
+                };
+                json!({
+                    "kind": if timer { "timers" } else { "state" },
+                    "id": format!("{id:08x}"),
+                    "name": name,
+                    "entries": n,
+                })
+            })
+            .collect();
+        let doc = json!({
+            "epoch": commit.epoch,
+            "job": commit.job,
+            "workers": commit.workers,
+            "key_groups": commit.key_groups,
+            "states": rows,
+            "undecoded": undecoded,
+        });
+        out.emit(&doc, || {
+            say!(
+                "job {} at committed epoch {} ({} workers, {} key groups): {} entries",
+                commit.job,
+                commit.epoch,
+                commit.workers,
+                commit.key_groups,
+                entries.len()
+            );
+            for row in &rows {
+                say!(
+                    "  {:<6} {} {:<40} {} entries",
+                    row["kind"].as_str().unwrap_or_default(),
+                    row["id"].as_str().unwrap_or_default(),
+                    row["name"]
+                        .as_str()
+                        .unwrap_or("(not named in the checkpoint)"),
+                    row["entries"]
+                );
+            }
+            if undecoded > 0 {
+                say!("  {undecoded} entries are not keyed state");
+            }
+        });
+        return Ok(exit::OK);
+    }
+
+    let mut shown_n = 0usize;
+    let mut matched = 0usize;
+    for (k, v) in &entries {
+        let Some(d) = decode(k) else { continue };
+        let keep = match d.timer {
+            Some(_) => wanted_timer(d.id),
+            None => wanted_state(d.id),
+        } && filter
+            .key
+            .as_deref()
+            .is_none_or(|key| key_matches(key, d.key));
+        if !keep {
+            continue;
+        }
+        matched += 1;
+        if shown_n >= limit {
+            continue;
+        }
+        shown_n += 1;
+        let doc = match d.timer {
+            Some((domain, time)) => json!({
+                "key_group": d.kg,
+                "timer": {
+                    "operator": operator_name(d.id).unwrap_or_else(|| format!("{:08x}", d.id)),
+                    "domain": if domain == 0 { "event-time" } else { "processing-time" },
+                    "time": time,
+                },
+                "key": shown(d.key),
+                "namespace": shown(d.namespace),
+            }),
+            None => json!({
+                "key_group": d.kg,
+                "state": state_name(d.id).unwrap_or_else(|| format!("{:08x}", d.id)),
+                "key": shown(d.key),
+                "namespace": shown(d.namespace),
+                "value": shown(v),
+            }),
+        };
+        if out.json {
+            say!("{doc}");
+        } else if let Some((domain, time)) = d.timer {
+            say!(
+                "kg {:>5}  timer of {} ({}) at {time}  key {}  namespace {}",
+                d.kg,
+                doc["timer"]["operator"].as_str().unwrap_or_default(),
+                if domain == 0 {
+                    "event time"
+                } else {
+                    "processing time"
+                },
+                shown(d.key),
+                shown(d.namespace)
+            );
+        } else {
+            say!(
+                "kg {:>5}  {}  key {}  namespace {}  value {}",
+                d.kg,
+                doc["state"].as_str().unwrap_or_default(),
+                shown(d.key),
+                shown(d.namespace),
+                shown(v)
+            );
+        }
+    }
+    if !out.json && matched > shown_n {
+        say!("... {} more (--limit)", matched - shown_n);
+    }
+    if matched == 0 {
+        bail!(Fail::not_found(format!(
+            "{}: no entry of epoch {} matches",
+            loc.shown(),
+            commit.epoch
+        )));
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_timers_decode() {
+        let mut k = vec![0, 7];
+        k.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+        k.extend_from_slice(&[3, b'a', b'b', b'c', 1, b'n']);
+        let d = decode(&k).expect("state key");
+        assert_eq!(
+            (d.kg, d.id, d.key, d.namespace),
+            (7, 0x0102_0304, &b"abc"[..], &b"n"[..])
+        );
+        let mut t = vec![0, 1, 0xff, 0xff, 0xff, 0xff];
+        t.extend_from_slice(&9u32.to_be_bytes());
+        t.push(0);
+        t.extend_from_slice(&100u64.to_be_bytes());
+        t.extend_from_slice(&[1, b'k']);
+        let d = decode(&t).expect("timer key");
+        assert_eq!((d.id, d.timer, d.key), (9, Some((0, 100)), &b"k"[..]));
+        assert!(decode(&[0, 1, 2]).is_none());
+        assert_eq!(shown(b"user-1"), "user-1");
+        assert_eq!(shown(b"\x03abc"), "\"abc\"");
+        assert_eq!(shown(&[0x96, 0x01]), "varint 150");
+        assert_eq!(shown(&[0, 255]), "0x00ff");
+        assert!(key_matches(b"abc", b"\x03abc"));
+        assert!(key_matches(b"abc", b"abc"));
+        assert!(!key_matches(b"abc", b"\x03abd"));
+    }
+}
