@@ -63,17 +63,16 @@ pub(crate) fn run(cmd: &Cmd, out: &Out) -> Result<u8> {
             state,
             key,
             limit,
-        } => crate::job_state::run(
-            location,
-            *epoch,
-            &crate::job_state::Filter {
+        } => {
+            let filter = crate::job_state::Filter {
                 operator: operator.clone(),
                 state: state.clone(),
                 key: key.as_deref().map(crate::out::unescape).transpose()?,
-            },
-            *limit,
-            out,
-        ),
+            };
+            crate::checkpoint::or_not_found(out, || {
+                crate::job_state::read(location, *epoch, &filter, *limit, out)
+            })
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use gress_checkpoint::Catalog;
 use gress_rocksdb::{ROCKSDB_CHECKPOINT_FORMAT, RocksDbConfig, RocksDbStateBackend};
 use gress_state::checkpoint::Checkpointable;
 use gress_state::{MemoryConfig, MemoryStateBackend, StateBackend};
+use gress_stream::keys::{TimeDomain, decode_key, get_varint, name_id, put_varint};
 use serde_json::json;
 
 use crate::exit;
@@ -38,68 +39,6 @@ impl Filter {
     }
 }
 
-const TIMERS: u32 = u32::MAX;
-
-/// A state id as the engine computes it from a name.
-fn name_id(name: &str) -> u32 {
-    let id = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32;
-    if id == TIMERS { id - 1 } else { id }
-}
-
-fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut n = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        n |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((usize::try_from(n).ok()?, i + 1));
-        }
-    }
-    None
-}
-
-/// One decoded state entry.
-struct Decoded<'a> {
-    kg: u16,
-    /// State id, or the operator's id for a timer.
-    id: u32,
-    timer: Option<(u8, u64)>,
-    key: &'a [u8],
-    namespace: &'a [u8],
-}
-
-fn decode(k: &[u8]) -> Option<Decoded<'_>> {
-    let kg = u16::from_be_bytes(k.get(..2)?.try_into().ok()?);
-    let id = u32::from_be_bytes(k.get(2..6)?.try_into().ok()?);
-    if id == TIMERS {
-        let op = u32::from_be_bytes(k.get(6..10)?.try_into().ok()?);
-        let domain = *k.get(10)?;
-        let time = u64::from_be_bytes(k.get(11..19)?.try_into().ok()?);
-        let rest = k.get(19..)?;
-        let (len, n) = varint(rest)?;
-        let key = rest.get(n..n.checked_add(len)?)?;
-        return Some(Decoded {
-            kg,
-            id: op,
-            timer: Some((domain, time)),
-            key,
-            namespace: &rest[n + len..],
-        });
-    }
-    let rest = k.get(6..)?;
-    let (len, n) = varint(rest)?;
-    let key = rest.get(n..n.checked_add(len)?)?;
-    let rest = &rest[n + len..];
-    let (ns_len, m) = varint(rest)?;
-    let namespace = rest.get(m..m.checked_add(ns_len)?)?;
-    Some(Decoded {
-        kg,
-        id,
-        timer: None,
-        key,
-        namespace,
-    })
-}
-
 /// Bytes as text when printable; a postcard string (length, then UTF-8)
 /// as that string, quoted; a lone postcard varint as `varint N`; else hex.
 fn shown(bytes: &[u8]) -> String {
@@ -109,15 +48,15 @@ fn shown(bytes: &[u8]) -> String {
     {
         return s.to_string();
     }
-    if let Some((len, n)) = varint(bytes)
+    if let Some((len, n)) = get_varint(bytes)
         && len > 0
-        && n + len == bytes.len()
+        && usize::try_from(len).is_ok_and(|len| n + len == bytes.len())
         && let Ok(s) = std::str::from_utf8(&bytes[n..])
         && printable(s)
     {
         return format!("{s:?}");
     }
-    if let Some((v, n)) = varint(bytes)
+    if let Some((v, n)) = get_varint(bytes)
         && n == bytes.len()
     {
         return format!("varint {v}");
@@ -133,12 +72,7 @@ fn key_matches(wanted: &[u8], key: &[u8]) -> bool {
         return true;
     }
     let mut encoded = Vec::with_capacity(wanted.len() + 2);
-    let mut n = wanted.len() as u64;
-    while n >= 0x80 {
-        encoded.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    encoded.push(n as u8);
+    put_varint(&mut encoded, wanted.len() as u64);
     encoded.extend_from_slice(wanted);
     key == encoded
 }
@@ -188,17 +122,9 @@ fn worker_entries(catalog: &Catalog, id: u64) -> Result<BTreeMap<Vec<u8>, Vec<u8
     Ok(entries)
 }
 
-pub(crate) fn run(
-    location: &str,
-    epoch: Option<u64>,
-    filter: &Filter,
-    limit: usize,
-    out: &Out,
-) -> Result<u8> {
-    crate::checkpoint::or_not_found(out, || read(location, epoch, filter, limit, out))
-}
-
-fn read(
+/// Prints what `filter` asks of the job's state at `epoch` (default: the
+/// newest); a missing epoch or entry is a [`Fail`] (exit code 4).
+pub(crate) fn read(
     location: &str,
     epoch: Option<u64>,
     filter: &Filter,
@@ -261,7 +187,7 @@ fn read(
         let mut counts: BTreeMap<(bool, u32), u64> = BTreeMap::new();
         let mut undecoded = 0u64;
         for (k, _) in &entries {
-            match decode(k) {
+            match decode_key(k) {
                 Some(d) => *counts.entry((d.timer.is_some(), d.id)).or_default() += 1,
                 None => undecoded += 1,
             }
@@ -320,7 +246,7 @@ fn read(
     let mut shown_n = 0usize;
     let mut matched = 0usize;
     for (k, v) in &entries {
-        let Some(d) = decode(k) else { continue };
+        let Some(d) = decode_key(k) else { continue };
         let keep = match d.timer {
             Some(_) => wanted_timer(d.id),
             None => wanted_state(d.id),
@@ -341,7 +267,7 @@ fn read(
                 "key_group": d.kg,
                 "timer": {
                     "operator": operator_name(d.id).unwrap_or_else(|| format!("{:08x}", d.id)),
-                    "domain": if domain == 0 { "event-time" } else { "processing-time" },
+                    "domain": if domain == TimeDomain::EventTime { "event-time" } else { "processing-time" },
                     "time": time,
                 },
                 "key": shown(d.key),
@@ -362,7 +288,7 @@ fn read(
                 "kg {:>5}  timer of {} ({}) at {time}  key {}  namespace {}",
                 d.kg,
                 doc["timer"]["operator"].as_str().unwrap_or_default(),
-                if domain == 0 {
+                if domain == TimeDomain::EventTime {
                     "event time"
                 } else {
                     "processing time"
@@ -399,23 +325,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_and_timers_decode() {
-        let mut k = vec![0, 7];
-        k.extend_from_slice(&0x0102_0304u32.to_be_bytes());
-        k.extend_from_slice(&[3, b'a', b'b', b'c', 1, b'n']);
-        let d = decode(&k).expect("state key");
-        assert_eq!(
-            (d.kg, d.id, d.key, d.namespace),
-            (7, 0x0102_0304, &b"abc"[..], &b"n"[..])
-        );
-        let mut t = vec![0, 1, 0xff, 0xff, 0xff, 0xff];
-        t.extend_from_slice(&9u32.to_be_bytes());
-        t.push(0);
-        t.extend_from_slice(&100u64.to_be_bytes());
-        t.extend_from_slice(&[1, b'k']);
-        let d = decode(&t).expect("timer key");
-        assert_eq!((d.id, d.timer, d.key), (9, Some((0, 100)), &b"k"[..]));
-        assert!(decode(&[0, 1, 2]).is_none());
+    fn bytes_are_shown_decoded_where_they_can_be() {
         assert_eq!(shown(b"user-1"), "user-1");
         assert_eq!(shown(b"\x03abc"), "\"abc\"");
         assert_eq!(shown(&[0x96, 0x01]), "varint 150");

@@ -45,15 +45,16 @@ pub fn groups_key_range(groups: std::ops::Range<u16>) -> gress_state::KeyRange {
     gress_state::KeyRange::between(groups.start.to_be_bytes(), groups.end.to_be_bytes())
 }
 
-/// A stable 32-bit id for a name (a state or an operator), the same in
-/// every process and every run.
-pub(crate) fn name_id(name: &str) -> u32 {
+/// A stable 32-bit id for a name (a keyed operator, or a state's full name
+/// `operator/state`), the same in every process and every run.
+pub fn name_id(name: &str) -> u32 {
     let id = xxh3_64(name.as_bytes()) as u32;
     // Never the timer id.
     if id == TIMER_STATE_ID { id - 1 } else { id }
 }
 
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+/// Appends `n` as a LEB128 varint (postcard's length prefix).
+pub fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;
@@ -61,7 +62,8 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     out.push(n as u8);
 }
 
-pub(crate) fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+/// Reads a LEB128 varint at the start of `bytes`: the value and its length.
+pub fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut n = 0u64;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         n |= u64::from(b & 0x7f) << (7 * i);
@@ -72,13 +74,13 @@ pub(crate) fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// Writes a state key into `out` (cleared first).
 /// The state id of a key made by [`state_key`] (or a timer key).
 pub(crate) fn state_id_of(key: &[u8]) -> Option<u32> {
     let id = key.get(2..6)?;
     Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]))
 }
 
+/// Writes a state key into `out` (cleared first).
 pub(crate) fn state_key(out: &mut Vec<u8>, kg: u16, state_id: u32, key: &[u8], ns: &[u8]) {
     out.clear();
     out.extend_from_slice(&kg.to_be_bytes());
@@ -123,6 +125,57 @@ pub(crate) fn timer_key(
     put_varint(out, key.len() as u64);
     out.extend_from_slice(key);
     out.extend_from_slice(ns);
+}
+
+/// A backend key of keyed state, taken apart ([`decode_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodedKey<'a> {
+    /// The key group.
+    pub kg: u16,
+    /// The state's id, or for a timer its operator's id.
+    pub id: u32,
+    /// For a timer: its domain and time (ms).
+    pub timer: Option<(TimeDomain, u64)>,
+    /// The encoded key.
+    pub key: &'a [u8],
+    /// The encoded namespace.
+    pub namespace: &'a [u8],
+}
+
+/// Takes apart a state or timer key (the layout at the top of this
+/// module); `None` if `bytes` is not one.
+pub fn decode_key(bytes: &[u8]) -> Option<DecodedKey<'_>> {
+    let kg = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?);
+    if state_id_of(bytes)? == TIMER_STATE_ID {
+        let op = u32::from_be_bytes(bytes.get(6..10)?.try_into().ok()?);
+        let domain = match *bytes.get(10)? {
+            0 => TimeDomain::EventTime,
+            1 => TimeDomain::ProcessingTime,
+            _ => return None,
+        };
+        let (time, key, namespace) = parse_timer_key(bytes)?;
+        return Some(DecodedKey {
+            kg,
+            id: op,
+            timer: Some((domain, time)),
+            key,
+            namespace,
+        });
+    }
+    let rest = bytes.get(6..)?;
+    let (len, n) = get_varint(rest)?;
+    let end = n.checked_add(usize::try_from(len).ok()?)?;
+    let key = rest.get(n..end)?;
+    let rest = &rest[end..];
+    let (ns_len, m) = get_varint(rest)?;
+    let namespace = rest.get(m..m.checked_add(usize::try_from(ns_len).ok()?)?)?;
+    Some(DecodedKey {
+        kg,
+        id: state_id_of(bytes)?,
+        timer: None,
+        key,
+        namespace,
+    })
 }
 
 /// Parses a timer key written by [`timer_key`]: (time, key, namespace).
@@ -177,5 +230,30 @@ mod tests {
         timer_key(&mut b, 3, 9, TimeDomain::EventTime, 1000, b"a", b"");
         assert!(a < b);
         assert_eq!(parse_timer_key(&a), Some((100, &b"k"[..], &b"ns"[..])));
+        let d = decode_key(&a).expect("a timer key");
+        assert_eq!(
+            (d.kg, d.id, d.timer, d.key, d.namespace),
+            (
+                3,
+                9,
+                Some((TimeDomain::EventTime, 100)),
+                &b"k"[..],
+                &b"ns"[..]
+            )
+        );
+    }
+
+    #[test]
+    fn state_keys_decode_and_garbage_does_not() {
+        let mut k = Vec::new();
+        state_key(&mut k, 7, name_id("op/count"), b"abc", b"n");
+        let d = decode_key(&k).expect("a state key");
+        assert_eq!(
+            (d.kg, d.id, d.timer, d.key, d.namespace),
+            (7, name_id("op/count"), None, &b"abc"[..], &b"n"[..])
+        );
+        assert_eq!(decode_key(&[0, 1, 2]), None);
+        k.truncate(k.len() - 1);
+        assert_eq!(decode_key(&k), None);
     }
 }
