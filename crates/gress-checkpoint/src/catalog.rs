@@ -160,6 +160,12 @@ impl Catalog {
         readable.max(damaged)
     }
 
+    /// Reads and validates savepoint `name`'s manifest.
+    pub fn savepoint(&self, name: &str) -> Result<Manifest> {
+        crate::manifest::check_name(name)?;
+        read_savepoint(&*self.storage, name)
+    }
+
     /// Savepoints with a readable manifest, by name.
     pub fn savepoints(&self) -> Result<Vec<(String, CheckpointInfo)>> {
         let mut out = Vec::new();

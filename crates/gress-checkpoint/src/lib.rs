@@ -46,9 +46,11 @@ pub use error::{Error, Result};
 pub use fence::live_holder;
 pub use gress_state::SNAPSHOT_FORMAT;
 pub use info::{CheckpointInfo, CheckpointReport, CheckpointStats, OpenReport};
-pub use manager::{CheckpointConfig, CheckpointManager, PendingCheckpoint, Retention, SweepPlan};
+pub use manager::{
+    CheckpointConfig, CheckpointManager, PendingCheckpoint, Retention, SweepPlan, write_savepoint,
+};
 pub use manifest::{Manifest, Metadata};
-pub use restore::RangePart;
+pub use restore::{RangePart, SavepointPart};
 pub use storage::{LocalStorage, Storage};
 #[cfg(feature = "s3")]
 pub use storage::{S3Config, S3Storage};

@@ -136,20 +136,87 @@ pub struct RangePart<'a> {
     pub ranges: Vec<KeyRange>,
 }
 
+/// One source of a range restore from a savepoint: the keys of `ranges`
+/// in savepoint `name` of `catalog`'s location. A stream job's savepoint
+/// holds one per worker; a job started from it with another number of
+/// workers gives each worker the key groups it now owns.
+#[derive(Debug)]
+pub struct SavepointPart<'a> {
+    /// The location the savepoint is in (read only).
+    pub catalog: &'a Catalog,
+    /// The savepoint's name.
+    pub name: &'a str,
+    /// The keys to take from it.
+    pub ranges: Vec<KeyRange>,
+}
+
+/// A part of a range restore with its manifest read.
+pub(crate) struct ReadPart<'p> {
+    pub(crate) catalog: &'p Catalog,
+    pub(crate) manifest: Manifest,
+    pub(crate) ranges: &'p [KeyRange],
+}
+
+/// Reads the manifests of checkpoint parts.
+pub(crate) fn read_checkpoint_parts<'p>(parts: &'p [RangePart<'_>]) -> Result<Vec<ReadPart<'p>>> {
+    parts
+        .iter()
+        .map(|part| {
+            let manifest = part
+                .catalog
+                .manifest(part.id)
+                .ok_or(Error::NoSuchCheckpoint { id: part.id })?;
+            Ok(ReadPart {
+                catalog: part.catalog,
+                manifest: manifest.clone(),
+                ranges: &part.ranges,
+            })
+        })
+        .collect()
+}
+
+/// Reads the manifests of savepoint parts; each backend in them must be
+/// one portable snapshot.
+pub(crate) fn read_savepoint_parts<'p>(
+    parts: &'p [SavepointPart<'_>],
+) -> Result<Vec<ReadPart<'p>>> {
+    parts
+        .iter()
+        .map(|part| {
+            let manifest = part.catalog.savepoint(part.name)?;
+            if let Some(entry) = manifest
+                .backends
+                .iter()
+                .find(|e| e.format != SNAPSHOT_FORMAT || e.files.len() != 1)
+            {
+                return Err(Error::InvalidManifest {
+                    path: format!("savepoint {} MANIFEST", part.name),
+                    reason: format!(
+                        "backend `{}` is not one {SNAPSHOT_FORMAT} file in this savepoint",
+                        entry.name
+                    )
+                    .into(),
+                });
+            }
+            Ok(ReadPart {
+                catalog: part.catalog,
+                manifest,
+                ranges: &part.ranges,
+            })
+        })
+        .collect()
+}
+
 /// Every backend reads and verifies its ranges of every part; nothing is
 /// switched.
 pub(crate) fn prepare_ranges<'a>(
-    parts: &[RangePart<'_>],
+    parts: &[ReadPart<'_>],
     backends: &[(&'a str, &'a dyn Checkpointable)],
     allow_non_restored_state: bool,
     parallelism: usize,
 ) -> Result<Prepared<'a>> {
-    let mut manifests = Vec::with_capacity(parts.len());
     for part in parts {
-        let manifest = part
-            .catalog
-            .manifest(part.id)
-            .ok_or(Error::NoSuchCheckpoint { id: part.id })?;
+        let manifest = &part.manifest;
         for entry in &manifest.backends {
             if !backends.iter().any(|(name, _)| *name == entry.name) && !allow_non_restored_state {
                 return Err(Error::Backend {
@@ -175,13 +242,12 @@ pub(crate) fn prepare_ranges<'a>(
                 }
             }
         }
-        manifests.push((part, manifest));
     }
     let mut prepared = Vec::with_capacity(backends.len());
     for &(name, backend) in backends {
-        let held: Vec<(&RangePart<'_>, &BackendEntry)> = manifests
+        let held: Vec<(&ReadPart<'_>, &BackendEntry)> = parts
             .iter()
-            .filter_map(|(part, m)| m.backend(name).map(|e| (*part, e)))
+            .filter_map(|part| part.manifest.backend(name).map(|e| (part, e)))
             .collect();
         let files: Vec<StoredFiles<'_>> = held
             .iter()
@@ -197,7 +263,7 @@ pub(crate) fn prepare_ranges<'a>(
             .map(|((part, entry), files)| RangeSource {
                 format: &entry.format,
                 files,
-                ranges: &part.ranges,
+                ranges: part.ranges,
             })
             .collect();
         let part = backend

@@ -12,6 +12,7 @@
 mod commit;
 mod open;
 pub use open::SweepPlan;
+pub use savepoint::write_savepoint;
 mod periodic;
 mod restore;
 mod retention;

@@ -16,7 +16,10 @@ use crate::catalog::{read_manifest, read_savepoint};
 use crate::error::{Error, Result};
 use crate::info::CheckpointInfo;
 use crate::manifest::{MANIFESTS, Manifest, RESTORE_INTENT, check_name, id_of_manifest_path};
-use crate::restore::{Prepared, RangePart, RestorePlan, RestoreSource, prepare_ranges};
+use crate::restore::{
+    Prepared, RangePart, RestorePlan, RestoreSource, SavepointPart, prepare_ranges,
+    read_checkpoint_parts, read_savepoint_parts,
+};
 
 /// Marks a restore running; undone on drop.
 struct Restoring<'a>(&'a Shared);
@@ -95,7 +98,24 @@ impl CheckpointManager {
     pub fn restore_ranges(&self, parts: &[RangePart<'_>]) -> Result<()> {
         self.shared
             .restore_with("a rescale", |named, allow, parallelism| {
-                Ok((prepare_ranges(parts, named, allow, parallelism)?, ()))
+                let parts = read_checkpoint_parts(parts)?;
+                Ok((prepare_ranges(&parts, named, allow, parallelism)?, ()))
+            })
+    }
+
+    /// Restores the registered backends from key ranges of savepoints in
+    /// other locations, all or nothing, as [`restore_ranges`] does for
+    /// checkpoints: how a stream job started from a savepoint gives each
+    /// worker the key groups it owns, whatever the number of workers and
+    /// the backends' type that wrote it. A backend that no part holds
+    /// starts empty. The next checkpoint is full.
+    ///
+    /// [`restore_ranges`]: CheckpointManager::restore_ranges
+    pub fn restore_savepoint_ranges(&self, parts: &[SavepointPart<'_>]) -> Result<()> {
+        self.shared
+            .restore_with("a savepoint", |named, allow, parallelism| {
+                let parts = read_savepoint_parts(parts)?;
+                Ok((prepare_ranges(&parts, named, allow, parallelism)?, ()))
             })
     }
 
