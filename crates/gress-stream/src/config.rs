@@ -40,6 +40,24 @@ impl std::fmt::Debug for CheckpointStorage {
     }
 }
 
+impl From<PathBuf> for CheckpointStorage {
+    fn from(path: PathBuf) -> Self {
+        CheckpointStorage::Local(path)
+    }
+}
+
+impl From<&std::path::Path> for CheckpointStorage {
+    fn from(path: &std::path::Path) -> Self {
+        CheckpointStorage::Local(path.to_path_buf())
+    }
+}
+
+impl From<gress_checkpoint::S3Config> for CheckpointStorage {
+    fn from(config: gress_checkpoint::S3Config) -> Self {
+        CheckpointStorage::S3(config)
+    }
+}
+
 impl CheckpointStorage {
     /// Who runs the job these checkpoints belong to, if a run holds them
     /// now (its lease is live); reads only. A running job holds worker 0's
@@ -283,6 +301,15 @@ pub struct JobConfig {
     /// checkpoints go, and sinks withdraw their output. `None` (the
     /// default): the newest epoch whose checkpoints are all intact.
     pub from_epoch: Option<u64>,
+    /// Start a new job from this savepoint ([`JobConfig::from_savepoint`]):
+    /// used while the job has no committed epoch of its own; once it has,
+    /// it recovers from its checkpoints as any job does. `None` (the
+    /// default): a job without committed epochs starts empty.
+    pub savepoint: Option<CheckpointStorage>,
+    /// Starting from a savepoint, drop the state of keyed operators and
+    /// states the job no longer has, rather than refuse to start. Default
+    /// `false`.
+    pub allow_non_restored_state: bool,
     /// A source partition that has had nothing to read for this long is
     /// *idle*: it no longer holds an epoch open (under
     /// [`EpochPolicy::Records`]) nor the watermark back, until it has
@@ -342,6 +369,8 @@ impl JobConfig {
             metrics_interval: MetricsPublisher::DEFAULT_INTERVAL,
             retained_commits: 3,
             from_epoch: None,
+            savepoint: None,
+            allow_non_restored_state: false,
             idle_timeout: None,
             max_epoch_duration: None,
             max_epoch_records: None,
@@ -470,6 +499,30 @@ impl JobConfig {
     /// Recovers from committed epoch `epoch` ([`JobConfig::from_epoch`]).
     pub fn from_epoch(mut self, epoch: u64) -> Self {
         self.from_epoch = Some(epoch);
+        self
+    }
+
+    /// Starts the job from the savepoint at `location`
+    /// ([`JobHandle::stop_with_savepoint`] writes one; `gress job savepoint`
+    /// makes one from a committed epoch's checkpoints). The job may have
+    /// another id, another number of workers and another backend than the
+    /// one it was taken of, and may add keyed operators and states; one
+    /// that no longer has an operator or state the savepoint holds is
+    /// refused unless [`allow_non_restored_state`](Self::allow_non_restored_state).
+    /// Its key groups must be the savepoint's. Only a job with no committed
+    /// epoch starts from it: once it has committed, it recovers from its own
+    /// checkpoints.
+    ///
+    /// [`JobHandle::stop_with_savepoint`]: crate::JobHandle::stop_with_savepoint
+    pub fn from_savepoint(mut self, location: impl Into<CheckpointStorage>) -> Self {
+        self.savepoint = Some(location.into());
+        self
+    }
+
+    /// Starting from a savepoint, drops the state of keyed operators and
+    /// states this job no longer has instead of refusing to start.
+    pub fn allow_non_restored_state(mut self, allow: bool) -> Self {
+        self.allow_non_restored_state = allow;
         self
     }
 

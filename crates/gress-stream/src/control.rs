@@ -156,6 +156,8 @@ pub(crate) struct Control {
     committed_at_ms: Mutex<(Option<u64>, Option<u64>)>,
     wake: Condvar,
     wake_lock: Mutex<()>,
+    /// Where a stop writes its savepoint, if asked for one.
+    savepoint: Mutex<Option<crate::config::CheckpointStorage>>,
 }
 
 impl Default for Control {
@@ -168,6 +170,7 @@ impl Default for Control {
             committed_at_ms: Mutex::new((None, None)),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
+            savepoint: Mutex::new(None),
         }
     }
 }
@@ -179,6 +182,17 @@ impl Control {
             1 => Mode::Stop,
             _ => Mode::Drain,
         }
+    }
+
+    /// Asks the run to write a savepoint to `location` once its last epoch
+    /// is committed.
+    pub(crate) fn ask_savepoint(&self, location: crate::config::CheckpointStorage) {
+        *self.savepoint.lock() = Some(location);
+    }
+
+    /// Where the savepoint goes, if one was asked for.
+    pub(crate) fn savepoint(&self) -> Option<crate::config::CheckpointStorage> {
+        self.savepoint.lock().clone()
     }
 
     pub(crate) fn ask(&self, mode: Mode) {

@@ -137,6 +137,39 @@ impl JobHandle {
         self.join()
     }
 
+    /// Stops the job as [`stop`](JobHandle::stop) does, then writes a
+    /// savepoint of its last committed epoch to `location` (a local
+    /// directory or an S3 prefix, which must not exist or be empty): every
+    /// worker's state in the snapshot format every backend restores, with
+    /// the sources' offsets, the operators' watermarks and the names of its
+    /// operators and states. [`JobConfig::from_savepoint`] starts a job from
+    /// it, with another number of workers or another backend. The report's
+    /// `savepoint` says what was written.
+    ///
+    /// A location that cannot be used is refused before anything is asked
+    /// of the job, which then goes on running. If writing fails, the job is
+    /// still stopped at its committed epoch (a later run resumes from its
+    /// checkpoints) and the error says why.
+    pub fn stop_with_savepoint(
+        &mut self,
+        location: impl Into<crate::config::CheckpointStorage>,
+    ) -> Result<JobReport> {
+        let location = location.into();
+        if self.config.checkpoints.is_none() {
+            return Err(Error::invalid(
+                "savepoint",
+                "a savepoint is of a committed epoch: the job needs checkpoints (with_checkpoints)",
+            ));
+        }
+        if self.thread.is_none() {
+            return Err(Error::Worker("the job was already joined".into()));
+        }
+        crate::savepoint::check_unused(&location)?;
+        self.control.ask_savepoint(location);
+        self.control.ask(Mode::Stop);
+        self.join()
+    }
+
     /// Drains the job: its sources read until every partition has ended or
     /// has nothing more to read now, then the input ends (watermarks go to
     /// the end, so every window and event-time timer fires) and the last

@@ -45,6 +45,7 @@ mod operators;
 mod recovery;
 mod rescale;
 mod run;
+pub mod savepoint;
 mod sink;
 mod source;
 mod state;
@@ -75,6 +76,7 @@ pub use operators::keyed::{Either, KeyedProcessFunction};
 pub use operators::updating::{Ranked, RetractingAggregate};
 pub use operators::window::{Window, WindowAssigner, WindowResult, WindowedStream};
 pub use run::{JobReport, run};
+pub use savepoint::SavepointInfo;
 pub use sink::{CollectSink, Collected, FileSink, PartitionedFileSink, Sink, SinkJob};
 pub use source::{FileSource, GeneratorSource, PartitionReader, Poll, Source};
 pub use state::{

@@ -53,6 +53,8 @@ pub(crate) struct Recovered {
     pub(crate) rolled_back: Vec<(u64, u64)>,
     /// Kept commit records: epoch, and this worker's checkpoint of it.
     pub(crate) kept: BTreeMap<u64, Option<u64>>,
+    /// The epoch of the savepoint the job started from, if it did.
+    pub(crate) from_savepoint: Option<u64>,
 }
 
 /// Refuses a run that cannot continue the job these records belong to;
@@ -192,6 +194,45 @@ pub(crate) fn recover(
 
     // 4. Newest valid first, until every worker restored the same one.
     let candidates = history.candidates(config.from_epoch)?;
+    if let Some(location) = &config.savepoint
+        && history.newest_valid().is_none()
+    {
+        // A new job: its state is the savepoint's.
+        let attempt = crate::savepoint::read(location).and_then(|info| {
+            check_savepoint(&info, config, peers)?;
+            let metadata = crate::savepoint::restore(location, &info, &manager, index, peers)?;
+            Ok((info, metadata))
+        });
+        let (own, restored) = match attempt {
+            Ok(done) => (Vote::Ready, Ok(done)),
+            Err(e) => (Vote::Failed(error_chain(&e)), Err(e)),
+        };
+        let votes = exchange_all(worker, own, abort)?;
+        let (info, metadata) = restored?;
+        tally(&votes, None)?;
+        if index == 0 {
+            tracing::info!(
+                job = %config.job_id,
+                savepoint = %crate::savepoint::describe(location),
+                of_job = %info.job,
+                epoch = info.epoch,
+                workers = info.workers,
+                "started from a savepoint"
+            );
+        }
+        manager.set_required(std::iter::empty())?;
+        let first_epoch = history.max_epoch().map_or(0, |e| e + 1).max(info.epoch + 1);
+        return Ok((
+            manager,
+            Recovered {
+                metadata,
+                history,
+                first_epoch,
+                from_savepoint: Some(info.epoch),
+                ..Recovered::default()
+            },
+        ));
+    }
     let mut chosen = None;
     let mut metadata = Metadata::new();
     let mut why_not = Vec::new();
@@ -283,8 +324,38 @@ pub(crate) fn recover(
             rolls_back,
             rolled_back,
             kept,
+            from_savepoint: None,
         },
     ))
+}
+
+/// Refuses a savepoint this job cannot start from: another number of key
+/// groups, or fewer key groups than workers.
+pub(crate) fn check_savepoint(
+    info: &crate::savepoint::SavepointInfo,
+    config: &JobConfig,
+    workers: usize,
+) -> Result<()> {
+    if info.key_groups != config.key_groups {
+        return Err(Error::invalid(
+            "savepoint",
+            format!(
+                "the savepoint (job `{}`, epoch {}) has {} key groups; this job has {} \
+                 (a job started from it must keep its number of key groups)",
+                info.job, info.epoch, info.key_groups, config.key_groups
+            ),
+        ));
+    }
+    if workers > usize::from(info.key_groups) {
+        return Err(Error::invalid(
+            "savepoint",
+            format!(
+                "{workers} workers but only {} key groups: at most one worker per key group",
+                info.key_groups
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Why a restore did not happen.

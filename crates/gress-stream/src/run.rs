@@ -43,6 +43,12 @@ pub struct JobReport {
     /// The state caches of this process's workers, together (the peak is
     /// the largest one worker's cache held).
     pub cache: crate::state::CacheStats,
+    /// The savepoint written when the run ended
+    /// ([`JobHandle::stop_with_savepoint`](crate::JobHandle::stop_with_savepoint)),
+    /// in the process of the job's worker 0.
+    pub savepoint: Option<crate::savepoint::SavepointInfo>,
+    /// The epoch of the savepoint this run started from, if it did.
+    pub from_savepoint: Option<u64>,
 }
 
 /// Runs a job: `build` is called on every worker to build the same
@@ -64,6 +70,18 @@ where
     if let Some(storage) = &config.checkpoints {
         let history = History::read(&*storage.open("")?)?;
         check(&history, &config, config.total_workers())?;
+        if let Some(location) = &config.savepoint
+            && history.newest_valid().is_none()
+        {
+            let info = crate::savepoint::read(location)?;
+            crate::recovery::check_savepoint(&info, &config, config.total_workers())?;
+        }
+    } else if config.savepoint.is_some() {
+        return Err(Error::invalid(
+            "savepoint",
+            "starting from a savepoint needs checkpoints (with_checkpoints): the job's state \
+             is restored through its checkpoint manager",
+        ));
     }
     if let Some(addr) = config.prometheus_addr()? {
         let endpoint = crate::telemetry::serve_prometheus(addr)?;
@@ -120,6 +138,10 @@ where
                 report.epochs_cut += w.epochs_cut;
                 report.last_committed = report.last_committed.max(w.last_committed);
                 report.recovered_from = w.recovered_from;
+                report.from_savepoint = w.from_savepoint;
+                if w.savepoint.is_some() {
+                    report.savepoint = w.savepoint;
+                }
                 report.checkpoints.extend(w.checkpoints);
                 report.cache.add(&w.cache);
             }
@@ -214,6 +236,8 @@ struct WorkerReport {
     epochs_cut: u64,
     last_committed: Option<u64>,
     recovered_from: Option<u64>,
+    from_savepoint: Option<u64>,
+    savepoint: Option<crate::savepoint::SavepointInfo>,
 }
 
 fn run_worker<F>(
@@ -276,8 +300,10 @@ where
         rolls_back,
         rolled_back,
         kept,
+        from_savepoint,
     } = recovered;
     let recovered_from = commit.as_ref().map(|c| c.epoch);
+    let hot_image = hot.clone();
     let store = StateStore::new(
         Arc::clone(&backend),
         cache_bytes,
@@ -327,6 +353,14 @@ where
         build(&mut builder)?;
         builder.finish(setup, slot)
     });
+    let built = built.and_then(|()| {
+        if from_savepoint.is_some() {
+            shared
+                .borrow_mut()
+                .drop_unknown_state(config.allow_non_restored_state)?;
+        }
+        Ok(())
+    });
     if let Err(e) = built {
         abort.store(true, Ordering::Release);
         return Err(e);
@@ -368,11 +402,23 @@ where
     if !backend.is_closed() {
         gress_state::telemetry::publish(&backend_label, &backend.metrics());
     }
-    let s = shared.borrow();
-    let committed = s.committed;
-    for each in &s.on_commit {
+    let committed = shared.borrow().committed;
+    for each in &shared.borrow().on_commit {
         each.borrow_mut().commit_to(committed)?;
     }
+    let savepoint = match config.control.savepoint() {
+        Some(location) => write_savepoint(
+            worker,
+            abort,
+            config,
+            &shared,
+            &backend,
+            hot_image.as_ref(),
+            &location,
+        )?,
+        None => None,
+    };
+    let s = shared.borrow();
     Ok(WorkerReport {
         cache: s.store.stats(),
         checkpoints: s.checkpoint_costs.clone(),
@@ -382,5 +428,80 @@ where
         epochs_cut: s.epochs_cut,
         last_committed: committed,
         recovered_from,
+        from_savepoint,
+        savepoint,
     })
+}
+
+/// Writes this worker's part of the savepoint asked for, once the run is
+/// over (its last epoch committed, so the state is that epoch's); worker 0
+/// completes it once every worker's part is written.
+fn write_savepoint(
+    worker: &mut timely::worker::Worker,
+    abort: &AtomicBool,
+    config: &JobConfig,
+    shared: &Shared,
+    backend: &Arc<dyn gress_state::checkpoint::Checkpointable>,
+    hot: Option<&Arc<crate::state::HotImage>>,
+    location: &crate::config::CheckpointStorage,
+) -> Result<Option<crate::savepoint::SavepointInfo>> {
+    let index = worker.index();
+    let written = (|| {
+        let mut s = shared.borrow_mut();
+        let (epoch, metadata) = s.savepoint_metadata()?;
+        s.store.write_back_all()?;
+        drop(s);
+        let mut backends: Vec<(&str, &dyn gress_state::checkpoint::Checkpointable)> =
+            vec![("state", &**backend)];
+        if let Some(hot) = hot {
+            backends.push(("cache", &**hot));
+        }
+        crate::savepoint::write_part(location, index, &backends, metadata.clone())?;
+        Ok::<_, Error>((epoch, metadata))
+    })();
+    let vote = match &written {
+        Ok((epoch, metadata)) => Ok((*epoch, metadata.clone())),
+        Err(e) => Err(crate::worker::error_chain(e)),
+    };
+    let votes = crate::agree::exchange_all(worker, vote, abort)?;
+    written?;
+    let mut parts = Vec::with_capacity(votes.len());
+    let mut epochs = std::collections::BTreeSet::new();
+    for (w, vote) in votes.into_iter().enumerate() {
+        match vote {
+            Ok((epoch, metadata)) => {
+                epochs.insert(epoch);
+                parts.push(metadata);
+            }
+            Err(why) => {
+                return Err(Error::Worker(format!(
+                    "the savepoint was not written: worker {w} failed ({why}); the job stopped \
+                     at its committed epoch and resumes from its checkpoints"
+                )));
+            }
+        }
+    }
+    let (Some(&epoch), 1) = (epochs.first(), epochs.len()) else {
+        return Err(Error::Worker(format!(
+            "the savepoint was not written: the workers stopped at different committed epochs ({epochs:?})"
+        )));
+    };
+    if index != 0 {
+        return Ok(None);
+    }
+    let info = crate::savepoint::SavepointInfo::new(
+        &config.job_id,
+        epoch,
+        worker.peers(),
+        config.key_groups,
+        &parts,
+    );
+    crate::savepoint::finish(location, &info)?;
+    tracing::info!(
+        job = %config.job_id,
+        epoch,
+        savepoint = %crate::savepoint::describe(location),
+        "savepoint written"
+    );
+    Ok(Some(info))
 }

@@ -512,6 +512,28 @@ impl WorkerState {
         let Some(cp) = &self.checkpoints else {
             return Ok(());
         };
+        let metadata = self.checkpoint_metadata(epoch, marks);
+        if let Err(e) = self.store.backend().prepare_capture() {
+            // The capture does the work itself then, while the worker waits.
+            tracing::warn!(epoch, error = %e, "could not prepare the backend's capture");
+        }
+        let cut = Cut {
+            epoch,
+            metadata,
+            manager: Arc::clone(&cp.manager),
+            uploads: cp.uploads.clone(),
+            failures: cp.failures.clone(),
+            wake: Arc::clone(&cp.wake),
+            flushed,
+            flushes: Rc::clone(&self.flushes),
+        };
+        self.store.defer_capture(Box::new(cut))
+    }
+
+    /// A checkpoint's metadata for `epoch`: the cut's marks (offsets,
+    /// watermarks), the worker's place in the job, and the names behind
+    /// the ids in state keys.
+    fn checkpoint_metadata(&self, epoch: u64, marks: Metadata) -> Metadata {
         let mut metadata = marks;
         metadata.insert("epoch".into(), epoch.to_string());
         metadata.insert("worker".into(), self.index.to_string());
@@ -535,21 +557,119 @@ impl WorkerState {
                 metadata.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        if let Err(e) = self.store.backend().prepare_capture() {
-            // The capture does the work itself then, while the worker waits.
-            tracing::warn!(epoch, error = %e, "could not prepare the backend's capture");
-        }
-        let cut = Cut {
-            epoch,
-            metadata,
-            manager: Arc::clone(&cp.manager),
-            uploads: cp.uploads.clone(),
-            failures: cp.failures.clone(),
-            wake: Arc::clone(&cp.wake),
-            flushed,
-            flushes: Rc::clone(&self.flushes),
+        metadata
+    }
+
+    /// The committed epoch a savepoint of this worker holds now (the run
+    /// is over: the state is that epoch's), and its metadata.
+    pub(crate) fn savepoint_metadata(&self) -> Result<(u64, Metadata)> {
+        let epoch = self.committed.ok_or_else(|| {
+            Error::invalid(
+                "savepoint",
+                "the job has no committed epoch to take a savepoint of",
+            )
+        })?;
+        let marks = match &self.last_marks {
+            Some((e, marks)) if *e == epoch => marks.clone(),
+            _ if self.recovered_from == Some(epoch) => self
+                .restored
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("offset/")
+                        || k.starts_with("maxtime/")
+                        || k.starts_with("watermark/")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            _ => {
+                return Err(Error::Worker(format!(
+                    "worker {}: the offsets and watermarks of committed epoch {epoch} are not known",
+                    self.index
+                )));
+            }
         };
-        self.store.defer_capture(Box::new(cut))
+        Ok((epoch, self.checkpoint_metadata(epoch, marks)))
+    }
+
+    /// After a start from a savepoint (called once the dataflow is built):
+    /// the keyed operators the savepoint holds state of (their timers and
+    /// states) that this job does not have. Refused unless `allow`;
+    /// allowed, their state is deleted from this worker's key groups and
+    /// their names forgotten. A state an operator no longer declares is
+    /// kept, as it is across runs of a job.
+    pub(crate) fn drop_unknown_state(&mut self, allow: bool) -> Result<()> {
+        let keyed: std::collections::HashSet<&str> = self
+            .names
+            .iter()
+            .filter(|(what, _)| *what == "keyed operator")
+            .map(|(_, name)| name.as_str())
+            .collect();
+        let owned = |state: &str| {
+            self.names.iter().any(|(_, op)| {
+                state.len() > op.len()
+                    && state.starts_with(op.as_str())
+                    && state.as_bytes()[op.len()] == b'/'
+            })
+        };
+        let mut unknown = Vec::new();
+        for (k, name) in &self.restored {
+            let (id, operator, known) = if let Some(id) = k.strip_prefix(OPERATOR_PREFIX) {
+                (id, true, keyed.contains(name.as_str()))
+            } else if let Some(id) = k.strip_prefix(STATE_PREFIX) {
+                (id, false, owned(name))
+            } else {
+                continue;
+            };
+            let Ok(id) = u32::from_str_radix(id, 16) else {
+                continue;
+            };
+            if !known {
+                unknown.push((k.clone(), name.clone(), id, operator));
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = unknown.iter().map(|(_, n, _, _)| n.as_str()).collect();
+        if !allow {
+            return Err(Error::invalid(
+                "savepoint",
+                format!(
+                    "it holds state of `{}`, which this job does not have; start with \
+                     allow_non_restored_state to drop that state",
+                    names.join("`, `")
+                ),
+            ));
+        }
+        if self.index == 0 {
+            tracing::warn!(dropped = ?names, "dropping the savepoint's state of operators and states this job does not have");
+        }
+        let backend = std::sync::Arc::clone(self.store.backend());
+        for kg in crate::keys::groups_of(self.index, self.peers, self.key_groups) {
+            for (_, _, id, operator) in &unknown {
+                let mut prefix = kg.to_be_bytes().to_vec();
+                if *operator {
+                    prefix.extend_from_slice(&crate::keys::TIMER_STATE_ID.to_be_bytes());
+                }
+                prefix.extend_from_slice(&id.to_be_bytes());
+                let keys: Vec<Vec<u8>> = backend
+                    .scan_prefix(&prefix)?
+                    .map(|entry| entry.map(|(k, _)| k))
+                    .collect::<gress_state::Result<_>>()?;
+                if keys.is_empty() {
+                    continue;
+                }
+                let mut batch = gress_state::WriteBatch::new();
+                for k in &keys {
+                    batch.delete(k);
+                }
+                backend.write_batch(&batch)?;
+            }
+        }
+        for (k, _, _, _) in &unknown {
+            self.restored.remove(k);
+        }
+        Ok(())
     }
 
     /// Records this worker's checkpoint of `epoch`, if it has one, and

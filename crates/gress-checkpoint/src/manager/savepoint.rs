@@ -33,13 +33,9 @@ impl CheckpointManager {
             .iter()
             .map(|r| (r.name.as_str(), &*r.backend as &dyn Checkpointable))
             .collect();
-        let result = write(
-            &*shared.storage,
-            name,
-            &named,
-            metadata,
-            &|| shared.fence.check(),
-        );
+        let result = write(&*shared.storage, name, &named, metadata, &|| {
+            shared.fence.check()
+        });
         if let Err((written, _)) = &result {
             shared.delete_files(written);
         }
@@ -96,10 +92,7 @@ fn write(
             let path = format!("{dir}{backend_name}.snap");
             written.push(path.clone());
             let (size, crc32c) = upload(storage, &path, None, &mut |w| {
-                backend
-                    .snapshot_to(w)
-                    .map(drop)
-                    .map_err(Error::from_state)
+                backend.snapshot_to(w).map(drop).map_err(Error::from_state)
             })?;
             entries.push(BackendEntry {
                 name: backend_name.to_string(),

@@ -1048,6 +1048,26 @@ impl StateStore {
         Ok(())
     }
 
+    /// Writes every entry the backend does not hold as it is to the
+    /// backend, leaving the cache as it was: the backend alone then holds
+    /// the whole state (a savepoint is written from it). Called once a run
+    /// is over.
+    pub(crate) fn write_back_all(&mut self) -> Result<()> {
+        self.finish_capture(true)?;
+        let now = self.clock.now_ms();
+        let places: Vec<u32> = (0..self.table.places() as u32)
+            .filter(|&at| {
+                let slot = &self.table.entry(at).slot;
+                !slot.vacant && !matches!(spill_of(slot, now), Spill::Nothing)
+            })
+            .collect();
+        for chunk in places.chunks(64 * 1024) {
+            self.write_backend(chunk, false)?;
+        }
+        self.backend.flush()?;
+        Ok(())
+    }
+
     /// Dirty entries not yet written.
     pub fn dirty_entries(&self) -> usize {
         self.table.live().filter(|e| e.slot.dirty).count()
