@@ -42,6 +42,45 @@ pub(crate) enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Writes a savepoint of a stream job from its checkpoints: every
+    /// worker's keyed state at a committed epoch (the newest by default)
+    /// as portable snapshots, with the sources' offsets, watermarks and the
+    /// names of its operators and states. The job may be running. A job
+    /// started from the savepoint may use another number of workers and
+    /// another backend. DEST must be missing or empty.
+    #[command(
+        after_help = "Examples:\n  gress job savepoint ./checkpoints ./savepoints/before-upgrade\n  gress job savepoint s3://bucket/jobs/orders s3://bucket/savepoints/orders-1 --epoch 41"
+    )]
+    Savepoint {
+        /// The job's checkpoint location: a directory or s3://bucket/prefix.
+        location: String,
+        /// Where to write the savepoint: a directory or s3://bucket/prefix.
+        dest: String,
+        /// The committed epoch (default: the newest).
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+    /// Lists the savepoints in a directory (and the directory itself, if
+    /// it is one): job, epoch, workers, key groups, when written. Exit code
+    /// 4 if there are none.
+    List {
+        /// A directory of savepoints.
+        dir: String,
+    },
+    /// Verifies every file of a savepoint, then runs PROGRAM with its
+    /// arguments and `--from-savepoint SAVEPOINT` added (the examples take
+    /// it; an application passes it to `JobConfig::from_savepoint`), and
+    /// exits with its exit code. Exit code 3 if the savepoint is damaged.
+    #[command(
+        after_help = "Example:\n  gress job start-from ./savepoints/before-upgrade -- example-stateful-processing --backend rocksdb --workers 4 --checkpoints ./checkpoints-v2 --output ./output-v2"
+    )]
+    StartFrom {
+        /// The savepoint: a directory or s3://bucket/prefix.
+        savepoint: String,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        program: Vec<String>,
+    },
     /// A running job's status, from its metrics endpoint's `/status`:
     /// state, committed epoch, each worker's progress, source offsets and
     /// watermarks, last checkpoint, restarts. Exit code 1 if the job
@@ -56,6 +95,19 @@ pub(crate) enum Cmd {
 pub(crate) fn run(cmd: &Cmd, out: &Out) -> Result<u8> {
     match cmd {
         Cmd::Status { url } => status(url, out),
+        Cmd::Savepoint {
+            location,
+            dest,
+            epoch,
+        } => crate::checkpoint::or_not_found(out, || {
+            crate::job_savepoint::take(location, dest, *epoch, out)
+        }),
+        Cmd::List { dir } => {
+            crate::checkpoint::or_not_found(out, || crate::job_savepoint::list(dir, out))
+        }
+        Cmd::StartFrom { savepoint, program } => crate::checkpoint::or_not_found(out, || {
+            crate::job_savepoint::start_from(savepoint, program, out)
+        }),
         Cmd::State {
             location,
             epoch,

@@ -91,16 +91,36 @@ fn worker_entries(catalog: &Catalog, id: u64) -> Result<BTreeMap<Vec<u8>, Vec<u8
         }
         Ok(())
     };
-    // Both parts restored at once (a restore of one would drop the other).
     let scratch = tempfile::tempdir()?;
-    let mut held: Vec<(&str, Box<dyn Checkpointable>)> = Vec::new();
+    let held = restore_parts(catalog, id, manifest, scratch.path())?;
+    // The backend first, the cache's image over it.
+    for (_, backend) in &held {
+        read(&**backend, &mut entries)?;
+    }
+    for (_, backend) in held {
+        backend.close()?;
+    }
+    Ok(entries)
+}
+
+/// Worker checkpoint `id`'s two parts (`state`, then `cache`), each
+/// restored into a scratch backend under `scratch`: RocksDB for a RocksDB
+/// checkpoint, else memory. Both are restored at once (a restore of one
+/// would drop the other).
+pub(crate) fn restore_parts(
+    catalog: &Catalog,
+    id: u64,
+    manifest: &gress_checkpoint::Manifest,
+    scratch: &std::path::Path,
+) -> Result<Vec<(&'static str, Box<dyn Checkpointable>)>> {
+    let mut held: Vec<(&'static str, Box<dyn Checkpointable>)> = Vec::new();
     for part in ["state", "cache"] {
         let Some(entry) = manifest.backend(part) else {
             continue;
         };
         let backend: Box<dyn Checkpointable> = if entry.format == ROCKSDB_CHECKPOINT_FORMAT {
             Box::new(RocksDbStateBackend::open(RocksDbConfig::new(
-                scratch.path().join(part),
+                scratch.join(part),
             ))?)
         } else {
             Box::new(MemoryStateBackend::new(MemoryConfig::default())?)
@@ -112,14 +132,30 @@ fn worker_entries(catalog: &Catalog, id: u64) -> Result<BTreeMap<Vec<u8>, Vec<u8
     catalog
         .restore_into(id, &parts, true)
         .with_context(|| format!("reading checkpoint {id}"))?;
-    // The backend first, the cache's image over it.
-    for (_, backend) in &held {
-        read(&**backend, &mut entries)?;
-    }
-    for (_, backend) in held {
-        backend.close()?;
-    }
-    Ok(entries)
+    Ok(held)
+}
+
+/// The retained commit of `epoch`, or the newest; a missing one is a
+/// [`Fail`] (exit code 4).
+pub(crate) fn pick_commit(
+    loc: &Location,
+    epoch: Option<u64>,
+) -> Result<gress_stream::CommitRecord> {
+    let commits = gress_stream::commits(&*loc.open("")?)?;
+    let commit = match epoch {
+        Some(e) => commits.iter().find(|c| c.epoch == e).ok_or_else(|| {
+            Fail::not_found(format!(
+                "{}: epoch {e} is not a retained commit (retained: {:?})",
+                loc.shown(),
+                commits.iter().map(|c| c.epoch).collect::<Vec<_>>()
+            ))
+        })?,
+        None => commits
+            .iter()
+            .max_by_key(|c| c.epoch)
+            .ok_or_else(|| Fail::not_found(format!("{}: no committed epoch", loc.shown())))?,
+    };
+    Ok(commit.clone())
 }
 
 /// Prints what `filter` asks of the job's state at `epoch` (default: the
@@ -138,20 +174,7 @@ pub(crate) fn read(
             loc.shown()
         );
     };
-    let commits = gress_stream::commits(&*loc.open("")?)?;
-    let commit = match epoch {
-        Some(e) => commits.iter().find(|c| c.epoch == e).ok_or_else(|| {
-            Fail::not_found(format!(
-                "{}: epoch {e} is not a retained commit (retained: {:?})",
-                loc.shown(),
-                commits.iter().map(|c| c.epoch).collect::<Vec<_>>()
-            ))
-        })?,
-        None => commits
-            .iter()
-            .max_by_key(|c| c.epoch)
-            .ok_or_else(|| Fail::not_found(format!("{}: no committed epoch", loc.shown())))?,
-    };
+    let commit = pick_commit(&loc, epoch)?;
     // Names, and entries, over every worker of the commit.
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();

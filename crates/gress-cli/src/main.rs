@@ -15,6 +15,7 @@ mod bench;
 mod checkpoint;
 mod db;
 mod job;
+mod job_savepoint;
 mod job_state;
 mod location;
 mod snapshot;
@@ -92,7 +93,7 @@ enum Command {
     #[command(subcommand)]
     Db(db::Cmd),
     /// A stream job: status (from its metrics endpoint), keyed state (from
-    /// its checkpoints).
+    /// its checkpoints), savepoints (write, list, start from).
     #[command(subcommand)]
     Job(job::Cmd),
     /// The benchmarks: a table, `--json`, `--plot out.svg`.

@@ -159,3 +159,191 @@ fn job_state_decodes_a_jobs_keyed_state() -> R {
     }
     Ok(())
 }
+
+/// `gress job savepoint` writes a savepoint of a stopped RocksDB job from
+/// its checkpoints (backend and cache parts), a job on the memory backend
+/// with another number of workers goes on from it, and together the two
+/// commit one run's output; `list` finds it, `start-from` verifies it and
+/// runs a program with `--from-savepoint`, and refuses a damaged one.
+#[test]
+fn job_savepoint_writes_lists_and_starts_from() -> R {
+    use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
+    use gress_stream::{BackendFactory, EpochPolicy, FileSink, run};
+
+    const PER_PARTITION: u64 = 4_000;
+    let word = |p: usize, i: u64| format!("word-{}", (p as u64 * 3 + i * 7) % 53);
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut expected = Vec::new();
+    for p in 0..2 {
+        for i in 0..PER_PARTITION {
+            let c = counts.entry(word(p, i)).or_default();
+            *c += 1;
+            expected.push((word(p, i), *c));
+        }
+    }
+    expected.sort_unstable();
+    let dir = tempfile::tempdir()?;
+    let (cp1, out1, state) = (
+        dir.path().join("cp1"),
+        dir.path().join("out1"),
+        dir.path().join("state"),
+    );
+    let build = |out: std::path::PathBuf, slow: Arc<AtomicBool>| {
+        move |job: &mut gress_stream::JobBuilder<'_>| {
+            let slow = Arc::clone(&slow);
+            job.source("words", GeneratorSource::new(2, Some(PER_PARTITION), word))?
+                .map(move |w| {
+                    if slow.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    w
+                })
+                .key_by(|w: &String| w.clone())
+                .count("count")
+                .sink("out", FileSink::new(out.clone()))
+        }
+    };
+    let handle = start(
+        JobConfig::new("words")
+            .with_workers(2)
+            .with_checkpoint_dir(&cp1)
+            .with_epochs(EpochPolicy::Records(100))
+            .with_metrics_interval(Duration::from_millis(10))
+            .with_backend(BackendFactory::new(move |w| {
+                let db = RocksDbConfig::new(state.join(format!("w{w}")));
+                Ok(Arc::new(RocksDbStateBackend::open(db)?))
+            })),
+        build(out1.clone(), Arc::new(AtomicBool::new(true))),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while handle.status().committed_epoch < Some(2) {
+        assert!(Instant::now() < deadline && !handle.is_finished());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let stopped = handle.stop()?;
+
+    let sp = dir.path().join("savepoints").join("sp");
+    let sp_text = sp.to_str().ok_or("path")?;
+    let cp1_text = cp1.to_str().ok_or("path")?;
+    let written = gress()
+        .args(["job", "savepoint", cp1_text, sp_text])
+        .output()?;
+    assert_eq!(written.status.code(), Some(0), "{written:?}");
+    let text = String::from_utf8(written.stdout)?;
+    let epoch = stopped.last_committed.ok_or("nothing committed")?;
+    assert!(
+        text.contains(&format!(
+            "savepoint of job `words` at committed epoch {epoch}"
+        )),
+        "{text}"
+    );
+    // Never over another savepoint.
+    gress()
+        .args(["job", "savepoint", cp1_text, sp_text])
+        .assert()
+        .code(1);
+
+    // On from it: memory, 3 workers.
+    let out2 = dir.path().join("out2");
+    let report = run(
+        JobConfig::new("words-2")
+            .with_workers(3)
+            .with_checkpoint_dir(dir.path().join("cp2"))
+            .from_savepoint(sp.clone()),
+        build(out2.clone(), Arc::new(AtomicBool::new(false))),
+    )?;
+    assert_eq!(report.from_savepoint, Some(epoch));
+    let mut all: Vec<(String, u64)> = FileSink::read_committed(&out1)?;
+    let second: Vec<(String, u64)> = FileSink::read_committed(&out2)?;
+    assert!(!all.is_empty() && !second.is_empty());
+    all.extend(second);
+    all.sort_unstable();
+    assert_eq!(all, expected, "the two jobs' running counts are one run's");
+
+    // Listed.
+    let listed = gress()
+        .args([
+            "job",
+            "list",
+            dir.path().join("savepoints").to_str().ok_or("path")?,
+        ])
+        .output()?;
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    let text = String::from_utf8(listed.stdout)?;
+    assert!(
+        text.contains(sp_text) && text.contains(&format!("epoch {epoch}")),
+        "{text}"
+    );
+    gress().args(["job", "list", cp1_text]).assert().code(4);
+
+    // start-from runs the program with --from-savepoint, and passes its
+    // exit code on.
+    let args_file = dir.path().join("args");
+    let script = format!("printf '%s\\n' \"$@\" > '{}'; exit 7", args_file.display());
+    let started = gress()
+        .args([
+            "job",
+            "start-from",
+            sp_text,
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            "--workers",
+            "4",
+        ])
+        .output()?;
+    assert_eq!(started.status.code(), Some(7), "{started:?}");
+    let args = std::fs::read_to_string(&args_file)?;
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        ["--workers", "4", "--from-savepoint", sp_text]
+    );
+
+    // A damaged file: exit code 3, and the program is not run.
+    let victim = walk(&sp)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .ok_or("no snapshot file")?;
+    let mut bytes = std::fs::read(&victim)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&victim, &bytes)?;
+    std::fs::remove_file(&args_file)?;
+    let refused = gress()
+        .args([
+            "job",
+            "start-from",
+            sp_text,
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .output()?;
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    assert!(
+        !args_file.exists(),
+        "the program ran from a damaged savepoint"
+    );
+    Ok(())
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -108,6 +108,11 @@ struct Args {
     /// Events of each partition in one epoch (each epoch is a checkpoint).
     #[arg(long, default_value_t = 1_000)]
     epoch_records: u64,
+    /// Start the job from this savepoint (`gress job savepoint` writes
+    /// one; `gress job start-from` passes it), with this run's backend and
+    /// workers, when --checkpoints holds no committed epoch yet.
+    #[arg(long)]
+    from_savepoint: Option<PathBuf>,
     /// Delete the checkpoints, output and state first, instead of
     /// recovering from them (only directories this example created).
     #[arg(long)]
@@ -459,6 +464,9 @@ fn main() -> Result<()> {
                      a checkpoint every epoch",
                     args.events, args.processes, args.workers, args.backend
                 );
+                if let Some(savepoint) = &args.from_savepoint {
+                    println!("starting from the savepoint in {}", savepoint.display());
+                }
             }
         }
         if args.processes > 1 {
@@ -476,6 +484,9 @@ fn main() -> Result<()> {
         .with_backend(backend(&args));
     if let Some((process, hosts)) = cluster.clone() {
         config = config.with_cluster(process, hosts);
+    }
+    if let Some(savepoint) = &args.from_savepoint {
+        config = config.from_savepoint(savepoint.clone());
     }
     let events = args.events;
     let crash_after = args.crash_after;

@@ -1,0 +1,208 @@
+//! `gress job savepoint | list | start-from`: savepoints of stream jobs
+//! (layout in `gress_stream::savepoint` and docs/format.md).
+//!
+//! `savepoint` writes one from a committed epoch's checkpoints, offline:
+//! each worker's two parts (its backend's checkpoint, and its state
+//! cache's hot image) are restored into scratch backends and written as
+//! portable snapshots, so a job started from it restores exactly what a
+//! recovery from that epoch would, on any backend and worker count.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use gress_checkpoint::Catalog;
+use gress_state::checkpoint::Checkpointable;
+use gress_stream::savepoint::{self, SavepointInfo};
+use gress_stream::{CheckpointStorage, S3Config};
+use serde_json::json;
+
+use crate::exit;
+use crate::job_state::{pick_commit, restore_parts};
+use crate::location::{Fail, Kind, Location};
+use crate::out::{self, Out};
+
+/// A savepoint location named on the command line; a local one is created
+/// when `create` (a new savepoint), else it must exist.
+fn savepoint_location(text: &str, create: bool) -> Result<CheckpointStorage> {
+    if let Some(rest) = text.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("`{text}`: no bucket (s3://bucket/prefix)");
+        }
+        return Ok(CheckpointStorage::S3(
+            S3Config::new(bucket).with_prefix(prefix.trim_matches('/').to_string()),
+        ));
+    }
+    let path = PathBuf::from(text);
+    if create {
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {text}"))?;
+    } else if !path.is_dir() {
+        bail!(Fail::not_found(format!("{text}: no such directory")));
+    }
+    Ok(CheckpointStorage::Local(path))
+}
+
+fn info_json(info: &SavepointInfo) -> serde_json::Value {
+    json!({
+        "job": info.job,
+        "epoch": info.epoch,
+        "workers": info.workers,
+        "key_groups": info.key_groups,
+        "created_at_ms": info.created_at_ms,
+        "names": info.names,
+    })
+}
+
+/// `gress job savepoint LOCATION DEST [--epoch E]`.
+pub(crate) fn take(location: &str, dest: &str, epoch: Option<u64>, out: &Out) -> Result<u8> {
+    let loc = Location::parse(location)?;
+    let Kind::Job(_) = loc.kind()? else {
+        bail!(
+            "{}: not a stream job's checkpoints (no commits/)",
+            loc.shown()
+        );
+    };
+    let commit = pick_commit(&loc, epoch)?;
+    let target = savepoint_location(dest, true)?;
+    savepoint::check_unused(&target)?;
+    let bar = out.bar(commit.workers as u64, "workers");
+    let mut parts = Vec::with_capacity(commit.workers);
+    for (w, &id) in commit.checkpoints.iter().enumerate() {
+        let catalog = Catalog::open(Arc::clone(&loc.worker(w)?))?;
+        let manifest = catalog.manifest(id).ok_or_else(|| {
+            Fail::damaged(format!(
+                "{}: worker {w}'s checkpoint {id} of epoch {} is missing or damaged",
+                loc.shown(),
+                commit.epoch
+            ))
+        })?;
+        let metadata = manifest.metadata.clone();
+        if metadata.get("epoch").map(String::as_str) != Some(commit.epoch.to_string().as_str()) {
+            bail!(Fail::damaged(format!(
+                "{}: worker {w}'s checkpoint {id} is not of epoch {}",
+                loc.shown(),
+                commit.epoch
+            )));
+        }
+        let scratch = tempfile::tempdir()?;
+        let held = restore_parts(&catalog, id, manifest, scratch.path()).map_err(|e| {
+            if e.chain().any(|c| {
+                c.downcast_ref::<gress_checkpoint::Error>()
+                    .is_some_and(|e| e.is_damage() || e.is_not_found())
+            }) {
+                anyhow::Error::new(Fail::damaged(format!("{e:#}")))
+            } else {
+                e
+            }
+        })?;
+        let backends: Vec<(&str, &dyn Checkpointable)> =
+            held.iter().map(|(name, b)| (*name, &**b)).collect();
+        savepoint::write_part(&target, w, &backends, metadata.clone())
+            .with_context(|| format!("writing worker {w}'s part"))?;
+        for (_, backend) in held {
+            backend.close()?;
+        }
+        parts.push(metadata);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let info = SavepointInfo::new(
+        &commit.job,
+        commit.epoch,
+        commit.workers,
+        commit.key_groups,
+        &parts,
+    );
+    savepoint::finish(&target, &info)?;
+    let doc = info_json(&info);
+    out.emit(&doc, || {
+        say!(
+            "savepoint of job `{}` at committed epoch {} written to {dest}: {} workers, {} key groups",
+            info.job,
+            info.epoch,
+            info.workers,
+            info.key_groups
+        );
+        say!("start a job from it: JobConfig::from_savepoint, or gress job start-from {dest} -- PROGRAM ARGS");
+    });
+    Ok(exit::OK)
+}
+
+/// `gress job list DIR`: the savepoints at DIR and directly under it.
+pub(crate) fn list(dir: &str, out: &Out) -> Result<u8> {
+    let found = savepoint::list_local(Path::new(dir))?;
+    if found.is_empty() {
+        bail!(Fail::not_found(format!("{dir}: no savepoints")));
+    }
+    let rows: Vec<serde_json::Value> = found
+        .iter()
+        .map(|(path, info)| match info {
+            Ok(info) => {
+                let mut v = info_json(info);
+                v["path"] = json!(path.display().to_string());
+                v
+            }
+            Err(e) => json!({"path": path.display().to_string(), "error": e.to_string()}),
+        })
+        .collect();
+    out.emit(&json!({ "savepoints": rows }), || {
+        for (path, info) in &found {
+            match info {
+                Ok(info) => say!(
+                    "{}  job `{}`  epoch {}  {} workers  {} key groups  {}  {} operators and states",
+                    path.display(),
+                    info.job,
+                    info.epoch,
+                    info.workers,
+                    info.key_groups,
+                    out::time(info.created_at_ms),
+                    info.names.len()
+                ),
+                Err(e) => say!("{}  not usable: {e}", path.display()),
+            }
+        }
+    });
+    Ok(exit::OK)
+}
+
+/// `gress job start-from SAVEPOINT -- PROGRAM ARGS...`: verifies every
+/// file of the savepoint, then runs the program with
+/// `--from-savepoint SAVEPOINT` added, and exits with its exit code.
+pub(crate) fn start_from(location: &str, program: &[String], out: &Out) -> Result<u8> {
+    let Some((program, args)) = program.split_first() else {
+        bail!("no program to start: gress job start-from SAVEPOINT -- PROGRAM [ARGS...]");
+    };
+    let target = savepoint_location(location, false)?;
+    let (info, files) = savepoint::verify(&target)?;
+    let damaged: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.problem.as_ref().map(|p| format!("{}: {p}", f.path)))
+        .collect();
+    if !damaged.is_empty() {
+        bail!(Fail::damaged(format!(
+            "{location}: the savepoint is damaged ({})",
+            damaged.join("; ")
+        )));
+    }
+    if !out.json {
+        eprintln!(
+            "starting {program} from the savepoint of job `{}` at epoch {} ({} workers, {} files verified)",
+            info.job,
+            info.epoch,
+            info.workers,
+            files.len()
+        );
+    }
+    let status = Command::new(program)
+        .args(args)
+        .arg("--from-savepoint")
+        .arg(location)
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    Ok(match status.code() {
+        Some(code) => u8::try_from(code).unwrap_or(exit::FAILED),
+        None => exit::FAILED,
+    })
+}
