@@ -13,8 +13,9 @@ use crate::out::{self, Out};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Cmd {
-    /// A stream job's keyed state at a committed epoch, read from its
-    /// checkpoints (the job may be running): without filters, each
+    /// A job's keyed state at a committed epoch, decoded.
+    ///
+    /// Read from its checkpoints (the job may be running): without filters, each
     /// operator's states and timers with their entry counts; with
     /// `--operator`, `--state` or `--key`, the entries, with key group,
     /// operator, state, key and namespace decoded (bytes as text where
@@ -42,8 +43,9 @@ pub(crate) enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Writes a savepoint of a stream job from its checkpoints: every
-    /// worker's keyed state at a committed epoch (the newest by default)
+    /// Writes a savepoint of a job from its checkpoints.
+    ///
+    /// Every worker's keyed state at a committed epoch (the newest by default)
     /// as portable snapshots, with the sources' offsets, watermarks and the
     /// names of its operators and states. The job may be running. A job
     /// started from the savepoint may use another number of workers and
@@ -60,14 +62,17 @@ pub(crate) enum Cmd {
         #[arg(long)]
         epoch: Option<u64>,
     },
-    /// Lists the savepoints in a directory (and the directory itself, if
-    /// it is one): job, epoch, workers, key groups, when written. Exit code
+    /// Lists the savepoints in a directory.
+    ///
+    /// The directory itself, if it is one, and those directly under it: job, epoch, workers, key groups, when written. Exit code
     /// 4 if there are none.
     List {
         /// A directory of savepoints.
         dir: String,
     },
-    /// Verifies every file of a savepoint, then runs PROGRAM with its
+    /// Verifies a savepoint, then runs a program from it.
+    ///
+    /// Every file of the savepoint is read and checked; then PROGRAM runs with its
     /// arguments and `--from-savepoint SAVEPOINT` added (the examples take
     /// it; an application passes it to `JobConfig::from_savepoint`), and
     /// exits with its exit code. Exit code 3 if the savepoint is damaged.
@@ -81,7 +86,9 @@ pub(crate) enum Cmd {
         #[arg(last = true, required = true)]
         program: Vec<String>,
     },
-    /// A running job's status, from its metrics endpoint's `/status`:
+    /// A running job's status, from its metrics endpoint.
+    ///
+    /// Read from `/status`:
     /// state, committed epoch, each worker's progress, source offsets and
     /// watermarks, last checkpoint, restarts. Exit code 1 if the job
     /// failed or the endpoint cannot be reached.

@@ -58,6 +58,7 @@ Examples:
   gress db stats ./rocksdb-dir --json
   gress job status http://127.0.0.1:9464
   gress job state ./checkpoints --operator count --state count --key user-42
+  gress job savepoint ./checkpoints ./savepoints/before-upgrade
   gress bench memory --sizes 10000 --threads 1 --plot memory.svg";
 
 #[derive(Parser, Debug)]
