@@ -3,16 +3,19 @@
 //!
 //! `savepoint` writes one from a committed epoch's checkpoints, offline:
 //! each worker's two parts (its backend's checkpoint, and its state
-//! cache's hot image) are restored into scratch backends and written as
-//! portable snapshots, so a job started from it restores exactly what a
-//! recovery from that epoch would, on any backend and worker count.
+//! cache's hot image) are restored into scratch backends, the image is
+//! written over the backend's state, and that is written as a portable
+//! snapshot, so a job started from it restores exactly what a recovery
+//! from that epoch would, on any backend and worker count.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use gress_checkpoint::Catalog;
+use gress_state::WriteBatch;
 use gress_state::checkpoint::Checkpointable;
 use gress_stream::savepoint::{self, SavepointInfo};
 use gress_stream::{CheckpointStorage, S3Config};
@@ -97,9 +100,9 @@ pub(crate) fn take(location: &str, dest: &str, epoch: Option<u64>, out: &Out) ->
                 e
             }
         })?;
-        let backends: Vec<(&str, &dyn Checkpointable)> =
-            held.iter().map(|(name, b)| (*name, &**b)).collect();
-        savepoint::write_part(&target, w, &backends, metadata.clone())
+        let state = merge_cache(&held)
+            .with_context(|| format!("merging worker {w}'s cache image into its state"))?;
+        savepoint::write_part(&target, w, &[("state", state)], metadata.clone())
             .with_context(|| format!("writing worker {w}'s part"))?;
         for (_, backend) in held {
             backend.close()?;
@@ -128,6 +131,43 @@ pub(crate) fn take(location: &str, dest: &str, epoch: Option<u64>, out: &Out) ->
         say!("start a job from it: JobConfig::from_savepoint, or gress job start-from {dest} -- PROGRAM ARGS");
     });
     Ok(exit::OK)
+}
+
+/// Writes the cache's image (entries the backend does not hold as they
+/// are) over the backend's state, as a restore of the checkpoint would:
+/// the savepoint then holds the worker's whole state in one part, as one
+/// written by a stopped job does. Returns the merged backend.
+fn merge_cache<'h>(
+    held: &'h [(&'static str, Box<dyn Checkpointable>)],
+) -> Result<&'h dyn Checkpointable> {
+    let part = |name: &str| held.iter().find(|(n, _)| *n == name).map(|(_, b)| &**b);
+    let state = part("state").context("the checkpoint has no `state` part")?;
+    let Some(cache) = part("cache") else {
+        return Ok(state);
+    };
+    let now = out::now_ms();
+    let mut batch = WriteBatch::new();
+    let mut bytes = 0;
+    for kv in cache.scan_prefix(b"")? {
+        let (key, _) = kv?;
+        let Some((value, expires_at)) = cache.get_with_expiry(&key)? else {
+            continue;
+        };
+        bytes += key.len() + value.len();
+        match expires_at {
+            Some(t) if t <= now => continue,
+            Some(t) => batch.put_with_ttl(&key, &value, Duration::from_millis(t - now)),
+            None => batch.put(&key, &value),
+        };
+        if bytes >= 8 << 20 {
+            state.write_batch(&batch)?;
+            batch = WriteBatch::new();
+            bytes = 0;
+        }
+    }
+    state.write_batch(&batch)?;
+    state.flush()?;
+    Ok(state)
 }
 
 /// `gress job list DIR`: the savepoints at DIR and directly under it.
