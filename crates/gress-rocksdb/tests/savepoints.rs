@@ -407,10 +407,47 @@ fn a_damaged_or_incomplete_savepoint_is_refused() -> R {
     assert!(refused.is_err(), "a damaged savepoint was restored");
     assert!(!has_commit(&b)?);
 
-    // Without its SAVEPOINT file it is incomplete.
-    std::fs::remove_file(sp.join(gress_stream::savepoint::SAVEPOINT_FILE))?;
+    // A part's manifest cut short, or SAVEPOINT damaged: refused.
+    std::fs::write(&path, {
+        bytes[at] ^= 0xff;
+        &bytes
+    })?;
+    let manifest = sp.join("workers/00001/savepoints/savepoint/MANIFEST");
+    let whole = std::fs::read(&manifest)?;
+    std::fs::write(&manifest, &whole[..whole.len() / 2])?;
     let refused = run(
         config(&b, "damaged-b", 3, Backend::Memory).from_savepoint(sp.clone()),
+        build(&b, Arc::default(), true),
+    );
+    match refused {
+        Err(e) => assert!(e.to_string().contains("worker 1's part"), "{e}"),
+        Ok(r) => return Err(format!("a savepoint with a damaged manifest was used: {r:?}").into()),
+    }
+    std::fs::write(&manifest, &whole)?;
+    let info_at = sp.join(gress_stream::savepoint::SAVEPOINT_FILE);
+    let info = std::fs::read(&info_at)?;
+    std::fs::write(&info_at, &info[..info.len() - 3])?;
+    let refused = run(
+        config(&b, "damaged-b", 3, Backend::Memory).from_savepoint(sp.clone()),
+        build(&b, Arc::default(), true),
+    );
+    match refused {
+        Err(e) => assert!(e.to_string().contains("SAVEPOINT is damaged"), "{e}"),
+        Ok(r) => return Err(format!("a damaged SAVEPOINT was used: {r:?}").into()),
+    }
+    std::fs::write(&info_at, &info)?;
+    // Whole again, it is used.
+    let report = run(
+        config(&b, "damaged-b", 3, Backend::Memory).from_savepoint(sp.clone()),
+        build(&b, Arc::default(), true),
+    )?;
+    assert!(report.from_savepoint.is_some());
+
+    // Without its SAVEPOINT file it is incomplete.
+    let b = root.path().join("b2");
+    std::fs::remove_file(sp.join(gress_stream::savepoint::SAVEPOINT_FILE))?;
+    let refused = run(
+        config(&b, "damaged-b2", 3, Backend::Memory).from_savepoint(sp.clone()),
         build(&b, Arc::default(), true),
     );
     match refused {
