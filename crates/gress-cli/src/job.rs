@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::exit;
 use crate::out::{self, Out};
@@ -86,6 +86,36 @@ pub(crate) enum Cmd {
         #[arg(last = true, required = true)]
         program: Vec<String>,
     },
+    /// Stops a running job, optionally with a savepoint, through its
+    /// metrics endpoint.
+    ///
+    /// The job must allow it (`JobConfig::with_remote_control`). Its
+    /// sources close the epoch they read as the last one and that epoch is
+    /// committed (with --drain: bounded sources first read to their end);
+    /// with --savepoint, every worker's state at that epoch is written to
+    /// DEST, which must be missing or empty. Waits until the job has
+    /// stopped (or its process ended) and says so; exit code 1 if the
+    /// request was refused, the job failed or the savepoint was not
+    /// written.
+    #[command(
+        after_help = "Examples:\n  gress job stop http://127.0.0.1:9464 --savepoint ./savepoints/before-upgrade\n  gress job stop http://10.0.0.5:9464 --savepoint s3://bucket/savepoints/orders-7\n  gress job stop 127.0.0.1:9464 --drain"
+    )]
+    Stop {
+        /// The job's metrics endpoint: `http://host:port`, or `host:port`.
+        url: String,
+        /// Write a savepoint of the last committed epoch here: a directory
+        /// (as the job's process sees it) or s3://bucket/prefix.
+        #[arg(long, conflicts_with = "drain")]
+        savepoint: Option<String>,
+        /// Drain instead: read bounded sources to their end first, so every
+        /// window fires.
+        #[arg(long)]
+        drain: bool,
+        /// Give up waiting after this many seconds (the job goes on
+        /// stopping).
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// A running job's status, from its metrics endpoint.
     ///
     /// Read from `/status`:
@@ -102,6 +132,12 @@ pub(crate) enum Cmd {
 pub(crate) fn run(cmd: &Cmd, out: &Out) -> Result<u8> {
     match cmd {
         Cmd::Status { url } => status(url, out),
+        Cmd::Stop {
+            url,
+            savepoint,
+            drain,
+            timeout,
+        } => stop(url, savepoint.as_deref(), *drain, *timeout, out),
         Cmd::Savepoint {
             location,
             dest,
@@ -151,6 +187,15 @@ fn authority(url: &str) -> Result<&str> {
 
 /// The body of `GET /status` at `host`.
 fn fetch(host: &str) -> Result<String> {
+    let (status, body) = request(host, "GET", "/status", "")?;
+    if !status.contains(" 200 ") {
+        bail!("{host}/status answered `{status}`: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.1 request to `host`: the status line and the body.
+fn request(host: &str, method: &str, path: &str, body: &str) -> Result<(String, String)> {
     let addr = host
         .to_socket_addrs()
         .with_context(|| format!("resolving {host}"))?
@@ -161,7 +206,8 @@ fn fetch(host: &str) -> Result<String> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
-        "GET /status HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut response = Vec::new();
     stream
@@ -172,10 +218,102 @@ fn fetch(host: &str) -> Result<String> {
         .split_once("\r\n\r\n")
         .with_context(|| format!("{host} did not answer HTTP"))?;
     let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        bail!("{host}/status answered `{status}`: {}", body.trim());
+    Ok((status.to_string(), body.to_string()))
+}
+
+/// `gress job stop`: asks, then follows `/status` until the job stopped.
+fn stop(url: &str, savepoint: Option<&str>, drain: bool, timeout: u64, out: &Out) -> Result<u8> {
+    let host = authority(url)?;
+    let (path, body) = match (drain, savepoint) {
+        (true, _) => ("/job/drain", String::new()),
+        (false, Some(dest)) => ("/job/stop", json!({ "savepoint": dest }).to_string()),
+        (false, None) => ("/job/stop", String::new()),
+    };
+    let (status, answer) = request(host, "POST", path, &body)?;
+    if !status.contains(" 202 ") {
+        let why = serde_json::from_str::<Value>(&answer)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| answer.trim().to_string());
+        bail!("{host}{path} refused (`{status}`): {why}");
     }
-    Ok(body.to_string())
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+    let bar = out.spinner(if drain { "draining" } else { "stopping" });
+    // The newest status seen; the process may end once the job has.
+    let mut last: Option<Value> = None;
+    let ended = loop {
+        match fetch(host).and_then(|b| Ok(serde_json::from_str::<Value>(&b)?)) {
+            Ok(doc) => {
+                let state = doc["state"].as_str().unwrap_or_default().to_string();
+                let savepoint_pending = doc["savepoint"]["state"] == "pending";
+                last = Some(doc);
+                if matches!(state.as_str(), "stopped" | "finished" | "failed") && !savepoint_pending
+                {
+                    break true;
+                }
+            }
+            // Its process ended.
+            Err(_) if last.is_some() => break false,
+            Err(e) => return Err(e),
+        }
+        if std::time::Instant::now() > deadline {
+            bar.finish_and_clear();
+            bail!("the job was asked to stop but had not after {timeout} s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    bar.finish_and_clear();
+    let doc = last.unwrap_or(Value::Null);
+    let failed = ended && doc["state"] == "failed";
+    // What the savepoint's location holds settles it, whatever the process
+    // could still say.
+    let written = match savepoint {
+        Some(dest) => {
+            let location = gress_stream::CheckpointStorage::from_url(dest)?;
+            Some(gress_stream::savepoint::read(&location))
+        }
+        None => None,
+    };
+    let report = json!({
+        "job_id": doc["job_id"],
+        "state": if ended { doc["state"].clone() } else { json!("ended") },
+        "committed_epoch": doc["committed_epoch"],
+        "savepoint": match &written {
+            Some(Ok(info)) => json!({ "location": savepoint, "epoch": info.epoch, "workers": info.workers }),
+            Some(Err(e)) => json!({ "location": savepoint, "error": e.to_string() }),
+            None => Value::Null,
+        },
+    });
+    out.emit(&report, || {
+        let state = if ended {
+            doc["state"].as_str().unwrap_or("?").to_string()
+        } else {
+            "ended (its process exited)".to_string()
+        };
+        say!(
+            "job {}: {state} at committed epoch {}",
+            doc["job_id"].as_str().unwrap_or("?"),
+            doc["committed_epoch"]
+        );
+        if failed {
+            say!("error: {}", doc["error"].as_str().unwrap_or("?"));
+        }
+        match &written {
+            Some(Ok(info)) => say!(
+                "savepoint of epoch {} by {} workers written to {}",
+                info.epoch,
+                info.workers,
+                savepoint.unwrap_or_default()
+            ),
+            Some(Err(e)) => say!("no savepoint: {e}"),
+            None => {}
+        }
+    });
+    Ok(if failed || matches!(written, Some(Err(_))) {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
 }
 
 fn status(url: &str, out: &Out) -> Result<u8> {

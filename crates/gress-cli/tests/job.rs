@@ -347,3 +347,99 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `gress job stop URL --savepoint DEST` stops a job that allows remote
+/// control and waits for its savepoint; a job that does not allow it, and
+/// a savepoint location that is not empty, are refused and the job runs on.
+#[test]
+fn job_stop_with_a_savepoint_through_the_endpoint() -> R {
+    let dir = tempfile::tempdir()?;
+    let job = |id: &str, remote: bool, cp: &std::path::Path| {
+        start(
+            JobConfig::new(id)
+                .with_workers(2)
+                .with_checkpoint_dir(cp)
+                .with_metrics_interval(Duration::from_millis(10))
+                .with_prometheus(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .with_remote_control(remote),
+            move |job| {
+                job.source("numbers", GeneratorSource::new(2, None, |_, i| i % 10))?
+                    .map(|n| {
+                        std::thread::sleep(Duration::from_micros(20));
+                        n
+                    })
+                    .key_by(|n| *n)
+                    .count("count")
+                    .sink("out", CollectSink::new(Collected::new()))
+            },
+        )
+    };
+    let url = |_: &gress_stream::JobHandle| -> Result<String, Box<dyn std::error::Error>> {
+        let addr = gress_stream::telemetry::prometheus_endpoint()
+            .ok_or("no endpoint")?
+            .addr();
+        Ok(format!("http://{addr}"))
+    };
+    let wait_committed = |handle: &gress_stream::JobHandle| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while handle.status().committed_epoch.is_none() {
+            assert!(Instant::now() < deadline && !handle.is_finished());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // Remote control off: refused, the job runs on.
+    let closed = job("closed", false, &dir.path().join("cp-closed"))?;
+    let closed_url = url(&closed)?;
+    let refused = gress().args(["job", "stop", &closed_url]).output()?;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8(refused.stderr)?.contains("remote control is off"),
+        "it says why"
+    );
+    assert!(!closed.is_finished());
+    closed.stop()?;
+
+    let open = job("open", true, &dir.path().join("cp-open"))?;
+    let open_url = url(&open)?;
+    wait_committed(&open);
+    // A location that holds something: refused, the job runs on.
+    let taken = dir.path().join("taken");
+    std::fs::create_dir_all(&taken)?;
+    std::fs::write(taken.join("something"), b"x")?;
+    let refused = gress()
+        .args([
+            "job",
+            "stop",
+            &open_url,
+            "--savepoint",
+            taken.to_str().ok_or("path")?,
+        ])
+        .output()?;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8(refused.stderr)?.contains("not empty"));
+    assert!(!open.is_finished());
+    assert_eq!(open.status().state, gress_stream::JobState::Running);
+
+    let sp = dir.path().join("sp");
+    let stopped = gress()
+        .args([
+            "job",
+            "stop",
+            &open_url,
+            "--savepoint",
+            sp.to_str().ok_or("path")?,
+            "--json",
+        ])
+        .output()?;
+    assert_eq!(stopped.status.code(), Some(0), "{stopped:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&stopped.stdout)?;
+    assert_eq!(doc["state"], "stopped", "{doc}");
+    let report = open.wait()?;
+    let info = report.savepoint.ok_or("the report names no savepoint")?;
+    assert_eq!(doc["savepoint"]["epoch"], info.epoch, "{doc}");
+    assert_eq!(report.last_committed, Some(info.epoch));
+    let read = gress_stream::savepoint::read(&sp.clone().into())?;
+    assert_eq!(read, info);
+    Ok(())
+}

@@ -59,6 +59,29 @@ impl From<gress_checkpoint::S3Config> for CheckpointStorage {
 }
 
 impl CheckpointStorage {
+    /// A location as people write it: `s3://bucket[/prefix]` (endpoint,
+    /// region and credentials from the `AWS_*` environment variables), else
+    /// a local directory.
+    pub fn from_url(text: &str) -> Result<Self> {
+        match text.strip_prefix("s3://") {
+            Some(rest) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(Error::invalid(
+                        "location",
+                        format!("`{text}`: no bucket (s3://bucket/prefix)"),
+                    ));
+                }
+                Ok(CheckpointStorage::S3(
+                    gress_checkpoint::S3Config::new(bucket)
+                        .with_prefix(prefix.trim_matches('/').to_string()),
+                ))
+            }
+            None if text.is_empty() => Err(Error::invalid("location", "an empty path")),
+            None => Ok(CheckpointStorage::Local(PathBuf::from(text))),
+        }
+    }
+
     /// Who runs the job these checkpoints belong to, if a run holds them
     /// now (its lease is live); reads only. A running job holds worker 0's
     /// location whatever its number of workers.
@@ -310,6 +333,12 @@ pub struct JobConfig {
     /// states the job no longer has, rather than refuse to start. Default
     /// `false`.
     pub allow_non_restored_state: bool,
+    /// Whether the metrics endpoint takes `POST /job/stop` (with
+    /// `{"savepoint": "<location>"}`, a stop with a savepoint) and
+    /// `POST /job/drain` for this job ([`JobConfig::with_remote_control`]).
+    /// Anyone who can reach the port can then stop the job. Default
+    /// `false`.
+    pub remote_control: bool,
     /// A source partition that has had nothing to read for this long is
     /// *idle*: it no longer holds an epoch open (under
     /// [`EpochPolicy::Records`]) nor the watermark back, until it has
@@ -371,6 +400,7 @@ impl JobConfig {
             from_epoch: None,
             savepoint: None,
             allow_non_restored_state: false,
+            remote_control: false,
             idle_timeout: None,
             max_epoch_duration: None,
             max_epoch_records: None,
@@ -516,6 +546,14 @@ impl JobConfig {
     /// [`JobHandle::stop_with_savepoint`]: crate::JobHandle::stop_with_savepoint
     pub fn from_savepoint(mut self, location: impl Into<CheckpointStorage>) -> Self {
         self.savepoint = Some(location.into());
+        self
+    }
+
+    /// Lets the metrics endpoint stop or drain the job
+    /// ([`JobConfig::remote_control`]): `gress job stop http://host:port
+    /// [--savepoint DEST] [--drain]`.
+    pub fn with_remote_control(mut self, allow: bool) -> Self {
+        self.remote_control = allow;
         self
     }
 

@@ -133,6 +133,22 @@ pub struct JobStatus {
     pub restarts: u32,
     /// This process's workers.
     pub worker_status: Vec<WorkerStatus>,
+    /// The savepoint asked for with the stop, once written or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub savepoint: Option<SavepointStatus>,
+}
+
+/// A savepoint a stop was asked to write, as the status tells of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SavepointStatus {
+    /// Where it goes.
+    pub location: String,
+    /// `pending`, `written` or `failed`.
+    pub state: &'static str,
+    /// The committed epoch it holds, once written.
+    pub epoch: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// How a job's sources are asked to end.
@@ -158,6 +174,8 @@ pub(crate) struct Control {
     wake_lock: Mutex<()>,
     /// Where a stop writes its savepoint, if asked for one.
     savepoint: Mutex<Option<crate::config::CheckpointStorage>>,
+    /// What became of it.
+    savepoint_status: Mutex<Option<SavepointStatus>>,
 }
 
 impl Default for Control {
@@ -171,6 +189,7 @@ impl Default for Control {
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             savepoint: Mutex::new(None),
+            savepoint_status: Mutex::new(None),
         }
     }
 }
@@ -187,7 +206,29 @@ impl Control {
     /// Asks the run to write a savepoint to `location` once its last epoch
     /// is committed.
     pub(crate) fn ask_savepoint(&self, location: crate::config::CheckpointStorage) {
+        *self.savepoint_status.lock() = Some(SavepointStatus {
+            location: crate::savepoint::describe(&location),
+            state: "pending",
+            epoch: None,
+            error: None,
+        });
         *self.savepoint.lock() = Some(location);
+    }
+
+    /// Records what became of the savepoint asked for.
+    pub(crate) fn savepoint_done(&self, result: std::result::Result<u64, String>) {
+        if let Some(status) = &mut *self.savepoint_status.lock() {
+            match result {
+                Ok(epoch) => {
+                    status.state = "written";
+                    status.epoch = Some(epoch);
+                }
+                Err(why) => {
+                    status.state = "failed";
+                    status.error = Some(why);
+                }
+            }
+        }
     }
 
     /// Where the savepoint goes, if one was asked for.
@@ -242,7 +283,10 @@ impl Control {
         let (committed_epoch, committed_at_ms) = *self.committed_at_ms.lock();
         JobStatus {
             job_id: job_id.to_string(),
-            state: self.state.lock().clone(),
+            state: match self.state.lock().clone() {
+                JobState::Running if self.mode() != Mode::Run => JobState::Stopping,
+                state => state,
+            },
             processes,
             process,
             workers,
@@ -250,6 +294,7 @@ impl Control {
             committed_at_ms,
             restarts: self.restarts.load(Ordering::Acquire),
             worker_status,
+            savepoint: self.savepoint_status.lock().clone(),
         }
     }
 }

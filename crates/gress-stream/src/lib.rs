@@ -64,7 +64,9 @@ pub use config::{
     JobConfig, MIN_MEMORY, OpenStorage, RECORDS_SHARE, UNCOUNTED_SHARE,
 };
 pub use context::{ProcessingContext, Timer};
-pub use control::{CheckpointStatus, JobState, JobStatus, RestartPolicy, WorkerStatus};
+pub use control::{
+    CheckpointStatus, JobState, JobStatus, RestartPolicy, SavepointStatus, WorkerStatus,
+};
 pub use data::{Data, Key};
 pub use error::{Error, Result};
 pub use gress_checkpoint::S3Config;

@@ -157,9 +157,19 @@ where
         }
     }
     if let Some(e) = cause.or(stopped) {
+        if control.savepoint().is_some() {
+            control.savepoint_done(Err(crate::worker::error_chain(&e)));
+        }
         return Err(e);
     }
     report.elapsed = started.elapsed();
+    if let Some(info) = &report.savepoint {
+        control.savepoint_done(Ok(info.epoch));
+    }
+    control.set_state(match control.mode() {
+        crate::control::Mode::Stop => crate::control::JobState::Stopped,
+        _ => crate::control::JobState::Finished,
+    });
     if let Some(epoch) = report.recovered_from
         && records_read == 0
         && control.mode() == crate::control::Mode::Run

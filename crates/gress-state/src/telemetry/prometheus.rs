@@ -36,6 +36,25 @@ pub fn set_status_source(status: impl Fn() -> String + Send + Sync + 'static) {
     *STATUS.lock() = Some(Arc::new(status));
 }
 
+/// What `POST /job/...` does: given the path and the request's body,
+/// the status code and JSON body of the answer.
+type ControlSource = Arc<dyn Fn(&str, &[u8]) -> (u16, String) + Send + Sync>;
+
+static CONTROL: Mutex<Option<ControlSource>> = Mutex::new(None);
+
+/// Makes `POST /job/<action>` on the endpoint call `control(path, body)`,
+/// which answers a status code and a JSON body; `None` turns it off again
+/// (then such requests are answered 404). A stream job registers its stop
+/// and drain requests here when its config allows remote control.
+pub fn set_control_source(
+    control: Option<Arc<dyn Fn(&str, &[u8]) -> (u16, String) + Send + Sync>>,
+) {
+    *CONTROL.lock() = control;
+}
+
+/// The largest request body `POST /job/...` reads.
+const MAX_CONTROL_BODY: usize = 64 * 1024;
+
 static ENDPOINT: Mutex<Option<PrometheusEndpoint>> = Mutex::new(None);
 
 /// The running scrape endpoint: `GET http://<addr>/metrics` (also `/`),
@@ -159,9 +178,16 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle) -> std::io::Resu
         let (stream, _) = listener.accept().await?;
         let handle = handle.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let handle = handle.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &handle)) }
+                async move {
+                    if request.method() == hyper::Method::POST
+                        && request.uri().path().starts_with("/job/")
+                    {
+                        return Ok::<_, Infallible>(control(request).await);
+                    }
+                    Ok::<_, Infallible>(answer(&request, &handle))
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -174,17 +200,75 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle) -> std::io::Resu
     }
 }
 
-fn answer(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
-    let respond = |status: StatusCode, kind: &str, body: String| {
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = status;
-        if let Ok(value) = hyper::header::HeaderValue::from_str(kind) {
-            response
-                .headers_mut()
-                .insert(hyper::header::CONTENT_TYPE, value);
-        }
+fn respond(status: StatusCode, kind: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(kind) {
         response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// `POST /job/<action>`: what the registered control answers.
+async fn control(request: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+
+    let json = |status: StatusCode, error: &str| {
+        respond(
+            status,
+            "application/json",
+            format!("{{\"error\": {}}}\n", json_string(error)),
+        )
     };
+    let path = request.uri().path().to_string();
+    let Some(control) = CONTROL.lock().clone() else {
+        return json(
+            StatusCode::NOT_FOUND,
+            "remote control is off for the job in this process (JobConfig::with_remote_control)",
+        );
+    };
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_CONTROL_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the request: {e}"),
+            );
+        }
+    };
+    // The job's control may wait on locks: not on the runtime's threads.
+    match tokio::task::spawn_blocking(move || control(&path, &body)).await {
+        Ok((code, answer)) => respond(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "application/json",
+            answer,
+        ),
+        Err(e) => json(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn answer(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/status" => match STATUS.lock().clone() {
             Some(status) => respond(StatusCode::OK, "application/json", status()),
