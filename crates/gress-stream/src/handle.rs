@@ -167,7 +167,19 @@ impl JobHandle {
         crate::savepoint::check_unused(&location)?;
         self.control.ask_savepoint(location);
         self.control.ask(Mode::Stop);
-        self.join()
+        let report = self.join()?;
+        // Worker 0, which completes the savepoint, runs in process 0.
+        if report.savepoint.is_none() && self.config.process == 0 {
+            return Err(Error::invalid(
+                "savepoint",
+                format!(
+                    "the job ended before the savepoint was asked for (its newest committed \
+                     epoch is {:?}); write one from its checkpoints with `gress job savepoint`",
+                    report.last_committed
+                ),
+            ));
+        }
+        Ok(report)
     }
 
     /// Drains the job: its sources read until every partition has ended or

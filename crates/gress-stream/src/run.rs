@@ -416,7 +416,35 @@ where
     for each in &shared.borrow().on_commit {
         each.borrow_mut().commit_to(committed)?;
     }
-    let savepoint = match config.control.savepoint() {
+    // In a job of several processes, each is asked on its own: they agree
+    // first, so that none waits for a part another will never write.
+    let asked = config.control.savepoint();
+    let everyone = if config.hosts.is_empty() {
+        asked.is_some()
+    } else {
+        let votes = crate::agree::exchange_all(worker, asked.is_some(), abort)?;
+        if votes.iter().any(|&v| v) && !votes.iter().all(|&v| v) {
+            let missing: Vec<usize> = votes
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !**v)
+                .map(|(w, _)| w)
+                .collect();
+            if asked.is_some() {
+                return Err(Error::Worker(format!(
+                    "the savepoint was not written: it was not asked of the processes of \
+                     workers {missing:?} (ask every process of the job); the job stopped at \
+                     its committed epoch"
+                )));
+            }
+            tracing::warn!(
+                worker = index,
+                "another process of the job was asked for a savepoint, this one was not"
+            );
+        }
+        votes.iter().all(|&v| v)
+    };
+    let savepoint = match asked.filter(|_| everyone) {
         Some(location) => write_savepoint(
             worker,
             abort,

@@ -43,6 +43,8 @@ const S3_ENDPOINT: &str = "GRESS_CLUSTER_S3_ENDPOINT";
 const S3_BUCKET: &str = "GRESS_CLUSTER_S3_BUCKET";
 const S3_PREFIX: &str = "GRESS_CLUSTER_S3_PREFIX";
 const PER_PARTITION: &str = "GRESS_CLUSTER_PER_PARTITION";
+/// Stop with a savepoint to this directory once an epoch is committed.
+const SAVEPOINT: &str = "GRESS_CLUSTER_SAVEPOINT";
 /// Records per 1 ms of sleep on each worker; 0 for full speed.
 const SLOW: &str = "GRESS_CLUSTER_SLOW";
 /// How long a process may take to stop once its peer is gone, or to finish
@@ -135,12 +137,27 @@ fn job(
     per_partition: u64,
     slow: u64,
 ) -> gress_stream::Result<gress_stream::JobReport> {
+    let (config, build) = job_parts(config, dir, store, per_partition, slow);
+    run(config, build)
+}
+
+/// The keyed count's config and dataflow.
+fn job_parts(
+    config: JobConfig,
+    dir: &Path,
+    store: &Store,
+    per_partition: u64,
+    slow: u64,
+) -> (
+    JobConfig,
+    impl Fn(&mut gress_stream::JobBuilder<'_>) -> gress_stream::Result<()> + Send + Sync + 'static,
+) {
     let out = dir.join("out");
     let config = config
         .with_workers(WORKERS_PER_PROCESS)
         .with_checkpoints(store.storage(dir))
         .with_epochs(EpochPolicy::Records(5_000));
-    run(config, move |job| {
+    let build = move |job: &mut gress_stream::JobBuilder<'_>| {
         // Timely builds the dataflow once every process is connected.
         if job.worker_index() % WORKERS_PER_PROCESS == 0 {
             println!("job running");
@@ -159,7 +176,8 @@ fn job(
         .key_by(|k| *k)
         .count("count")
         .sink("out", FileSink::new(out.clone()))
-    })
+    };
+    (config, build)
 }
 
 /// Not a test: one process of the cluster tests.
@@ -195,6 +213,31 @@ fn cluster_child() -> R {
     };
     println!("child started");
     let config = JobConfig::new("cluster").with_cluster(process.parse()?, hosts);
+    if let Some(savepoint) = std::env::var_os(SAVEPOINT) {
+        // Each process is asked on its own, once it knows of a commit.
+        let (config, build) = job_parts(
+            config.with_metrics_interval(Duration::from_millis(10)),
+            Path::new(&dir),
+            &store,
+            per_partition,
+            slow,
+        );
+        let mut handle = gress_stream::start(config, build)?;
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        while handle.status().committed_epoch.is_none() {
+            if handle.is_finished() || Instant::now() > deadline {
+                return Err("no epoch was committed".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let report = handle.stop_with_savepoint(Path::new(&savepoint))?;
+        println!(
+            "child done {:?} savepoint {:?}",
+            report.last_committed,
+            report.savepoint.map(|s| s.epoch)
+        );
+        return Ok(());
+    }
     let report = job(config, Path::new(&dir), &store, per_partition, slow)?;
     println!("child done {:?}", report.last_committed);
     Ok(())
@@ -238,6 +281,22 @@ fn spawn(
     slow: u64,
     cwd: Option<&Path>,
 ) -> R<Process> {
+    spawn_with(process, hosts, dir, store, per_partition, slow, cwd, None)
+}
+
+/// [`spawn`], stopping with a savepoint to `savepoint` once an epoch is
+/// committed.
+#[allow(clippy::too_many_arguments)]
+fn spawn_with(
+    process: usize,
+    hosts: &[String],
+    dir: &Path,
+    store: &Store,
+    per_partition: u64,
+    slow: u64,
+    cwd: Option<&Path>,
+    savepoint: Option<&Path>,
+) -> R<Process> {
     let mut command = Command::new(std::env::current_exe()?);
     command
         .args([
@@ -259,6 +318,9 @@ fn spawn(
         command.current_dir(cwd).env("TMPDIR", cwd);
     }
     store.env(&mut command);
+    if let Some(savepoint) = savepoint {
+        command.env(SAVEPOINT, savepoint);
+    }
     let mut child = command.spawn()?;
     let out = child.stdout.take().ok_or("no stdout")?;
     let (tx, running) = mpsc::channel();
@@ -382,6 +444,64 @@ fn two_processes_commit_what_one_process_does() -> R {
         .ok_or("no commit record")?;
     assert_eq!(commit.workers, 2 * WORKERS_PER_PROCESS);
     assert_eq!(commit.checkpoints.len(), 2 * WORKERS_PER_PROCESS);
+    Ok(())
+}
+
+/// A job of two processes, each asked on its own to stop with a savepoint,
+/// writes one savepoint of four workers' parts; a job of one process with
+/// three workers goes on from it, and the two commit what one run does.
+#[test]
+fn two_processes_stop_with_one_savepoint_that_one_process_continues() -> R {
+    const N: u64 = 60_000;
+    let dir = tempfile::tempdir()?;
+    let first = dir.path().join("first");
+    let savepoint = dir.path().join("savepoint");
+    let hosts = free_hosts()?;
+    wait_all(vec![
+        spawn_with(
+            0,
+            &hosts,
+            &first,
+            &Store::Local,
+            N,
+            5,
+            None,
+            Some(&savepoint),
+        )?,
+        spawn_with(
+            1,
+            &hosts,
+            &first,
+            &Store::Local,
+            N,
+            5,
+            None,
+            Some(&savepoint),
+        )?,
+    ])?;
+    let info = gress_stream::savepoint::read(&CheckpointStorage::Local(savepoint.clone()))?;
+    assert_eq!(info.workers, 2 * WORKERS_PER_PROCESS);
+    let stopped = committed_output(&first)?;
+    assert!(
+        !stopped.is_empty() && stopped.len() < PARTITIONS * N as usize,
+        "stopped part-way: {} records",
+        stopped.len()
+    );
+
+    let second = dir.path().join("second");
+    let config = JobConfig::new("cluster-2")
+        .from_savepoint(savepoint.clone())
+        .with_workers(3);
+    let (config, build) = job_parts(config, &second, &Store::Local, N, 0);
+    let report = run(config.with_workers(3), build)?;
+    assert_eq!(report.from_savepoint, Some(info.epoch));
+    let mut all = stopped;
+    all.extend(committed_output(&second)?);
+    assert_eq!(
+        multiset(&all),
+        expected(N),
+        "the two jobs commit one run's output"
+    );
     Ok(())
 }
 
