@@ -365,9 +365,10 @@ where
     });
     let built = built.and_then(|()| {
         if from_savepoint.is_some() {
-            shared
-                .borrow_mut()
-                .drop_unknown_state(config.allow_non_restored_state)?;
+            crate::savepoint::drop_unknown_state(
+                &mut shared.borrow_mut(),
+                config.allow_non_restored_state,
+            )?;
         }
         Ok(())
     });

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::CheckpointStorage;
 use crate::error::{Error, Result};
 use crate::keys::{groups_key_range, groups_of};
-use crate::worker::{OPERATOR_PREFIX, STATE_PREFIX};
+use crate::worker::{OPERATOR_PREFIX, STATE_PREFIX, WorkerState};
 
 /// The file that makes a savepoint complete, and says what it holds.
 pub const SAVEPOINT_FILE: &str = "SAVEPOINT";
@@ -336,4 +336,85 @@ pub fn list_local(
         out.push((path, info));
     }
     Ok(out)
+}
+
+/// After a start from a savepoint (called once the dataflow is built):
+/// the keyed operators the savepoint holds state of (their timers and
+/// states) that this job does not have. Refused unless `allow`;
+/// allowed, their state is deleted from this worker's key groups and
+/// their names forgotten. A state an operator no longer declares is
+/// kept, as it is across runs of a job.
+pub(crate) fn drop_unknown_state(state: &mut WorkerState, allow: bool) -> Result<()> {
+    let names: Vec<(&'static str, String)> = state.names().to_vec();
+    let keyed: std::collections::HashSet<&str> = names
+        .iter()
+        .filter(|(what, _)| *what == "keyed operator")
+        .map(|(_, name)| name.as_str())
+        .collect();
+    let owned = |full: &str| {
+        names.iter().any(|(_, op)| {
+            full.len() > op.len()
+                && full.starts_with(op.as_str())
+                && full.as_bytes()[op.len()] == b'/'
+        })
+    };
+    let mut unknown = Vec::new();
+    for (k, name) in &state.restored {
+        let (id, operator, known) = if let Some(id) = k.strip_prefix(OPERATOR_PREFIX) {
+            (id, true, keyed.contains(name.as_str()))
+        } else if let Some(id) = k.strip_prefix(STATE_PREFIX) {
+            (id, false, owned(name))
+        } else {
+            continue;
+        };
+        let Ok(id) = u32::from_str_radix(id, 16) else {
+            continue;
+        };
+        if !known {
+            unknown.push((k.clone(), name.clone(), id, operator));
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = unknown.iter().map(|(_, n, _, _)| n.as_str()).collect();
+    if !allow {
+        return Err(Error::invalid(
+            "savepoint",
+            format!(
+                "it holds state of `{}`, which this job does not have; start with \
+                 allow_non_restored_state to drop that state",
+                names.join("`, `")
+            ),
+        ));
+    }
+    if state.index == 0 {
+        tracing::warn!(dropped = ?names, "dropping the savepoint's state of operators and states this job does not have");
+    }
+    let backend = std::sync::Arc::clone(state.store.backend());
+    for kg in crate::keys::groups_of(state.index, state.peers, state.key_groups) {
+        for (_, _, id, operator) in &unknown {
+            let mut prefix = kg.to_be_bytes().to_vec();
+            if *operator {
+                prefix.extend_from_slice(&crate::keys::TIMER_STATE_ID.to_be_bytes());
+            }
+            prefix.extend_from_slice(&id.to_be_bytes());
+            let keys: Vec<Vec<u8>> = backend
+                .scan_prefix(&prefix)?
+                .map(|entry| entry.map(|(k, _)| k))
+                .collect::<gress_state::Result<_>>()?;
+            if keys.is_empty() {
+                continue;
+            }
+            let mut batch = gress_state::WriteBatch::new();
+            for k in &keys {
+                batch.delete(k);
+            }
+            backend.write_batch(&batch)?;
+        }
+    }
+    for (k, _, _, _) in &unknown {
+        state.restored.remove(k);
+    }
+    Ok(())
 }

@@ -28,16 +28,15 @@ pub(crate) fn serve(config: &Arc<JobConfig>) {
         let status = status_of(&status_config.control, &status_config);
         serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     });
-    let control: Option<Arc<dyn Fn(&str, &[u8]) -> (u16, String) + Send + Sync>> =
-        if config.remote_control {
-            let config = Arc::clone(config);
-            Some(Arc::new(move |path: &str, body: &[u8]| {
-                let (code, doc) = control(&config, path, body);
-                (code, format!("{doc}\n"))
-            }))
-        } else {
-            None
-        };
+    let control: Option<gress_state::telemetry::ControlSource> = if config.remote_control {
+        let config = Arc::clone(config);
+        Some(Arc::new(move |path: &str, body: &[u8]| {
+            let (code, doc) = control(&config, path, body);
+            (code, format!("{doc}\n"))
+        }))
+    } else {
+        None
+    };
     gress_state::telemetry::set_control_source(control);
 }
 

@@ -591,85 +591,9 @@ impl WorkerState {
         Ok((epoch, self.checkpoint_metadata(epoch, marks)))
     }
 
-    /// After a start from a savepoint (called once the dataflow is built):
-    /// the keyed operators the savepoint holds state of (their timers and
-    /// states) that this job does not have. Refused unless `allow`;
-    /// allowed, their state is deleted from this worker's key groups and
-    /// their names forgotten. A state an operator no longer declares is
-    /// kept, as it is across runs of a job.
-    pub(crate) fn drop_unknown_state(&mut self, allow: bool) -> Result<()> {
-        let keyed: std::collections::HashSet<&str> = self
-            .names
-            .iter()
-            .filter(|(what, _)| *what == "keyed operator")
-            .map(|(_, name)| name.as_str())
-            .collect();
-        let owned = |state: &str| {
-            self.names.iter().any(|(_, op)| {
-                state.len() > op.len()
-                    && state.starts_with(op.as_str())
-                    && state.as_bytes()[op.len()] == b'/'
-            })
-        };
-        let mut unknown = Vec::new();
-        for (k, name) in &self.restored {
-            let (id, operator, known) = if let Some(id) = k.strip_prefix(OPERATOR_PREFIX) {
-                (id, true, keyed.contains(name.as_str()))
-            } else if let Some(id) = k.strip_prefix(STATE_PREFIX) {
-                (id, false, owned(name))
-            } else {
-                continue;
-            };
-            let Ok(id) = u32::from_str_radix(id, 16) else {
-                continue;
-            };
-            if !known {
-                unknown.push((k.clone(), name.clone(), id, operator));
-            }
-        }
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<&str> = unknown.iter().map(|(_, n, _, _)| n.as_str()).collect();
-        if !allow {
-            return Err(Error::invalid(
-                "savepoint",
-                format!(
-                    "it holds state of `{}`, which this job does not have; start with \
-                     allow_non_restored_state to drop that state",
-                    names.join("`, `")
-                ),
-            ));
-        }
-        if self.index == 0 {
-            tracing::warn!(dropped = ?names, "dropping the savepoint's state of operators and states this job does not have");
-        }
-        let backend = std::sync::Arc::clone(self.store.backend());
-        for kg in crate::keys::groups_of(self.index, self.peers, self.key_groups) {
-            for (_, _, id, operator) in &unknown {
-                let mut prefix = kg.to_be_bytes().to_vec();
-                if *operator {
-                    prefix.extend_from_slice(&crate::keys::TIMER_STATE_ID.to_be_bytes());
-                }
-                prefix.extend_from_slice(&id.to_be_bytes());
-                let keys: Vec<Vec<u8>> = backend
-                    .scan_prefix(&prefix)?
-                    .map(|entry| entry.map(|(k, _)| k))
-                    .collect::<gress_state::Result<_>>()?;
-                if keys.is_empty() {
-                    continue;
-                }
-                let mut batch = gress_state::WriteBatch::new();
-                for k in &keys {
-                    batch.delete(k);
-                }
-                backend.write_batch(&batch)?;
-            }
-        }
-        for (k, _, _, _) in &unknown {
-            self.restored.remove(k);
-        }
-        Ok(())
+    /// The names of sources and keyed operators, with what each is.
+    pub(crate) fn names(&self) -> &[(&'static str, String)] {
+        &self.names
     }
 
     /// Records this worker's checkpoint of `epoch`, if it has one, and

@@ -159,7 +159,7 @@ fn job_parts(
         .with_epochs(EpochPolicy::Records(5_000));
     let build = move |job: &mut gress_stream::JobBuilder<'_>| {
         // Timely builds the dataflow once every process is connected.
-        if job.worker_index() % WORKERS_PER_PROCESS == 0 {
+        if job.worker_index().is_multiple_of(WORKERS_PER_PROCESS) {
             println!("job running");
         }
         let mut n = 0u64;

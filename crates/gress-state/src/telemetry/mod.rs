@@ -55,7 +55,7 @@ pub use publisher::MetricsPublisher;
 
 #[cfg(feature = "prometheus")]
 pub use prometheus::{
-    PrometheusEndpoint, prometheus_endpoint, serve_prometheus, set_control_source,
+    ControlSource, PrometheusEndpoint, prometheus_endpoint, serve_prometheus, set_control_source,
     set_status_source,
 };
 

@@ -38,7 +38,7 @@ pub fn set_status_source(status: impl Fn() -> String + Send + Sync + 'static) {
 
 /// What `POST /job/...` does: given the path and the request's body,
 /// the status code and JSON body of the answer.
-type ControlSource = Arc<dyn Fn(&str, &[u8]) -> (u16, String) + Send + Sync>;
+pub type ControlSource = Arc<dyn Fn(&str, &[u8]) -> (u16, String) + Send + Sync>;
 
 static CONTROL: Mutex<Option<ControlSource>> = Mutex::new(None);
 
@@ -46,9 +46,7 @@ static CONTROL: Mutex<Option<ControlSource>> = Mutex::new(None);
 /// which answers a status code and a JSON body; `None` turns it off again
 /// (then such requests are answered 404). A stream job registers its stop
 /// and drain requests here when its config allows remote control.
-pub fn set_control_source(
-    control: Option<Arc<dyn Fn(&str, &[u8]) -> (u16, String) + Send + Sync>>,
-) {
+pub fn set_control_source(control: Option<ControlSource>) {
     *CONTROL.lock() = control;
 }
 
