@@ -8,7 +8,7 @@
 //! snapshot, so a job started from it restores exactly what a recovery
 //! from that epoch would, on any backend and worker count.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +17,8 @@ use anyhow::{Context, Result, bail};
 use gress_checkpoint::Catalog;
 use gress_state::WriteBatch;
 use gress_state::checkpoint::Checkpointable;
+use gress_stream::CheckpointStorage;
 use gress_stream::savepoint::{self, SavepointInfo};
-use gress_stream::{CheckpointStorage, S3Config};
 use serde_json::json;
 
 use crate::exit;
@@ -29,22 +29,15 @@ use crate::out::{self, Out};
 /// A savepoint location named on the command line; a local one is created
 /// when `create` (a new savepoint), else it must exist.
 fn savepoint_location(text: &str, create: bool) -> Result<CheckpointStorage> {
-    if let Some(rest) = text.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            bail!("`{text}`: no bucket (s3://bucket/prefix)");
+    let location = CheckpointStorage::from_url(text)?;
+    if let CheckpointStorage::Local(path) = &location {
+        if create {
+            std::fs::create_dir_all(path).with_context(|| format!("creating {text}"))?;
+        } else if !path.is_dir() {
+            bail!(Fail::not_found(format!("{text}: no such directory")));
         }
-        return Ok(CheckpointStorage::S3(
-            S3Config::new(bucket).with_prefix(prefix.trim_matches('/').to_string()),
-        ));
     }
-    let path = PathBuf::from(text);
-    if create {
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {text}"))?;
-    } else if !path.is_dir() {
-        bail!(Fail::not_found(format!("{text}: no such directory")));
-    }
-    Ok(CheckpointStorage::Local(path))
+    Ok(location)
 }
 
 fn info_json(info: &SavepointInfo) -> serde_json::Value {

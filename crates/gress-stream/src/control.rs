@@ -173,7 +173,7 @@ pub(crate) struct Control {
     wake: Condvar,
     wake_lock: Mutex<()>,
     /// Where a stop writes its savepoint, if asked for one.
-    savepoint: Mutex<Option<crate::config::CheckpointStorage>>,
+    savepoint: Mutex<Option<crate::location::CheckpointStorage>>,
     /// What became of it.
     savepoint_status: Mutex<Option<SavepointStatus>>,
 }
@@ -205,9 +205,9 @@ impl Control {
 
     /// Asks the run to write a savepoint to `location` once its last epoch
     /// is committed.
-    pub(crate) fn ask_savepoint(&self, location: crate::config::CheckpointStorage) {
+    pub(crate) fn ask_savepoint(&self, location: crate::location::CheckpointStorage) {
         *self.savepoint_status.lock() = Some(SavepointStatus {
-            location: crate::savepoint::describe(&location),
+            location: location.describe(),
             state: "pending",
             epoch: None,
             error: None,
@@ -232,7 +232,7 @@ impl Control {
     }
 
     /// Where the savepoint goes, if one was asked for.
-    pub(crate) fn savepoint(&self) -> Option<crate::config::CheckpointStorage> {
+    pub(crate) fn savepoint(&self) -> Option<crate::location::CheckpointStorage> {
         self.savepoint.lock().clone()
     }
 

@@ -41,6 +41,7 @@ mod error;
 mod handle;
 mod history;
 pub mod keys;
+mod location;
 mod operators;
 mod recovery;
 mod rescale;

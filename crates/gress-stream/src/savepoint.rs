@@ -21,9 +21,9 @@ use gress_checkpoint::{Catalog, CheckpointManager, Metadata, SavepointPart};
 use gress_state::checkpoint::Checkpointable;
 use serde::{Deserialize, Serialize};
 
-use crate::config::CheckpointStorage;
 use crate::error::{Error, Result};
 use crate::keys::{groups_key_range, groups_of};
+use crate::location::CheckpointStorage;
 use crate::worker::{OPERATOR_PREFIX, STATE_PREFIX, WorkerState};
 
 /// The file that makes a savepoint complete, and says what it holds.
@@ -96,11 +96,7 @@ fn damaged(location: &CheckpointStorage, reason: impl Into<String>) -> Error {
 
 /// A location as people write it.
 pub fn describe(location: &CheckpointStorage) -> String {
-    match location {
-        CheckpointStorage::Local(p) => p.display().to_string(),
-        CheckpointStorage::S3(c) => format!("s3://{}/{}", c.bucket, c.prefix),
-        CheckpointStorage::Custom(_) => "the savepoint location".to_string(),
-    }
+    location.describe()
 }
 
 /// Reads what the savepoint at `location` holds. A location without
