@@ -28,11 +28,13 @@ use gress_state::{MemoryConfig, MemoryStateBackend, StateBackend};
 mod nexmark;
 mod rescale;
 mod rocks;
+mod savepoint;
 mod stream;
 mod workload;
 pub use nexmark::NexmarkArgs;
 pub use rescale::RescaleArgs;
 pub use rocks::RocksArgs;
+pub use savepoint::SavepointArgs;
 pub use stream::StreamArgs;
 use workload::{Keys, VALUE_LEN};
 
@@ -54,6 +56,9 @@ pub enum BenchCmd {
     /// Keyed state checkpointed by N workers and restored onto M by
     /// key-group ranges, against one full checkpoint and its restore.
     Rescale(rescale::RescaleArgs),
+    /// A keyed job stopped with a savepoint on one backend and number of
+    /// workers, and a job on another started from it.
+    Savepoint(savepoint::SavepointArgs),
 }
 
 /// Settings of the memory benchmark.
@@ -124,6 +129,7 @@ pub fn run(cmd: &BenchCmd) -> Result<Outcome> {
         BenchCmd::Rocksdb(args) => rocks::bench_rocksdb(args)?,
         BenchCmd::Stream(args) => return stream::run(args),
         BenchCmd::Rescale(args) => return rescale::run(args),
+        BenchCmd::Savepoint(args) => return savepoint::run(args),
         BenchCmd::Nexmark(args) => return nexmark::run(args),
     };
     let timer_ns = timer_overhead();

@@ -1,4 +1,4 @@
-//! `gress bench memory|rocksdb|stream|rescale`: the benchmarks, a table,
+//! `gress bench memory|rocksdb|stream|nexmark|rescale|savepoint`: the benchmarks, a table,
 //! `--json`, `--save FILE`, `--plot out.svg`.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +15,8 @@ use crate::out::Out;
   gress bench memory --sizes 10000 --threads 1
   gress bench rocksdb --only get,put --plot rocksdb.svg
   gress bench stream --workers 1,2 --rounds 3 --save stream.json
-  gress bench rescale --mib 1024 --from 2 --to 4")]
+  gress bench rescale --mib 1024 --from 2 --to 4
+  gress bench savepoint --keys 1000000,10000000 --from 2 --to 3")]
 pub(crate) struct Args {
     #[command(subcommand)]
     which: BenchCmd,
