@@ -486,16 +486,25 @@ fn write_savepoint(
 ) -> Result<Option<crate::savepoint::SavepointInfo>> {
     let index = worker.index();
     let written = (|| {
+        let started = Instant::now();
         let mut s = shared.borrow_mut();
         let (epoch, metadata) = s.savepoint_metadata()?;
         s.store.write_back_all()?;
         drop(s);
+        let written_back = started.elapsed();
         let mut backends: Vec<(&str, &dyn gress_state::checkpoint::Checkpointable)> =
             vec![("state", &**backend)];
         if let Some(hot) = hot {
             backends.push(("cache", &**hot));
         }
         crate::savepoint::write_part(location, index, &backends, metadata.clone())?;
+        tracing::debug!(
+            worker = index,
+            epoch,
+            write_back_ms = written_back.as_millis() as u64,
+            snapshot_ms = (started.elapsed() - written_back).as_millis() as u64,
+            "savepoint part written"
+        );
         Ok::<_, Error>((epoch, metadata))
     })();
     let vote = match &written {
