@@ -172,6 +172,68 @@ fn a_stopped_job_resumes_where_it_stopped() -> R {
     Ok(())
 }
 
+/// A job stopped with a savepoint in S3 (a real S3 API, `moto_server`, on
+/// loopback) and a job with another number of workers started from it,
+/// checkpointing in S3 too, commit the reference together; a second
+/// savepoint to the same prefix is refused and the job runs on.
+#[test]
+fn a_savepoint_in_s3_moves_a_job_to_another_worker_count() -> R {
+    use gress_checkpoint::storage::s3::testing::MotoServer;
+
+    let server = MotoServer::start()?;
+    let savepoint = server
+        .bucket("savepoints")?
+        .with_prefix("jobs/lifecycle/sp-1");
+    let dir = tempfile::tempdir()?;
+    let (out_a, out_b) = (dir.path().join("out-a"), dir.path().join("out-b"));
+    let per_partition = 100_000;
+    let mut first = start(
+        config(&dir.path().join("a")),
+        build(&out_a, per_partition, Arc::default(), None),
+    )?;
+    wait_for(&first, "committed two epochs", |s| {
+        s.committed_epoch.is_some_and(|e| e >= 2)
+    })?;
+    let report = first.stop_with_savepoint(savepoint.clone())?;
+    let info = report.savepoint.ok_or("no savepoint")?;
+    assert_eq!(
+        gress_stream::savepoint::read(&savepoint.clone().into())?,
+        info
+    );
+
+    let checkpoints = server
+        .bucket("checkpoints")?
+        .with_prefix("jobs/lifecycle-b");
+    let mut second = start(
+        config(&dir.path().join("b"))
+            .with_workers(3)
+            .with_epochs(EpochPolicy::Records(20_000))
+            .with_checkpoints(checkpoints.into())
+            .from_savepoint(savepoint.clone()),
+        build(&out_b, per_partition, Arc::default(), None),
+    )?;
+    // Never over the savepoint already there.
+    let refused = second.stop_with_savepoint(savepoint.clone());
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::InvalidJob {
+                what: "savepoint",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let rest = second.wait()?;
+    assert_eq!(rest.from_savepoint, Some(info.epoch));
+    let mut all = committed(&out_a)?;
+    for (k, n) in committed(&out_b)? {
+        *all.entry(k).or_default() += n;
+    }
+    assert_eq!(all, reference(per_partition));
+    Ok(())
+}
+
 /// `drain` runs bounded sources to their end; run again, the finished job
 /// says so and commits nothing new.
 #[test]
