@@ -63,6 +63,33 @@ pub(crate) fn take(location: &str, dest: &str, epoch: Option<u64>, out: &Out) ->
     let commit = pick_commit(&loc, epoch)?;
     let target = savepoint_location(dest, true)?;
     savepoint::check_unused(&target)?;
+    // The location was empty: on failure, everything there is ours.
+    let written = write_parts(&loc, &commit, &target, out);
+    if written.is_err() {
+        savepoint::discard(&target);
+    }
+    let info = written?;
+    let doc = info_json(&info);
+    out.emit(&doc, || {
+        say!(
+            "savepoint of job `{}` at committed epoch {} written to {dest}: {} workers, {} key groups",
+            info.job,
+            info.epoch,
+            info.workers,
+            info.key_groups
+        );
+        say!("start a job from it: JobConfig::from_savepoint, or gress job start-from {dest} -- PROGRAM ARGS");
+    });
+    Ok(exit::OK)
+}
+
+/// Writes every worker's part of `commit` and completes the savepoint.
+fn write_parts(
+    loc: &Location,
+    commit: &gress_stream::CommitRecord,
+    target: &CheckpointStorage,
+    out: &Out,
+) -> Result<SavepointInfo> {
     let bar = out.bar(commit.workers as u64, "workers");
     let mut parts = Vec::with_capacity(commit.workers);
     for (w, &id) in commit.checkpoints.iter().enumerate() {
@@ -95,7 +122,7 @@ pub(crate) fn take(location: &str, dest: &str, epoch: Option<u64>, out: &Out) ->
         })?;
         let state = merge_cache(&held)
             .with_context(|| format!("merging worker {w}'s cache image into its state"))?;
-        savepoint::write_part(&target, w, &[("state", state)], metadata.clone())
+        savepoint::write_part(target, w, &[("state", state)], metadata.clone())
             .with_context(|| format!("writing worker {w}'s part"))?;
         for (_, backend) in held {
             backend.close()?;
@@ -111,19 +138,8 @@ pub(crate) fn take(location: &str, dest: &str, epoch: Option<u64>, out: &Out) ->
         commit.key_groups,
         &parts,
     );
-    savepoint::finish(&target, &info)?;
-    let doc = info_json(&info);
-    out.emit(&doc, || {
-        say!(
-            "savepoint of job `{}` at committed epoch {} written to {dest}: {} workers, {} key groups",
-            info.job,
-            info.epoch,
-            info.workers,
-            info.key_groups
-        );
-        say!("start a job from it: JobConfig::from_savepoint, or gress job start-from {dest} -- PROGRAM ARGS");
-    });
-    Ok(exit::OK)
+    savepoint::finish(target, &info)?;
+    Ok(info)
 }
 
 /// Writes the cache's image (entries the backend does not hold as they

@@ -329,6 +329,38 @@ fn job_savepoint_writes_lists_and_starts_from() -> R {
         !args_file.exists(),
         "the program ran from a damaged savepoint"
     );
+
+    // A damaged checkpoint of worker 1: exit code 3, and worker 0's part is
+    // deleted again, so the location is left empty (a retry may use it).
+    let commit = gress_stream::latest_commit(&gress_checkpoint::LocalStorage::new(&cp1)?)?
+        .ok_or("no commit")?;
+    let worker1 = cp1.join("workers/00001");
+    let catalog =
+        gress_checkpoint::Catalog::open(Arc::new(gress_checkpoint::LocalStorage::new(&worker1)?))?;
+    let manifest = catalog
+        .manifest(commit.checkpoints[1])
+        .ok_or("no manifest")?;
+    let file = manifest
+        .backends
+        .iter()
+        .flat_map(|b| b.files.iter())
+        .max_by_key(|f| f.size)
+        .ok_or("no checkpoint file")?;
+    let victim = worker1.join(&file.path);
+    let mut bytes = std::fs::read(&victim)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&victim, &bytes)?;
+    let sp3 = dir.path().join("savepoints").join("sp3");
+    let damaged = gress()
+        .args(["job", "savepoint", cp1_text, sp3.to_str().ok_or("path")?])
+        .output()?;
+    assert_eq!(damaged.status.code(), Some(3), "{damaged:?}");
+    assert!(
+        walk(&sp3).is_empty(),
+        "a failed savepoint left {:?}",
+        walk(&sp3)
+    );
     Ok(())
 }
 

@@ -522,6 +522,9 @@ fn write_savepoint(
                 parts.push(metadata);
             }
             Err(why) => {
+                if index == 0 {
+                    crate::savepoint::discard(location);
+                }
                 return Err(Error::Worker(format!(
                     "the savepoint was not written: worker {w} failed ({why}); the job stopped \
                      at its committed epoch and resumes from its checkpoints"

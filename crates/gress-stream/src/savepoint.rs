@@ -154,6 +154,26 @@ pub fn check_unused(location: &CheckpointStorage) -> Result<()> {
     Ok(())
 }
 
+/// Deletes everything under `location`: what a savepoint that failed
+/// part-way wrote there (only ever called on a location that was empty
+/// before the savepoint began). Failures are logged; what remains is
+/// refused by [`read`] as incomplete.
+pub fn discard(location: &CheckpointStorage) {
+    let result = location.open("").and_then(|root| {
+        for object in root.list("")? {
+            root.delete(&object.path)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        tracing::warn!(
+            savepoint = %location.describe(),
+            error = %e,
+            "could not delete what a failed savepoint wrote"
+        );
+    }
+}
+
 /// Writes worker `worker`'s part: a portable snapshot of each backend
 /// (name, backend), with `metadata`.
 pub fn write_part(
