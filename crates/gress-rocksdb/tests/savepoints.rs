@@ -185,6 +185,32 @@ fn stop_part_way(
     Ok(info.epoch)
 }
 
+/// The state and timer ids of every key in a savepoint's parts.
+fn key_ids(
+    savepoint: &Path,
+    workers: usize,
+) -> std::result::Result<std::collections::BTreeSet<u32>, Box<dyn std::error::Error>> {
+    let mut ids = std::collections::BTreeSet::new();
+    for w in 0..workers {
+        for part in ["state", "cache"] {
+            let file = savepoint.join(format!("workers/{w:05}/savepoints/savepoint/{part}.snap"));
+            let mut reader = gress_state::snapshot::SnapshotReader::new(std::io::BufReader::new(
+                std::fs::File::open(&file)?,
+            ))?;
+            while let Some(entry) = reader.next_entry()? {
+                if let gress_state::snapshot::SnapshotEntry::Put { key, .. } = entry {
+                    ids.insert(
+                        gress_stream::keys::decode_key(key)
+                            .ok_or("not a state key")?
+                            .id,
+                    );
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
 /// Whether the job under `dir` has committed an epoch.
 fn has_commit(dir: &Path) -> std::result::Result<bool, Box<dyn std::error::Error>> {
     let storage = gress_checkpoint::LocalStorage::new(dir.join("checkpoints"))?;
@@ -355,16 +381,57 @@ fn a_savepoint_with_state_of_a_removed_operator_is_refused_unless_allowed() -> R
     );
     assert!(!c.join("checkpoints").join("workers").exists());
 
-    // Allowed: the running counts go on from the savepoint's.
-    let report = run(
+    // Allowed: the running counts go on from the savepoint's; stopped
+    // part-way with a savepoint that no longer holds window state.
+    slow.store(true, Ordering::Relaxed);
+    let handle = start(
         config(&b, "removed-b", 2, Backend::RocksDb)
             .from_savepoint(sp.clone())
             .allow_non_restored_state(true),
         build(&b, Arc::clone(&slow), false),
     )?;
+    let sp2 = root.path().join("sp2");
+    stop_part_way(handle, &sp2)?;
+    let names = gress_stream::savepoint::read(&sp2.clone().into())?.names;
+    assert!(
+        !names.iter().any(|n| n.starts_with("per-window")),
+        "the dropped operator's names are forgotten: {names:?}"
+    );
+    // And its state is gone: no key of the savepoint's parts is of the
+    // window operator's timers or states.
+    let dropped: Vec<u32> = gress_stream::savepoint::read(&sp.clone().into())?
+        .names
+        .iter()
+        .filter(|n| n.starts_with("per-window"))
+        .map(|n| gress_stream::keys::name_id(n))
+        .collect();
+    assert!(!dropped.is_empty());
+    let before = key_ids(&sp, 2)?;
+    assert!(
+        dropped.iter().any(|id| before.contains(id)),
+        "the first savepoint holds window state"
+    );
+    let after = key_ids(&sp2, 2)?;
+    assert!(!after.is_empty(), "the running counts are there");
+    assert!(
+        !dropped.iter().any(|id| after.contains(id)),
+        "the dropped operator's state was kept"
+    );
+    slow.store(false, Ordering::Relaxed);
+
+    // An operator added (the windows again, from nothing): no refusal.
+    let d = root.path().join("d");
+    let report = run(
+        config(&d, "removed-d", 3, Backend::Memory).from_savepoint(sp2.clone()),
+        build(&d, Arc::clone(&slow), true),
+    )?;
     assert!(report.from_savepoint.is_some());
+    let (_, windows) = committed(&d)?;
+    assert!(!windows.is_empty(), "the added window operator runs");
+
     let (mut running, _) = committed(&a)?;
     running.extend(committed(&b)?.0);
+    running.extend(committed(&d)?.0);
     running.sort_unstable();
     let reference = tempfile::tempdir()?;
     run(
