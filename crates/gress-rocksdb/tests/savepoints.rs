@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use gress_rocksdb::{RocksDbConfig, RocksDbStateBackend};
@@ -41,12 +41,20 @@ fn key_of(e: &Ev) -> u64 {
 /// A running count per key.
 struct Running {
     count: ValueStateDescriptor<u64>,
+    /// Records until an injected failure (once, when it reaches 0).
+    fail: Arc<AtomicI64>,
 }
 
 impl KeyedProcessFunction<u64, Ev> for Running {
     type Out = (u64, u64);
     type Side = ();
     fn on_record(&mut self, ctx: &mut ProcessingContext<'_, u64, (u64, u64)>, _: Ev) -> Result<()> {
+        if self.fail.fetch_sub(1, Ordering::Relaxed) == 1 {
+            return Err(Error::Operator {
+                operator: "running".into(),
+                reason: "injected failure".into(),
+            });
+        }
         let mut now = 0;
         ctx.value(&self.count)?.update(|c| {
             now = c.unwrap_or(0) + 1;
@@ -98,6 +106,17 @@ fn build(
     slow: Arc<AtomicBool>,
     windows: bool,
 ) -> impl Fn(&mut gress_stream::JobBuilder<'_>) -> Result<()> + Send + Sync + 'static {
+    build_failing(out, slow, windows, Arc::new(AtomicI64::new(i64::MAX)))
+}
+
+/// [`build`], failing once after `fail` records (over all workers and
+/// runs of the process).
+fn build_failing(
+    out: &Path,
+    slow: Arc<AtomicBool>,
+    windows: bool,
+    fail: Arc<AtomicI64>,
+) -> impl Fn(&mut gress_stream::JobBuilder<'_>) -> Result<()> + Send + Sync + 'static {
     let (running, windowed) = (out.join("running"), out.join("windows"));
     move |job| {
         let slow = Arc::clone(&slow);
@@ -121,6 +140,7 @@ fn build(
             "running",
             Running {
                 count: ValueStateDescriptor::new("count"),
+                fail: Arc::clone(&fail),
             },
         );
         counted.sink("running", FileSink::new(running.clone()))?;
@@ -328,6 +348,104 @@ fn a_job_moved_by_savepoints_between_backends_and_worker_counts_commits_what_one
     )?;
     assert!(again.already_finished);
     assert_eq!(again.from_savepoint, None);
+    Ok(())
+}
+
+/// The seed of the randomized schedule: `GRESS_TEST_SEED`, else the time.
+fn seed() -> u64 {
+    let seed = std::env::var("GRESS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("GRESS_TEST_SEED={seed}");
+    seed.max(1)
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// Random schedules: a chain of jobs, each on a random backend and number
+/// of workers, started from the previous one's savepoint, failing once at
+/// a random record (recovered in-process by a restart policy: from the
+/// savepoint again before its first commit, from its own checkpoints
+/// after), and stopped with a savepoint part-way; the last runs to the
+/// end. Together they commit one uninterrupted run's output.
+#[test]
+fn random_chains_of_savepoints_with_failures_commit_one_runs_output() -> R {
+    let mut rng = seed();
+    let reference = tempfile::tempdir()?;
+    run(
+        config(reference.path(), "reference", 2, Backend::Memory),
+        build(reference.path(), Arc::default(), true),
+    )?;
+    let expected = committed(reference.path())?;
+    let root = tempfile::tempdir()?;
+    let slow = Arc::new(AtomicBool::new(true));
+    let mut previous: Option<std::path::PathBuf> = None;
+    let mut dirs = Vec::new();
+    let stages = 3;
+    for stage in 0..stages {
+        let workers = 1 + (xorshift(&mut rng) % 4) as usize;
+        let backend = if xorshift(&mut rng) % 2 == 0 {
+            Backend::Memory
+        } else {
+            Backend::RocksDb
+        };
+        let fail_after = 1 + (xorshift(&mut rng) % 1_500) as i64;
+        let dir = root.path().join(format!("stage-{stage}"));
+        let mut config = config(&dir, &format!("chain-{stage}"), workers, backend).with_restart(
+            gress_stream::RestartPolicy::FixedDelay {
+                attempts: 3,
+                delay: Duration::from_millis(10),
+            },
+        );
+        if let Some(sp) = &previous {
+            config = config.from_savepoint(sp.clone());
+        }
+        let countdown = Arc::new(AtomicI64::new(fail_after));
+        let build = build_failing(&dir, Arc::clone(&slow), true, Arc::clone(&countdown));
+        eprintln!(
+            "stage {stage}: {workers} workers, {}, failing after {fail_after} records",
+            match backend {
+                Backend::Memory => "memory",
+                Backend::RocksDb => "rocksdb",
+            }
+        );
+        if stage + 1 == stages {
+            slow.store(false, Ordering::Relaxed);
+            let handle = start(config, build)?;
+            handle.wait()?;
+        } else {
+            let handle = start(config, build)?;
+            let sp = root.path().join(format!("sp-{stage}"));
+            stop_part_way(handle, &sp)?;
+            previous = Some(sp);
+        }
+        assert!(
+            countdown.load(Ordering::Relaxed) <= 0,
+            "stage {stage} failed once and recovered"
+        );
+        dirs.push(dir);
+    }
+    let mut running = Vec::new();
+    let mut windows = Vec::new();
+    for dir in &dirs {
+        let (r, w) = committed(dir)?;
+        running.extend(r);
+        windows.extend(w);
+    }
+    running.sort_unstable();
+    windows.sort_unstable();
+    assert_eq!(running, expected.0, "running counts");
+    assert_eq!(windows, expected.1, "window results");
     Ok(())
 }
 
