@@ -394,7 +394,7 @@ fn random_chains_of_savepoints_with_failures_commit_one_runs_output() -> R {
     let stages = 3;
     for stage in 0..stages {
         let workers = 1 + (xorshift(&mut rng) % 4) as usize;
-        let backend = if xorshift(&mut rng) % 2 == 0 {
+        let backend = if xorshift(&mut rng).is_multiple_of(2) {
             Backend::Memory
         } else {
             Backend::RocksDb
