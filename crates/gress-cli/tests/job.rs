@@ -307,10 +307,7 @@ fn job_savepoint_writes_lists_and_starts_from() -> R {
         .filter(|p| p.extension().is_some_and(|e| e == "snap"))
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .ok_or("no snapshot file")?;
-    let mut bytes = std::fs::read(&victim)?;
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x55;
-    std::fs::write(&victim, &bytes)?;
+    flip_middle_byte(&victim)?;
     std::fs::remove_file(&args_file)?;
     let refused = gress()
         .args([
@@ -347,10 +344,7 @@ fn job_savepoint_writes_lists_and_starts_from() -> R {
         .max_by_key(|f| f.size)
         .ok_or("no checkpoint file")?;
     let victim = worker1.join(&file.path);
-    let mut bytes = std::fs::read(&victim)?;
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x55;
-    std::fs::write(&victim, &bytes)?;
+    flip_middle_byte(&victim)?;
     let sp3 = dir.path().join("savepoints").join("sp3");
     let damaged = gress()
         .args(["job", "savepoint", cp1_text, sp3.to_str().ok_or("path")?])
@@ -362,6 +356,14 @@ fn job_savepoint_writes_lists_and_starts_from() -> R {
         walk(&sp3)
     );
     Ok(())
+}
+
+/// Flips the bits of the byte in the middle of the file at `path`.
+fn flip_middle_byte(path: &std::path::Path) -> std::io::Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(path, &bytes)
 }
 
 /// Every file under `dir`.

@@ -569,6 +569,13 @@ fn a_damaged_or_incomplete_savepoint_is_refused() -> R {
         build(&a, Arc::new(AtomicBool::new(true)), true),
     )?;
     stop_part_way(handle, &sp)?;
+    // A job of 3 workers started from the savepoint, under `dir`.
+    let from = |dir: &Path, id: &str| {
+        run(
+            config(dir, id, 3, Backend::Memory).from_savepoint(sp.clone()),
+            build(dir, Arc::default(), true),
+        )
+    };
 
     // A part's file damaged: `verify` names it, and a start is refused.
     let (_, files) = gress_stream::savepoint::verify(&sp.clone().into())?;
@@ -585,10 +592,7 @@ fn a_damaged_or_incomplete_savepoint_is_refused() -> R {
     let (_, files) = gress_stream::savepoint::verify(&sp.clone().into())?;
     assert!(files.iter().any(|f| f.problem.is_some()), "{files:?}");
     let b = root.path().join("b");
-    let refused = run(
-        config(&b, "damaged-b", 3, Backend::Memory).from_savepoint(sp.clone()),
-        build(&b, Arc::default(), true),
-    );
+    let refused = from(&b, "damaged-b");
     assert!(refused.is_err(), "a damaged savepoint was restored");
     assert!(!has_commit(&b)?);
 
@@ -600,10 +604,7 @@ fn a_damaged_or_incomplete_savepoint_is_refused() -> R {
     let manifest = sp.join("workers/00001/savepoints/savepoint/MANIFEST");
     let whole = std::fs::read(&manifest)?;
     std::fs::write(&manifest, &whole[..whole.len() / 2])?;
-    let refused = run(
-        config(&b, "damaged-b", 3, Backend::Memory).from_savepoint(sp.clone()),
-        build(&b, Arc::default(), true),
-    );
+    let refused = from(&b, "damaged-b");
     match refused {
         Err(e) => assert!(e.to_string().contains("worker 1's part"), "{e}"),
         Ok(r) => return Err(format!("a savepoint with a damaged manifest was used: {r:?}").into()),
@@ -612,29 +613,20 @@ fn a_damaged_or_incomplete_savepoint_is_refused() -> R {
     let info_at = sp.join(gress_stream::savepoint::SAVEPOINT_FILE);
     let info = std::fs::read(&info_at)?;
     std::fs::write(&info_at, &info[..info.len() - 3])?;
-    let refused = run(
-        config(&b, "damaged-b", 3, Backend::Memory).from_savepoint(sp.clone()),
-        build(&b, Arc::default(), true),
-    );
+    let refused = from(&b, "damaged-b");
     match refused {
         Err(e) => assert!(e.to_string().contains("SAVEPOINT is damaged"), "{e}"),
         Ok(r) => return Err(format!("a damaged SAVEPOINT was used: {r:?}").into()),
     }
     std::fs::write(&info_at, &info)?;
     // Whole again, it is used.
-    let report = run(
-        config(&b, "damaged-b", 3, Backend::Memory).from_savepoint(sp.clone()),
-        build(&b, Arc::default(), true),
-    )?;
+    let report = from(&b, "damaged-b")?;
     assert!(report.from_savepoint.is_some());
 
     // Without its SAVEPOINT file it is incomplete.
     let b = root.path().join("b2");
     std::fs::remove_file(sp.join(gress_stream::savepoint::SAVEPOINT_FILE))?;
-    let refused = run(
-        config(&b, "damaged-b2", 3, Backend::Memory).from_savepoint(sp.clone()),
-        build(&b, Arc::default(), true),
-    );
+    let refused = from(&b, "damaged-b2");
     match refused {
         Err(e) => assert!(e.to_string().contains("no savepoint here"), "{e}"),
         Ok(r) => return Err(format!("an incomplete savepoint was used: {r:?}").into()),

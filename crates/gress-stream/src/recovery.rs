@@ -213,7 +213,7 @@ pub(crate) fn recover(
         if index == 0 {
             tracing::info!(
                 job = %config.job_id,
-                savepoint = %crate::savepoint::describe(location),
+                savepoint = %location.describe(),
                 of_job = %info.job,
                 epoch = info.epoch,
                 workers = info.workers,

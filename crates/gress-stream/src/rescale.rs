@@ -1,5 +1,7 @@
 //! Restoring a worker from a commit made with another number of workers.
 
+use std::collections::BTreeMap;
+
 use gress_checkpoint::{Catalog, CheckpointManager, Metadata, RangePart};
 
 use crate::config::CheckpointStorage;
@@ -24,6 +26,34 @@ impl From<gress_checkpoint::Error> for RescaleError {
     }
 }
 
+/// Merges an old worker's checkpoint metadata into what a new worker starts
+/// from: every source partition's offset and event-time high mark and the
+/// names of operators and states (each old worker holds its own), and per
+/// operator the smallest watermark (kept apart in `watermarks` until all
+/// are merged). `Err` says which value is not a number.
+pub(crate) fn merge_metadata(
+    into: &mut Metadata,
+    watermarks: &mut BTreeMap<String, u64>,
+    old: &Metadata,
+) -> std::result::Result<(), String> {
+    for (k, v) in old {
+        if k.starts_with("offset/")
+            || k.starts_with("maxtime/")
+            || k.starts_with(crate::worker::STATE_PREFIX)
+            || k.starts_with(crate::worker::OPERATOR_PREFIX)
+        {
+            into.insert(k.clone(), v.clone());
+        } else if k.starts_with("watermark/") {
+            let wm = v
+                .parse::<u64>()
+                .map_err(|_| format!("`{k}` = `{v}` is not a number"))?;
+            let slot = watermarks.entry(k.clone()).or_insert(wm);
+            *slot = (*slot).min(wm);
+        }
+    }
+    Ok(())
+}
+
 /// Restores worker `index` of `peers` from a commit made with a different
 /// number of workers: the key groups it owns now, from the checkpoints of
 /// the old workers that owned them (key-group ranges are contiguous key
@@ -42,7 +72,7 @@ pub(crate) fn rescale(
     let mine = groups_of(index, peers, key_groups);
     let mut sources = Vec::with_capacity(c.workers);
     let mut metadata = Metadata::new();
-    let mut watermarks: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut watermarks: BTreeMap<String, u64> = BTreeMap::new();
     for (old, &id) in c.checkpoints.iter().enumerate() {
         let location = storage
             .open(&format!("workers/{old:05}"))
@@ -63,23 +93,9 @@ pub(crate) fn rescale(
                 c.epoch
             )));
         }
-        for (k, v) in &manifest.metadata {
-            if k.starts_with("offset/")
-                || k.starts_with("maxtime/")
-                || k.starts_with(crate::worker::STATE_PREFIX)
-                || k.starts_with(crate::worker::OPERATOR_PREFIX)
-            {
-                metadata.insert(k.clone(), v.clone());
-            } else if k.starts_with("watermark/") {
-                let wm = v.parse::<u64>().map_err(|_| {
-                    RescaleError::Damaged(format!(
-                        "worker {old}'s checkpoint {id}: `{k}` = `{v}` is not a number"
-                    ))
-                })?;
-                let slot = watermarks.entry(k.clone()).or_insert(wm);
-                *slot = (*slot).min(wm);
-            }
-        }
+        merge_metadata(&mut metadata, &mut watermarks, &manifest.metadata).map_err(|why| {
+            RescaleError::Damaged(format!("worker {old}'s checkpoint {id}: {why}"))
+        })?;
         let theirs = groups_of(old, c.workers, key_groups);
         let (from, to) = (mine.start.max(theirs.start), mine.end.min(theirs.end));
         sources.push((catalog, id, (from < to).then_some((from, to))));

@@ -417,46 +417,8 @@ where
     for each in &shared.borrow().on_commit {
         each.borrow_mut().commit_to(committed)?;
     }
-    // In a job of several processes, each is asked on its own: they agree
-    // first, so that none waits for a part another will never write.
-    let asked = config.control.savepoint();
-    let everyone = if config.hosts.is_empty() {
-        asked.is_some()
-    } else {
-        let votes = crate::agree::exchange_all(worker, asked.is_some(), abort)?;
-        if votes.iter().any(|&v| v) && !votes.iter().all(|&v| v) {
-            let missing: Vec<usize> = votes
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| !**v)
-                .map(|(w, _)| w)
-                .collect();
-            if asked.is_some() {
-                return Err(Error::Worker(format!(
-                    "the savepoint was not written: it was not asked of the processes of \
-                     workers {missing:?} (ask every process of the job); the job stopped at \
-                     its committed epoch"
-                )));
-            }
-            tracing::warn!(
-                worker = index,
-                "another process of the job was asked for a savepoint, this one was not"
-            );
-        }
-        votes.iter().all(|&v| v)
-    };
-    let savepoint = match asked.filter(|_| everyone) {
-        Some(location) => write_savepoint(
-            worker,
-            abort,
-            config,
-            &shared,
-            &backend,
-            hot_image.as_ref(),
-            &location,
-        )?,
-        None => None,
-    };
+    let savepoint =
+        crate::savepoint::at_run_end(worker, abort, config, &shared, &backend, hot_image.as_ref())?;
     let s = shared.borrow();
     Ok(WorkerReport {
         cache: s.store.stats(),
@@ -470,89 +432,4 @@ where
         from_savepoint,
         savepoint,
     })
-}
-
-/// Writes this worker's part of the savepoint asked for, once the run is
-/// over (its last epoch committed, so the state is that epoch's); worker 0
-/// completes it once every worker's part is written.
-fn write_savepoint(
-    worker: &mut timely::worker::Worker,
-    abort: &AtomicBool,
-    config: &JobConfig,
-    shared: &Shared,
-    backend: &Arc<dyn gress_state::checkpoint::Checkpointable>,
-    hot: Option<&Arc<crate::state::HotImage>>,
-    location: &crate::config::CheckpointStorage,
-) -> Result<Option<crate::savepoint::SavepointInfo>> {
-    let index = worker.index();
-    let written = (|| {
-        let started = Instant::now();
-        let mut s = shared.borrow_mut();
-        let (epoch, metadata) = s.savepoint_metadata()?;
-        s.store.write_back_all()?;
-        drop(s);
-        let written_back = started.elapsed();
-        let mut backends: Vec<(&str, &dyn gress_state::checkpoint::Checkpointable)> =
-            vec![("state", &**backend)];
-        if let Some(hot) = hot {
-            backends.push(("cache", &**hot));
-        }
-        crate::savepoint::write_part(location, index, &backends, metadata.clone())?;
-        tracing::debug!(
-            worker = index,
-            epoch,
-            write_back_ms = written_back.as_millis() as u64,
-            snapshot_ms = (started.elapsed() - written_back).as_millis() as u64,
-            "savepoint part written"
-        );
-        Ok::<_, Error>((epoch, metadata))
-    })();
-    let vote = match &written {
-        Ok((epoch, metadata)) => Ok((*epoch, metadata.clone())),
-        Err(e) => Err(crate::worker::error_chain(e)),
-    };
-    let votes = crate::agree::exchange_all(worker, vote, abort)?;
-    written?;
-    let mut parts = Vec::with_capacity(votes.len());
-    let mut epochs = std::collections::BTreeSet::new();
-    for (w, vote) in votes.into_iter().enumerate() {
-        match vote {
-            Ok((epoch, metadata)) => {
-                epochs.insert(epoch);
-                parts.push(metadata);
-            }
-            Err(why) => {
-                if index == 0 {
-                    crate::savepoint::discard(location);
-                }
-                return Err(Error::Worker(format!(
-                    "the savepoint was not written: worker {w} failed ({why}); the job stopped \
-                     at its committed epoch and resumes from its checkpoints"
-                )));
-            }
-        }
-    }
-    let (Some(&epoch), 1) = (epochs.first(), epochs.len()) else {
-        return Err(Error::Worker(format!(
-            "the savepoint was not written: the workers stopped at different committed epochs ({epochs:?})"
-        )));
-    };
-    if index != 0 {
-        return Ok(None);
-    }
-    let info = crate::savepoint::SavepointInfo::new(
-        &config.job_id,
-        epoch,
-        worker.peers(),
-        config.key_groups,
-        &parts,
-    );
-    crate::savepoint::finish(location, &info)?;
-    tracing::info!(
-        job = %config.job_id,
-        epoch,
-        savepoint = %crate::savepoint::describe(location),
-        "savepoint written"
-    );
-    Ok(Some(info))
 }

@@ -16,15 +16,19 @@
 //! from every part. A savepoint is complete once `SAVEPOINT` exists.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 use gress_checkpoint::{Catalog, CheckpointManager, Metadata, SavepointPart};
 use gress_state::checkpoint::Checkpointable;
 use serde::{Deserialize, Serialize};
 
+use crate::config::JobConfig;
 use crate::error::{Error, Result};
 use crate::keys::{groups_key_range, groups_of};
 use crate::location::CheckpointStorage;
-use crate::worker::{OPERATOR_PREFIX, STATE_PREFIX, WorkerState};
+use crate::worker::{OPERATOR_PREFIX, STATE_PREFIX, Shared, WorkerState};
 
 /// The file that makes a savepoint complete, and says what it holds.
 pub const SAVEPOINT_FILE: &str = "SAVEPOINT";
@@ -90,13 +94,8 @@ fn now_ms() -> u64 {
 fn damaged(location: &CheckpointStorage, reason: impl Into<String>) -> Error {
     Error::InvalidJob {
         what: "savepoint",
-        reason: format!("{}: {}", describe(location), reason.into()).into(),
+        reason: format!("{}: {}", location.describe(), reason.into()).into(),
     }
-}
-
-/// A location as people write it.
-pub fn describe(location: &CheckpointStorage) -> String {
-    location.describe()
 }
 
 /// Reads what the savepoint at `location` holds. A location without
@@ -146,7 +145,7 @@ pub fn check_unused(location: &CheckpointStorage) -> Result<()> {
             "savepoint",
             format!(
                 "{} is not empty (it holds `{}`): write a savepoint to a new location",
-                describe(location),
+                location.describe(),
                 o.path
             ),
         ));
@@ -154,6 +153,136 @@ pub fn check_unused(location: &CheckpointStorage) -> Result<()> {
     Ok(())
 }
 
+/// Once a run is over: writes the savepoint asked for, if every process
+/// of the job was asked for it (each is asked on its own, so they agree
+/// first, and none waits for a part another will never write).
+pub(crate) fn at_run_end(
+    worker: &mut timely::worker::Worker,
+    abort: &AtomicBool,
+    config: &JobConfig,
+    shared: &Shared,
+    backend: &Arc<dyn Checkpointable>,
+    hot_image: Option<&Arc<crate::state::HotImage>>,
+) -> Result<Option<SavepointInfo>> {
+    let index = worker.index();
+    let asked = config.control.savepoint();
+    let everyone = if config.hosts.is_empty() {
+        asked.is_some()
+    } else {
+        let votes = crate::agree::exchange_all(worker, asked.is_some(), abort)?;
+        if votes.iter().any(|&v| v) && !votes.iter().all(|&v| v) {
+            let missing: Vec<usize> = votes
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !**v)
+                .map(|(w, _)| w)
+                .collect();
+            if asked.is_some() {
+                return Err(Error::Worker(format!(
+                    "the savepoint was not written: it was not asked of the processes of \
+                     workers {missing:?} (ask every process of the job); the job stopped at \
+                     its committed epoch"
+                )));
+            }
+            tracing::warn!(
+                worker = index,
+                "another process of the job was asked for a savepoint, this one was not"
+            );
+        }
+        votes.iter().all(|&v| v)
+    };
+    match asked.filter(|_| everyone) {
+        Some(location) => write(worker, abort, config, shared, backend, hot_image, &location),
+        None => Ok(None),
+    }
+}
+
+/// Writes this worker's part of the savepoint asked for, once the run is
+/// over (its last epoch committed, so the state is that epoch's); worker 0
+/// completes it once every worker's part is written.
+fn write(
+    worker: &mut timely::worker::Worker,
+    abort: &AtomicBool,
+    config: &JobConfig,
+    shared: &Shared,
+    backend: &Arc<dyn Checkpointable>,
+    hot: Option<&Arc<crate::state::HotImage>>,
+    location: &CheckpointStorage,
+) -> Result<Option<SavepointInfo>> {
+    let index = worker.index();
+    let written = (|| {
+        let started = Instant::now();
+        let mut s = shared.borrow_mut();
+        let (epoch, metadata) = s.savepoint_metadata()?;
+        s.store.write_back_all()?;
+        drop(s);
+        let written_back = started.elapsed();
+        let mut backends: Vec<(&str, &dyn Checkpointable)> = vec![("state", &**backend)];
+        if let Some(hot) = hot {
+            backends.push(("cache", &**hot));
+        }
+        write_part(location, index, &backends, metadata.clone())?;
+        tracing::debug!(
+            worker = index,
+            epoch,
+            write_back_ms = written_back.as_millis() as u64,
+            snapshot_ms = (started.elapsed() - written_back).as_millis() as u64,
+            "savepoint part written"
+        );
+        Ok::<_, Error>((epoch, metadata))
+    })();
+    let vote = match &written {
+        Ok((epoch, metadata)) => Ok((*epoch, metadata.clone())),
+        Err(e) => Err(crate::worker::error_chain(e)),
+    };
+    let votes = crate::agree::exchange_all(worker, vote, abort)?;
+    written?;
+    let mut parts = Vec::with_capacity(votes.len());
+    let mut epochs = std::collections::BTreeSet::new();
+    for (w, vote) in votes.into_iter().enumerate() {
+        match vote {
+            Ok((epoch, metadata)) => {
+                epochs.insert(epoch);
+                parts.push(metadata);
+            }
+            Err(why) => {
+                if index == 0 {
+                    discard(location);
+                }
+                return Err(Error::Worker(format!(
+                    "the savepoint was not written: worker {w} failed ({why}); the job stopped \
+                     at its committed epoch and resumes from its checkpoints"
+                )));
+            }
+        }
+    }
+    let (Some(&epoch), 1) = (epochs.first(), epochs.len()) else {
+        if index == 0 {
+            discard(location);
+        }
+        return Err(Error::Worker(format!(
+            "the savepoint was not written: the workers stopped at different committed epochs ({epochs:?})"
+        )));
+    };
+    if index != 0 {
+        return Ok(None);
+    }
+    let info = SavepointInfo::new(
+        &config.job_id,
+        epoch,
+        worker.peers(),
+        config.key_groups,
+        &parts,
+    );
+    finish(location, &info)?;
+    tracing::info!(
+        job = %config.job_id,
+        epoch,
+        savepoint = %location.describe(),
+        "savepoint written"
+    );
+    Ok(Some(info))
+}
 /// Deletes everything under `location`: what a savepoint that failed
 /// part-way wrote there (only ever called on a location that was empty
 /// before the savepoint began). Failures are logged; what remains is
@@ -187,35 +316,25 @@ pub fn write_part(
     Ok(())
 }
 
-/// Completes the savepoint once every part is written: checks each part's
-/// manifest, then writes [`SAVEPOINT_FILE`].
+/// Completes the savepoint once every part of `info.epoch` is written:
+/// writes [`SAVEPOINT_FILE`] (create-only).
 pub fn finish(location: &CheckpointStorage, info: &SavepointInfo) -> Result<()> {
-    for w in 0..info.workers {
-        let metadata = part_metadata(location, w)?;
-        if metadata.get("epoch").map(String::as_str) != Some(info.epoch.to_string().as_str()) {
-            return Err(damaged(
-                location,
-                format!("worker {w}'s part is not of epoch {}", info.epoch),
-            ));
-        }
-    }
     let bytes = serde_json::to_vec_pretty(info)
         .map_err(|e| Error::Worker(format!("could not encode SAVEPOINT: {e}")))?;
     location.open("")?.put_new(SAVEPOINT_FILE, &bytes)?;
     Ok(())
 }
 
-fn part_catalog(location: &CheckpointStorage, worker: usize) -> Result<Catalog> {
-    Ok(Catalog::open(
-        location.open(&format!("workers/{worker:05}"))?,
-    )?)
-}
-
-fn part_metadata(location: &CheckpointStorage, worker: usize) -> Result<Metadata> {
-    let manifest = part_catalog(location, worker)?
+/// Worker `worker`'s part: its location's catalog and its manifest.
+fn part(
+    location: &CheckpointStorage,
+    worker: usize,
+) -> Result<(Catalog, gress_checkpoint::Manifest)> {
+    let catalog = Catalog::open(location.open(&format!("workers/{worker:05}"))?)?;
+    let manifest = catalog
         .savepoint(PART_NAME)
         .map_err(|e| damaged(location, format!("worker {worker}'s part: {e}")))?;
-    Ok(manifest.metadata)
+    Ok((catalog, manifest))
 }
 
 /// One file of a savepoint, as [`verify`] found it.
@@ -239,10 +358,7 @@ pub fn verify(location: &CheckpointStorage) -> Result<(SavepointInfo, Vec<PartCh
     let info = read(location)?;
     let mut out = Vec::new();
     for w in 0..info.workers {
-        let catalog = part_catalog(location, w)?;
-        let manifest = catalog
-            .savepoint(PART_NAME)
-            .map_err(|e| damaged(location, format!("worker {w}'s part: {e}")))?;
+        let (catalog, manifest) = part(location, w)?;
         for backend in &manifest.backends {
             for file in &backend.files {
                 out.push(PartCheck {
@@ -273,10 +389,7 @@ pub(crate) fn restore(
     let mut watermarks: BTreeMap<String, u64> = BTreeMap::new();
     let mut catalogs = Vec::with_capacity(info.workers);
     for old in 0..info.workers {
-        let catalog = part_catalog(location, old)?;
-        let manifest = catalog
-            .savepoint(PART_NAME)
-            .map_err(|e| damaged(location, format!("worker {old}'s part: {e}")))?;
+        let (catalog, manifest) = part(location, old)?;
         let epoch = manifest.metadata.get("epoch").and_then(|e| e.parse().ok());
         if epoch != Some(info.epoch) {
             return Err(damaged(
@@ -287,24 +400,8 @@ pub(crate) fn restore(
                 ),
             ));
         }
-        for (k, v) in &manifest.metadata {
-            if k.starts_with("offset/")
-                || k.starts_with("maxtime/")
-                || k.starts_with(STATE_PREFIX)
-                || k.starts_with(OPERATOR_PREFIX)
-            {
-                metadata.insert(k.clone(), v.clone());
-            } else if k.starts_with("watermark/") {
-                let wm = v.parse::<u64>().map_err(|_| {
-                    damaged(
-                        location,
-                        format!("worker {old}'s part: `{k}` = `{v}` is not a number"),
-                    )
-                })?;
-                let slot = watermarks.entry(k.clone()).or_insert(wm);
-                *slot = (*slot).min(wm);
-            }
-        }
+        crate::rescale::merge_metadata(&mut metadata, &mut watermarks, &manifest.metadata)
+            .map_err(|why| damaged(location, format!("worker {old}'s part: {why}")))?;
         let theirs = groups_of(old, info.workers, info.key_groups);
         let (from, to) = (mine.start.max(theirs.start), mine.end.min(theirs.end));
         catalogs.push((catalog, (from < to).then_some((from, to))));
